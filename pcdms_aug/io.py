@@ -1,0 +1,50 @@
+"""Atomic file output: a reader never sees a half-written file, a crash never leaves one behind."""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import DataError
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path in the same folder; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DataError("no space left on device while writing; free space and run again "
+                            "(finished files are kept)", path) from e
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_image(path: str | Path, image, **save_kwargs) -> None:
+    """Save a PIL image atomically; the format follows ``path``'s suffix."""
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **save_kwargs)

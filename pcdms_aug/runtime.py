@@ -1,0 +1,87 @@
+"""Device, dtype, seeding and distributed rank: decided once, here."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str
+    dtype: "object"  # torch.dtype of the frozen modules and activations
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(name: str | None, device: str):
+    """'auto' is bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU."""
+    import torch
+
+    if name in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(table)} or auto")
+    return table[name]
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment, (0, 1, 0) without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_runtime(device: str | None = None, dtype: str | None = None, seed: int | None = None) -> Runtime:
+    """Set up the process: join the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local = dist_env()
+    dev = pick_device(device)
+    if world > 1:
+        if dev.startswith("cuda"):
+            torch.cuda.set_device(local)
+            dev = f"cuda:{local}"
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+    if seed is not None:
+        seed_everything(seed)
+    return Runtime(dev, pick_dtype(dtype, dev), rank, world, local)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
