@@ -1,9 +1,9 @@
 """Poses: 18 OpenPose COCO-18 keypoints, the annotation CSV, pose vectors, rendering, flips and the pose bank."""
 from __future__ import annotations
 
-import ast
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +111,8 @@ def as_pose(value, size: tuple[int, int]) -> Pose:
 # ----------------------------------------------------------------------------------------------- CSV io
 def _parse_int_list(text: str, what: str, path, line: int) -> list[int]:
     try:
-        values = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
+        values = json.loads(text)
+    except ValueError:
         raise DataError(f"cannot parse {what} list {text.strip()[:60]!r}", path, line) from None
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) for v in values):
         raise DataError(f"{what} must be a list of numbers, got {text.strip()[:60]!r}", path, line)

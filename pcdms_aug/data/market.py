@@ -16,7 +16,8 @@ SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_
 TORCHREID_NESTING = ("market1501", "Market-1501-v15.09.15")
 IMAGE_SIZE = (128, 64)  # (height, width) of a Market-1501 crop
 JUNK_PID, DISTRACTOR_PID = -1, 0
-_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.(jpg|jpeg|png)$", re.IGNORECASE)
+# Real Market-1501 holds a few '.jpg.jpg' files in bounding_box_test (18 of them; the annotations name them too).
+_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.((?:jpg|jpeg|png)(?:\.jpg)?)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class MarketDataset:
         for split, folder in SPLITS.items():
             items = []
             for p in sorted((self.root / folder).iterdir()):
-                if p.suffix.lower() not in (".jpg", ".jpeg", ".png") or p.name.startswith("."):
+                if p.suffix.lower() not in (".jpg", ".jpeg", ".png") or p.name.startswith(".") or not p.is_file():
                     continue
                 items.append(MarketImage(p, parse_name(p.name, p)))
             self.splits[split] = items

@@ -1,0 +1,119 @@
+"""Pictures for people: pose renderings, overlays and labelled contact sheets (`pcdms-aug render-pose`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import DataError
+from .io import atomic_save_image
+from .pose import Pose, read_annotations, render_pose
+
+
+def _as_pil(img) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def contact_sheet(rows: Sequence[Sequence], col_labels: Sequence[str] | None = None,
+                  row_labels: Sequence[str] | None = None, cell: tuple[int, int] | None = None,
+                  pad: int = 2) -> Image.Image:
+    """A grid of images (PIL, uint8 arrays or None for an empty cell) with optional labels.
+
+    ``cell`` = (height, width) of every cell; default: the first image's size.
+    """
+    first = next((c for r in rows for c in r if c is not None), None)
+    if first is None:
+        raise ValueError("contact sheet needs at least one image")
+    ch, cw = cell or (_as_pil(first).height, _as_pil(first).width)
+    font = ImageFont.load_default()
+    top = 12 if col_labels else 0
+    left = max((len(s) for s in row_labels), default=0) * 6 + 4 if row_labels else 0
+    ncols = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (left + ncols * (cw + pad) + pad, top + len(rows) * (ch + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for j, label in enumerate(col_labels or []):
+        draw.text((left + pad + j * (cw + pad), 0), str(label)[: max(1, cw // 6)], fill=(0, 0, 0), font=font)
+    for i, row in enumerate(rows):
+        y = top + pad + i * (ch + pad)
+        if row_labels:
+            draw.text((2, y + ch // 2 - 5), str(row_labels[i]), fill=(0, 0, 0), font=font)
+        for j, img in enumerate(row):
+            if img is None:
+                continue
+            tile = _as_pil(img)
+            if tile.size != (cw, ch):
+                tile = tile.resize((cw, ch), Image.BICUBIC)
+            sheet.paste(tile, (left + pad + j * (cw + pad), y))
+    return sheet
+
+
+def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Image | None = None) -> np.ndarray:
+    """A pose drawn on black, or over ``image`` (resized to ``size``) when one is given."""
+    size = size or (pose.size if image is None else (image.height, image.width))
+    canvas = None if image is None else np.asarray(image.convert("RGB").resize((size[1], size[0])))
+    return render_pose(pose, size, canvas=canvas)
+
+
+def configure(parser):
+    parser.add_argument("--annotations", required=True, help="annotation CSV (name:keypoints_y:keypoints_x)")
+    parser.add_argument("--names", nargs="*", default=None, help="image names to draw (default: the first --max)")
+    parser.add_argument("--max", type=int, default=16, help="how many rows of the CSV when --names is absent")
+    parser.add_argument("--dataset", default=None,
+                        help="Market-1501-layout folder: draw each skeleton over its image, beside the image")
+    parser.add_argument("--size", default="256x128", help="HxW of each tile (default 256x128)")
+    parser.add_argument("--cols", type=int, default=8, help="poses per row of the contact sheet")
+    parser.add_argument("--out", required=True, help="output PNG")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DataError(f"--size {text!r} must look like HxW, e.g. 256x128") from None
+    if h <= 0 or w <= 0:
+        raise DataError(f"--size {text!r} must be positive")
+    return h, w
+
+
+def run(args):
+    size = _parse_size(args.size)
+    poses = read_annotations(args.annotations)
+    names = args.names if args.names else list(poses)[: args.max]
+    missing = [n for n in names if n not in poses]
+    if missing:
+        raise DataError(f"no row for {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                        args.annotations)
+    tiles, labels = [], []
+    ds = None
+    if args.dataset:
+        from .data.market import MarketDataset, load_image
+        ds = MarketDataset(args.dataset)
+    for n in names:
+        if ds is not None:
+            image = load_image(ds.path_of(n))
+            tiles += [np.asarray(image.resize((size[1], size[0]), Image.BICUBIC)),
+                      pose_tile(poses[n], size, image)]
+            labels += [n[:12], "overlay"]
+        else:
+            tiles.append(pose_tile(poses[n], size))
+            labels.append(n[:12])
+    cols = max(1, args.cols - (args.cols % 2) if ds is not None else args.cols)
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    row_labels = None
+    sheet = contact_sheet(rows, cell=size, row_labels=row_labels)
+    # Column labels differ per row here, so names go under each tile instead.
+    draw = ImageDraw.Draw(sheet)
+    for k, label in enumerate(labels):
+        i, j = divmod(k, cols)
+        draw.text((2 + j * (size[1] + 2) + 2, 2 + i * (size[0] + 2) + size[0] - 12), label, fill=(255, 255, 255))
+    out = Path(args.out)
+    atomic_save_image(out, sheet)
+    print(f"wrote {out} ({len(names)} poses, {sheet.width}x{sheet.height})")
+    return 0
