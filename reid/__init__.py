@@ -1,0 +1,29 @@
+"""torchreid integration: datasets with generated views, low-data splits, the downstream experiment runner.
+
+    import reid
+    reid.register(generated_dir="gen/f0.2_s0", kept_only=True, split_file="runs/reid/splits/split_f0.2_s0.json")
+    dm = torchreid.data.ImageDataManager(root="data/synthetic", sources="synthetic_market1501_pcdms", ...)
+    df = reid.run_experiment(pcdms_aug.config.load_config("tiny/reid.yaml", ["fractions=[0.2]"]))
+
+Names that need torchreid (seconds to import) are loaded on first use; ``reid.splits`` does not need it.
+"""
+from __future__ import annotations
+
+from .splits import Split, load_split, make_split, save_split, split_filename, split_names
+
+_LAZY = {
+    "register": "datasets", "dataset_name": "datasets", "MarketPCDMs": "datasets", "read_manifest": "datasets",
+    "REAL": "datasets", "SYNTHETIC": "datasets",
+    "evaluate": "evaluation", "TrainConfig": "training", "train_and_evaluate": "training",
+    "ExperimentConfig": "experiment", "run_experiment": "experiment",
+}
+
+__all__ = ["Split", "load_split", "make_split", "save_split", "split_filename", "split_names", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'reid' has no attribute {name!r}")

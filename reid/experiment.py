@@ -1,0 +1,236 @@
+"""`pcdms-aug reid-experiment`: baseline versus augmented re-ID over fractions of the real data and seeds.
+
+For every (fraction, seed) a subset of the real training images is drawn once (``<out>/splits/``); on it the
+same model, schedule and evaluation are run as ``baseline`` (subset only), ``augmented`` (subset + all generated
+views of the subset's images) and ``filtered`` (subset + the views the filter kept). Each run writes
+``<out>/runs/<run>.json`` atomically and is skipped when that file exists, so an interrupted sweep resumes.
+At the end: ``results.csv``, ``results.md``, ``cmc.png``, ``map_vs_fraction.png``.
+
+The split seed is the run seed: several seeds vary both the subset and the initialisation, as in the paper line.
+Generated views come from ``generated_dir``: one folder (views whose ``source`` is not in the subset are left
+out), a template with ``{fraction}``, ``{percent}`` and ``{seed}`` (one folder generated per split, see
+``--splits-only``), or a mapping fraction -> folder/template.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pcdms_aug.config import build, load_config, to_dict
+from pcdms_aug.data.market import MarketDataset
+from pcdms_aug.errors import DataError
+from pcdms_aug.io import atomic_write_text
+from pcdms_aug.runtime import pick_device
+
+from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
+from .report import write_reports
+from .splits import check_fraction, load_split, make_split, save_split, split_filename
+from .training import TrainConfig, train_and_evaluate
+
+log = logging.getLogger(__name__)
+VARIANTS = ("baseline", "augmented", "filtered")
+
+
+@dataclass
+class ExperimentConfig(TrainConfig):
+    """Dataset, generated views, grid and output folder; model, schedule and evaluation come from TrainConfig."""
+
+    root: str = "data/synthetic"  # torchreid root: <root>/market1501/... (or the Market folder itself)
+    dataset: str = "synthetic"  # synthetic | real (or market1501_pcdms / synthetic_market1501_pcdms)
+    generated_dir: Any = None  # folder, template with {fraction}/{percent}/{seed}, or {fraction: folder}
+    views_per_identity: int | None = None  # cap per identity, in manifest order
+    fractions: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
+    seeds: tuple = (0, 1, 2)
+    variants: tuple = VARIANTS
+    out_dir: str = "runs/reid"
+
+
+def make_config(cfg: dict | Any):
+    """A validated ExperimentConfig from a mapping (unknown keys are an error) or an existing one."""
+    cfg = build(ExperimentConfig, cfg, "reid config") if isinstance(cfg, dict) else dataclasses.replace(cfg)
+    cfg.check("reid config")
+    cfg.fractions = tuple(check_fraction(f, "reid config: fractions") for f in cfg.fractions)
+    cfg.seeds = tuple(int(s) for s in cfg.seeds)
+    bad = [v for v in cfg.variants if v not in VARIANTS]
+    if bad or not cfg.variants:
+        raise DataError(f"reid config: variants must be among {', '.join(VARIANTS)}, got {list(cfg.variants)}")
+    if not cfg.fractions or not cfg.seeds:
+        raise DataError("reid config: fractions and seeds must not be empty")
+    return cfg
+
+
+def generated_dir_for(spec, fraction: float, seed: int) -> str | None:
+    """The generated folder of one (fraction, seed) from ``generated_dir``'s three accepted forms."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        match = [v for k, v in spec.items() if abs(float(k) - fraction) < 1e-9]
+        if not match:
+            raise DataError(f"reid config: generated_dir has no entry for fraction {fraction:g} "
+                            f"(has {', '.join(str(k) for k in spec)})")
+        spec = match[0]
+    try:
+        return str(spec).format(fraction=f"{fraction:g}", percent=int(round(fraction * 100)), seed=seed)
+    except (KeyError, IndexError, ValueError) as e:
+        raise DataError(f"reid config: generated_dir {spec!r}: unknown placeholder {e}; use {{fraction}}, "
+                        "{percent} or {seed}") from None
+
+
+def run_id(fraction: float, seed: int, variant: str) -> str:
+    return f"f{fraction:g}_s{seed}_{variant}"
+
+
+# Keys that do not change what a run computes: a finished run stays valid when only these differ.
+_NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
+                       "generated_dir", "views_per_identity"}
+
+
+def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool) -> dict:
+    fp = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    fp.update(data_dir=str(Path(data_dir).resolve()), generated_dir=None if generated is None
+              else str(Path(generated).resolve()), kept_only=kept_only,
+              views_per_identity=cfg.views_per_identity if generated else None)
+    return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
+
+
+def make_splits(cfg, data_dir: Path) -> dict[tuple[float, int], Path]:
+    """Write (or reuse) ``<out>/splits/split_f<fraction>_s<seed>.json`` for the whole grid."""
+    train = MarketDataset(data_dir).train
+    out = {}
+    for fraction in cfg.fractions:
+        for seed in cfg.seeds:
+            path = Path(cfg.out_dir) / "splits" / split_filename(fraction, seed)
+            fresh = make_split(train, fraction, seed)
+            if path.is_file():
+                old = load_split(path)
+                if old.files != fresh.files:
+                    raise DataError("existing split differs from the one this dataset, fraction and seed give "
+                                    "(another dataset?); use another out_dir", path)
+            else:
+                save_split(path, fresh)
+            out[(fraction, seed)] = path
+    return out
+
+
+def _check_generated(cfg, splits, runs) -> None:
+    """Fail before any training when a generated folder is missing or gives no view for its subset."""
+    for fraction, seed, variant, gen in runs:
+        if gen is None:
+            continue
+        views = read_manifest(gen)
+        chosen = select_views(views, kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
+                              sources=set(load_split(splits[(fraction, seed)]).files), where=Path(gen) / MANIFEST)
+        if not chosen:
+            raise DataError(f"no generated view for run {run_id(fraction, seed, variant)}: none of the manifest's "
+                            f"{len(views)} rows comes from the subset's images"
+                            + (" and is kept" if variant == "filtered" else "")
+                            + f"; generate from {splits[(fraction, seed)]}", Path(gen) / MANIFEST)
+
+
+def _load_result(path: Path, fp: dict) -> dict:
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"unreadable run result ({e}); delete it to rerun that run", path) from None
+    old = res.get("fingerprint", {})
+    diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+    if diff:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff[:4])
+        raise DataError(f"this finished run was made with another config ({what}); use another out_dir, "
+                        "or --force to rerun everything", path)
+    return res
+
+
+def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = False, progress: bool = True):
+    """Run (or resume) the whole grid; returns the results as a pandas DataFrame (one row per run).
+
+    ``df.attrs['executed']`` / ``df.attrs['skipped']`` list the run ids trained now / reused from disk.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    cfg = make_config(cfg)
+    out = Path(cfg.out_dir)
+    name = dataset_name(cfg.dataset)
+    data_dir = locate(cfg.root, DATASET_DIRS[name])
+    splits = make_splits(cfg, data_dir)
+    if splits_only:
+        for (fraction, seed), path in splits.items():
+            log.info("split fraction=%g seed=%d: %d images -> %s", fraction, seed, len(load_split(path)), path)
+        df = pd.DataFrame([{"fraction": f, "seed": s, "split_file": str(p), "num_images": len(load_split(p))}
+                           for (f, s), p in splits.items()])
+        df.attrs.update(executed=[], skipped=[], out_dir=str(out))
+        return df
+
+    variants = list(cfg.variants)
+    if cfg.generated_dir is None and any(v != "baseline" for v in variants):
+        log.warning("no generated_dir in the config: running the baseline only")
+        variants = ["baseline"]
+    runs = [(f, s, v, None if v == "baseline" else generated_dir_for(cfg.generated_dir, f, s))
+            for f in cfg.fractions for v in variants for s in cfg.seeds]
+    _check_generated(cfg, splits, runs)
+
+    device = pick_device(cfg.device)
+    results, executed, skipped = [], [], []
+    bar = tqdm(runs, desc="reid runs", unit="run", disable=not progress)
+    for fraction, seed, variant, gen in bar:
+        rid = run_id(fraction, seed, variant)
+        bar.set_postfix_str(rid)
+        path = out / "runs" / f"{rid}.json"
+        fp = fingerprint(cfg, data_dir, gen, variant == "filtered")
+        if path.is_file() and not force:
+            results.append(_load_result(path, fp))
+            skipped.append(rid)
+            continue
+        log_path = out / "logs" / f"{rid}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # torchreid prints its summaries and loss lines; they go to the run's log, the terminal keeps the bar.
+        with open(log_path, "w", encoding="utf-8") as logf, contextlib.redirect_stdout(logf), \
+                contextlib.redirect_stderr(logf):
+            res = train_and_evaluate(cfg, cfg.root, name, seed, device, generated_dir=gen,
+                                     kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
+                                     split_file=splits[(fraction, seed)])
+        res.update(fraction=fraction, seed=seed, variant=variant, model=cfg.model, loss=cfg.loss, dataset=name,
+                   generated_dir=gen, split_file=str(splits[(fraction, seed)]), fingerprint=fp,
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+        results.append(res)
+        executed.append(rid)
+        log.info("%s: mAP %.1f Rank-1 %.1f (%d real + %d generated, %.1f s/epoch, %.0f s)", rid, res["mAP"],
+                 res["rank1"], res["num_train_real"], res["num_train_generated"], res["sec_per_epoch"],
+                 res["wall_s"])
+    notes = [f"dataset {name} at {data_dir}; model {cfg.model} ({'weights ' + cfg.weights if cfg.weights else 'random init'}), "
+             f"loss {cfg.loss}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.height}x{cfg.width}",
+             f"generated views: {cfg.generated_dir or 'none'}"
+             + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")]
+    df = write_reports(results, out, "Re-ID: baseline versus generated views", notes)
+    df.attrs.update(executed=executed, skipped=skipped, out_dir=str(out))
+    return df
+
+
+def configure(parser) -> None:
+    parser.add_argument("config", help="YAML config (e.g. tiny/reid.yaml, paper/reid.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. fractions=[0.2] seeds=[0,1]")
+    parser.add_argument("--force", action="store_true", help="rerun finished runs instead of skipping them")
+    parser.add_argument("--splits-only", action="store_true",
+                        help="only write the subsets (<out_dir>/splits/*.json), e.g. to generate views from them")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.config, args.overrides)
+    df = run_experiment(cfg, force=args.force, splits_only=args.splits_only)
+    out = Path(df.attrs["out_dir"])
+    if args.splits_only:
+        print(f"{len(df)} split(s) under {out / 'splits'}")
+        return 0
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"{len(df.attrs['executed'])} run(s) trained, {len(df.attrs['skipped'])} reused; "
+          f"results in {out}/results.csv, results.md, cmc.png, map_vs_fraction.png")
+    return 0

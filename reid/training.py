@@ -1,0 +1,182 @@
+"""One re-ID training run with torchreid's own parts: ImageDataManager, build_model, optim, and its engines.
+
+The epochs are driven here (``engine.train`` once per epoch) instead of through ``engine.run``: ``run`` writes
+checkpoints and TensorBoard logs and evaluates through print-only paths, none of which a sweep of many small
+runs wants. Evaluation is :mod:`reid.evaluation`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pcdms_aug.errors import DataError
+from pcdms_aug.runtime import seed_everything
+
+from .datasets import dataset_name, register, torchreid
+from .evaluation import evaluate
+
+log = logging.getLogger(__name__)
+LOSSES = ("softmax", "triplet")
+
+
+@dataclass
+class TrainConfig:
+    """Model, schedule and evaluation: identical for every run of an experiment."""
+
+    model: str = "osnet_x0_25"
+    pretrained: bool = False  # True needs ``weights``: torchreid's own pretrained=True downloads
+    weights: str | None = None  # local state dict (ImageNet or re-ID); matching names and shapes are loaded
+    loss: str = "softmax"  # softmax | triplet (triplet + softmax, RandomIdentitySampler)
+    optimizer: str = "adam"
+    lr: float = 0.0015
+    weight_decay: float = 5e-4
+    scheduler: str = "single_step"  # torchreid.optim.build_lr_scheduler: single_step | multi_step | cosine
+    stepsize: int | list = 20
+    gamma: float = 0.1
+    epochs: int = 5
+    fixbase_epoch: int = 0
+    open_layers: list | None = None
+    batch_size: int = 32
+    batch_size_test: int = 100
+    height: int = 128
+    width: int = 64
+    transforms: list = field(default_factory=lambda: ["random_flip"])
+    num_instances: int = 4
+    margin: float = 0.3
+    weight_t: float = 1.0
+    weight_x: float = 1.0
+    label_smooth: bool = True
+    dist_metric: str = "euclidean"
+    normalize_feature: bool = False
+    max_rank: int = 50
+    device: str = "auto"
+    workers: int = 0  # >0 only helps when images are large; on a small CPU the worker start-up dominates
+
+    def check(self, where="config") -> None:
+        if self.loss not in LOSSES:
+            raise DataError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r} ({where})")
+        if self.pretrained and not self.weights:
+            raise DataError(f"pretrained=true needs weights: <local file> ({where}); torchreid's own "
+                            "pretrained download is never used")
+        if self.weights and not Path(self.weights).is_file():
+            raise DataError("weights file not found", self.weights)
+        for key in ("epochs", "batch_size", "batch_size_test", "height", "width", "max_rank"):
+            if int(getattr(self, key)) < (0 if key == "epochs" else 1):
+                raise DataError(f"{key} must be positive, got {getattr(self, key)} ({where})")
+        if self.loss == "triplet" and self.batch_size < self.num_instances:
+            raise DataError(f"batch_size {self.batch_size} < num_instances {self.num_instances} ({where})")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
+    """Load the parameters of a local state dict whose names (``module.`` stripped) and shapes match.
+
+    Read with ``weights_only=True`` (torch >= 2.6's default); torchreid's own checkpoints also hold numpy
+    scalars, which are allowed as safe globals rather than unpickling arbitrary objects.
+    """
+    import numpy as np
+
+    safe = [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
+    try:
+        safe.append(np.core.multiarray.scalar)
+    except AttributeError:  # numpy 2 moved it
+        safe.append(np._core.multiarray.scalar)
+    try:
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError("weights file not found", path) from None
+    except Exception as e:  # noqa: BLE001  unpickling errors come in many types
+        raise DataError(f"cannot read weights ({e.__class__.__name__}: {str(e).splitlines()[0]})", path) from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise DataError("weights file holds no state dict", path)
+    own = model.state_dict()
+    matched = {}
+    for k, v in state.items():
+        k = k[7:] if k.startswith("module.") else k
+        if k in own and torch.is_tensor(v) and own[k].shape == v.shape:
+            matched[k] = v
+    if not matched:
+        raise DataError(f"no parameter of the weights file matches model {type(model).__name__}", path)
+    own.update(matched)
+    model.load_state_dict(own)
+    return len(matched), len(state) - len(matched)
+
+
+def build_datamanager(cfg: TrainConfig, root: str | Path, dataset: str, use_gpu: bool):
+    return torchreid.data.ImageDataManager(
+        root=str(root), sources=dataset_name(dataset), height=cfg.height, width=cfg.width,
+        transforms=list(cfg.transforms), use_gpu=use_gpu, batch_size_train=cfg.batch_size,
+        batch_size_test=cfg.batch_size_test, workers=cfg.workers, num_instances=cfg.num_instances,
+        train_sampler="RandomIdentitySampler" if cfg.loss == "triplet" else "RandomSampler")
+
+
+def build_model(cfg: TrainConfig, num_classes: int, device: str):
+    model = torchreid.models.build_model(name=cfg.model, num_classes=num_classes, loss=cfg.loss,
+                                         pretrained=False, use_gpu=device.startswith("cuda"))
+    if cfg.weights:
+        n, skipped = load_weights(model, cfg.weights)
+        log.info("loaded %d tensors from %s (%d not matching, e.g. the classifier)", n, cfg.weights, skipped)
+    return model.to(device)
+
+
+def build_engine(cfg: TrainConfig, datamanager, model, device: str):
+    optimizer = torchreid.optim.build_optimizer(model, optim=cfg.optimizer, lr=cfg.lr,
+                                                weight_decay=cfg.weight_decay)
+    scheduler = torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler=cfg.scheduler, stepsize=cfg.stepsize,
+                                                   gamma=cfg.gamma, max_epoch=max(1, cfg.epochs))
+    use_gpu = device.startswith("cuda")
+    if cfg.loss == "triplet":
+        return torchreid.engine.ImageTripletEngine(datamanager, model, optimizer, margin=cfg.margin,
+                                                   weight_t=cfg.weight_t, weight_x=cfg.weight_x,
+                                                   scheduler=scheduler, use_gpu=use_gpu,
+                                                   label_smooth=cfg.label_smooth)
+    return torchreid.engine.ImageSoftmaxEngine(datamanager, model, optimizer, scheduler=scheduler,
+                                               use_gpu=use_gpu, label_smooth=cfg.label_smooth)
+
+
+def train_epochs(engine, cfg: TrainConfig) -> list[float]:
+    """``cfg.epochs`` epochs of the engine's own training step; returns the seconds of each epoch."""
+    batches = len(engine.train_loader)
+    if cfg.epochs and batches == 0:
+        raise DataError(f"no full training batch: fewer training images than batch_size={cfg.batch_size} "
+                        "(the loader drops the last partial batch); lower batch_size")
+    engine.max_epoch = cfg.epochs  # read by engine.train for its progress line
+    seconds = []
+    for epoch in range(cfg.epochs):
+        engine.epoch = epoch
+        start = time.perf_counter()
+        engine.train(print_freq=max(1, batches), fixbase_epoch=cfg.fixbase_epoch, open_layers=cfg.open_layers)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: int, device: str = "cpu",
+                       generated_dir: str | Path | None = None, kept_only: bool = False,
+                       views_per_identity: int | None = None, split_file: str | Path | None = None) -> dict:
+    """Train one model on (split of) the dataset plus generated views and evaluate it; a flat result dict."""
+    start = time.perf_counter()
+    register(generated_dir=generated_dir, views_per_identity=views_per_identity, kept_only=kept_only,
+             split_file=split_file)
+    seed_everything(seed)
+    dm = build_datamanager(cfg, root, dataset, device.startswith("cuda"))
+    trainset = dm.train_loader.dataset
+    # Seeded again so that a run's initial weights and batch order depend on the seed only, not on the data.
+    seed_everything(seed)
+    model = build_model(cfg, dm.num_train_pids, device)
+    engine = build_engine(cfg, dm, model, device)
+    epoch_s = train_epochs(engine, cfg)
+    t_eval = time.perf_counter()
+    res = evaluate(model, dm, device=device, dist_metric=cfg.dist_metric,
+                   normalize_feature=cfg.normalize_feature, max_rank=cfg.max_rank)
+    res.update({
+        "num_train_real": int(trainset.num_real_train), "num_train_generated": int(trainset.num_generated),
+        "num_train_images": len(trainset.train), "num_train_ids": int(dm.num_train_pids),
+        "epochs": cfg.epochs, "sec_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else 0.0,
+        "eval_s": time.perf_counter() - t_eval, "wall_s": time.perf_counter() - start, "device": device,
+    })
+    return res
