@@ -67,7 +67,7 @@ def make_config(cfg: dict | Any):
 
 def generated_dir_for(spec, fraction: float, seed: int) -> str | None:
     """The generated folder of one (fraction, seed) from ``generated_dir``'s three accepted forms."""
-    if spec is None:
+    if not spec:
         return None
     if isinstance(spec, dict):
         match = [v for k, v in spec.items() if abs(float(k) - fraction) < 1e-9]
@@ -169,7 +169,7 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
         return df
 
     variants = list(cfg.variants)
-    if cfg.generated_dir is None and any(v != "baseline" for v in variants):
+    if not cfg.generated_dir and any(v != "baseline" for v in variants):
         log.warning("no generated_dir in the config: running the baseline only")
         variants = ["baseline"]
     runs = [(f, s, v, None if v == "baseline" else generated_dir_for(cfg.generated_dir, f, s))

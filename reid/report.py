@@ -90,7 +90,8 @@ def plot_cmc(results: list[dict], path: Path) -> None:
             ax.plot(ranks, arr.mean(0), label=f"{variant} (n={len(curves)})")
             if len(curves) > 1:
                 ax.fill_between(ranks, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), alpha=0.2)
-        ax.set_title(f"{fraction:g} of the training images")
+        ax.set_title(f"{fraction * 100:g}% of the real training images", fontsize=10)
+        ax.set_ylim(top=100.5)
         ax.set_xlabel("rank")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
@@ -117,8 +118,10 @@ def plot_fraction(df: pd.DataFrame, path: Path) -> None:
             ax.errorbar(mean.index * 100, mean.values, yerr=std.values, marker="o", capsize=3, label=variant)
         ax.set_xlabel("real training images (%)")
         ax.set_ylabel(f"{label} (%)")
+        ax.set_ylim(top=100.5)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
 

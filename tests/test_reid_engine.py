@@ -1,0 +1,92 @@
+"""torchreid's softmax and triplet engines for one epoch on a small Market-layout set, evaluation, weights."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pcdms_aug.errors import DataError
+from tests.reid_fixtures import build_fake_generated, build_fake_market
+
+training = pytest.importorskip("reid.training")
+from reid.datasets import REAL  # noqa: E402
+from reid.evaluation import evaluate, rank_cap, rank_metrics  # noqa: E402
+
+SMALL = dict(epochs=1, batch_size=8, height=32, width=16, batch_size_test=32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reid_engine")
+    base = build_fake_market(root)
+    return root, build_fake_generated(root / "gen", base)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "triplet"])
+def test_one_epoch_of_each_engine_trains_and_evaluates(data, loss):
+    root, gen = data
+    cfg = training.TrainConfig(loss=loss, **SMALL)
+    training.register(generated_dir=gen)
+    dm = training.build_datamanager(cfg, root, REAL, use_gpu=False)
+    model = training.build_model(cfg, dm.num_train_pids, "cpu")
+    engine = training.build_engine(cfg, dm, model, "cpu")
+    assert type(engine).__name__ == {"softmax": "ImageSoftmaxEngine", "triplet": "ImageTripletEngine"}[loss]
+    before = [p.detach().clone() for p in model.parameters()]
+    seconds = training.train_epochs(engine, cfg)
+    assert len(seconds) == 1 and seconds[0] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    res = evaluate(model, dm)
+    assert 0.0 <= res["mAP"] <= 100.0 and 0.0 <= res["rank1"] <= 100.0
+    cmc = res["cmc"]
+    assert np.all(np.diff(cmc) >= 0) and len(cmc) <= res["num_gallery"]
+    assert res["num_query"] == 12 and res["num_gallery"] == 27
+
+
+def test_train_and_evaluate_is_deterministic_for_a_seed(data):
+    root, gen = data
+    cfg = training.TrainConfig(**SMALL)
+    a = training.train_and_evaluate(cfg, root, REAL, seed=3, generated_dir=gen)
+    b = training.train_and_evaluate(cfg, root, REAL, seed=3, generated_dir=gen)
+    assert a["cmc"] == b["cmc"] and a["mAP"] == b["mAP"]
+    assert a["num_train_real"] == 48 and a["num_train_generated"] == 48 and a["num_train_ids"] == 8
+
+
+def test_ranking_protocol_ignores_same_camera_matches_and_keeps_distractors():
+    # query: person 1, camera 0. Gallery by distance: same person same camera (ignored), a distractor,
+    # the same person from camera 1, another person.
+    qf = torch.tensor([[0.0]])
+    gf = torch.tensor([[0.1], [0.2], [0.3], [0.4]])
+    q_pids, q_cams = np.array([1]), np.array([0])
+    g_pids, g_cams = np.array([1, 0, 1, 2]), np.array([0, 1, 1, 0])
+    res = rank_metrics(qf, q_pids, q_cams, gf, g_pids, g_cams)
+    assert res["cmc"] == [0.0, 100.0, 100.0]  # three ranks left once the same-camera image is ignored
+    assert res["mAP"] == pytest.approx(50.0)
+    assert math.isnan(res["rank5"]) and math.isnan(res["rank10"])
+    assert rank_cap(q_pids, q_cams, g_pids, g_cams, max_rank=2) == 2
+
+
+def test_weights_from_a_local_file_only(tmp_path):
+    cfg = training.TrainConfig(**SMALL)
+    torch.manual_seed(0)
+    src = training.build_model(cfg, 5, "cpu")
+    path = tmp_path / "w.pth"
+    # torchreid's checkpoint layout: state_dict under a key, 'module.' prefixes, numpy scalars beside it
+    torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}, "rank1": np.float64(0.5),
+                "epoch": 3}, path)
+    torch.manual_seed(1)
+    cfg_w = training.TrainConfig(weights=str(path), pretrained=True, **SMALL)
+    cfg_w.check()
+    dst = training.build_model(cfg_w, 7, "cpu")  # other classifier size: skipped, the backbone is loaded
+    own = dst.state_dict()
+    for k, v in src.state_dict().items():
+        if own[k].shape == v.shape:
+            assert torch.equal(own[k], v), k
+    assert own["classifier.weight"].shape[0] == 7
+    with pytest.raises(DataError, match="needs weights"):
+        training.TrainConfig(pretrained=True).check()
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot read weights"):
+        training.load_weights(dst, junk)
+    with pytest.raises(DataError, match="not found"):
+        training.TrainConfig(weights=str(tmp_path / "absent.pth")).check()

@@ -1,0 +1,117 @@
+"""The experiment runner: outputs, resume, config checks, the CLI, and the shipped configs."""
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pcdms_aug.cli import main as cli_main
+from pcdms_aug.config import load_config
+from pcdms_aug.errors import DataError
+from tests.reid_fixtures import build_fake_generated, build_fake_market
+
+experiment = pytest.importorskip("reid.experiment")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reid_exp")
+    base = build_fake_market(root)
+    return root, build_fake_generated(root / "gen", base)
+
+
+def config(root, gen, out, **kw):
+    cfg = {"root": str(root), "dataset": "real", "generated_dir": gen and str(gen), "fractions": [0.5], "seeds": [0, 1],
+           "variants": ["baseline", "augmented", "filtered"], "epochs": 1, "batch_size": 8, "height": 32,
+           "width": 16, "out_dir": str(out)}
+    cfg.update(kw)
+    return cfg
+
+
+def test_runner_writes_results_and_resumes(data, tmp_path):
+    root, gen = data
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    df = experiment.run_experiment(config(root, gen, out), progress=False)
+    first = time.perf_counter() - t0
+    assert len(df.attrs["executed"]) == 6 and df.attrs["skipped"] == []
+    for name in ("results.csv", "results.md", "cmc.png", "map_vs_fraction.png"):
+        assert (out / name).is_file(), name
+    for png in ("cmc.png", "map_vs_fraction.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == 6 and set(csv.variant) == {"baseline", "augmented", "filtered"}
+    for col in ("fraction", "seed", "variant", "mAP", "rank1", "rank5", "rank10", "num_train_real",
+                "num_train_generated", "wall_s"):
+        assert col in csv.columns, col
+    assert csv[["mAP", "rank1", "rank5", "rank10"]].apply(lambda c: c.between(0, 100)).all().all()
+    by = csv.groupby("variant")
+    assert set(by.num_train_real.unique().explode()) == {24}  # the same subset for every variant
+    assert by.num_train_generated.max()["baseline"] == 0
+    assert by.num_train_generated.min()["augmented"] == 24 > by.num_train_generated.max()["filtered"] > 0
+    md = (out / "results.md").read_text()
+    assert "| 0.5 | augmented | 2 |" in md and "±" in md and "ΔmAP" in md
+    assert len(list((out / "runs").glob("*.json"))) == 6 and len(list((out / "splits").glob("*.json"))) == 2
+
+    t0 = time.perf_counter()
+    again = experiment.run_experiment(config(root, gen, out), progress=False)
+    assert again.attrs["executed"] == [] and len(again.attrs["skipped"]) == 6
+    assert time.perf_counter() - t0 < first / 2
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+
+    grown = experiment.run_experiment(config(root, gen, out, seeds=[0, 1, 2], variants=["baseline"]),
+                                      progress=False)
+    assert grown.attrs["executed"] == ["f0.5_s2_baseline"] and len(grown) == 3
+
+    with pytest.raises(DataError, match="another config.*epochs"):
+        experiment.run_experiment(config(root, gen, out, epochs=2), progress=False)
+
+
+def test_cli_resumes_and_writes_splits(data, tmp_path, capsys):
+    root, gen = data
+    cfg = tmp_path / "reid.yaml"
+    cfg.write_text("epochs: 1\nbatch_size: 8\nheight: 32\nwidth: 16\nvariants: [baseline]\n")
+    args = [f"root={root}", "dataset=real", "fractions=[0.3]", "seeds=[4]", f"out_dir={tmp_path / 'o'}"]
+    assert cli_main(["reid-experiment", str(cfg), *args, "--splits-only"]) == 0
+    assert (tmp_path / "o" / "splits" / "split_f0.3_s4.json").is_file()
+    assert not (tmp_path / "o" / "results.csv").exists()
+    assert cli_main(["reid-experiment", str(cfg), *args]) == 0
+    assert "1 run(s) trained, 0 reused" in capsys.readouterr().out
+    assert cli_main(["reid-experiment", str(cfg), *args]) == 0
+    assert "0 run(s) trained, 1 reused" in capsys.readouterr().out
+    assert cli_main(["reid-experiment", str(cfg), *args, "lossy=1"]) == 2
+    assert "unknown key(s) lossy" in capsys.readouterr().err
+
+
+def test_generated_dir_forms_and_early_errors(data, tmp_path):
+    root, gen = data
+    assert experiment.generated_dir_for("g/f{fraction}_p{percent}_s{seed}", 0.2, 1) == "g/f0.2_p20_s1"
+    assert experiment.generated_dir_for({0.2: "a/{seed}", 0.4: "b"}, 0.2, 3) == "a/3"
+    assert experiment.generated_dir_for("plain", 1.0, 0) == "plain"
+    with pytest.raises(DataError, match="no entry for fraction 0.6"):
+        experiment.generated_dir_for({0.2: "a"}, 0.6, 0)
+    with pytest.raises(DataError, match="placeholder"):
+        experiment.generated_dir_for("g/{fold}", 0.2, 0)
+    # a missing folder fails before any training, naming it
+    with pytest.raises(DataError, match="manifest.csv") as e:
+        experiment.run_experiment(config(root, tmp_path / "gen_{seed}", tmp_path / "o"), progress=False)
+    assert "gen_0" in str(e.value)
+    assert not (tmp_path / "o" / "runs").exists()
+    with pytest.raises(DataError, match="variants"):
+        experiment.run_experiment(config(root, gen, tmp_path / "o", variants=["mixed"]), progress=False)
+    # no generated_dir: the baseline only
+    df = experiment.run_experiment(config(root, None, tmp_path / "b", fractions=[1.0], seeds=[0]), progress=False)
+    assert list(df.variant) == ["baseline"]
+
+
+def test_shipped_configs_build():
+    tiny = experiment.make_config(load_config("tiny/reid.yaml"))
+    assert tiny.model == "osnet_x0_25" and (tiny.height, tiny.width) == (128, 64) and not tiny.pretrained
+    assert tiny.fractions == (0.2, 0.4, 0.6, 0.8, 1.0)
+    paper = load_config("paper/reid.yaml")
+    assert paper["model"] in ("resnet50", "osnet_x1_0") and (paper["height"], paper["width"]) == (256, 128)
+    with pytest.raises(DataError, match="weights file not found"):
+        experiment.make_config(paper)  # its ImageNet weights are a local file the user provides
+    built = experiment.make_config({**paper, "pretrained": False, "weights": None})
+    assert built.generated_dir.format(fraction=0.2, seed=0).endswith("f0.2_s0")
