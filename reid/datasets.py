@@ -113,6 +113,8 @@ def read_manifest(generated_dir: str | Path) -> list[GeneratedView]:
             if pid in (JUNK_PID, DISTRACTOR_PID) or pid < 0:
                 raise DataError(f"pid {pid} is junk/distractor; generated views must belong to a training "
                                 "identity", path, line)
+            if not 1 <= camid <= 9:
+                raise DataError(f"camid {camid} must be 1-based (1..9), as in the file name", path, line)
             m = _TORCHREID_NAME.search(Path(file).name)
             if m is None or int(m.group(1)) != pid or int(m.group(2)) != camid:
                 raise DataError(f"file name {Path(file).name!r} must start with '{pid:04d}_c{camid}' "
@@ -120,12 +122,15 @@ def read_manifest(generated_dir: str | Path) -> list[GeneratedView]:
             img = Path(file) if Path(file).is_absolute() else folder / file
             if not img.is_file():
                 raise DataError(f"generated image {file!r} not found", path, line)
-            score = row.get("score")
+            try:
+                score = float(row["score"]) if row.get("score") not in (None, "") else None
+            except ValueError:
+                raise DataError(f"score {row['score']!r} is not a number", path, line) from None
             views.append(GeneratedView(
                 img, pid, camid,
                 Path(row["source"].strip()).name if row.get("source") else None,
                 _truth(row["kept"], path, line) if "kept" in columns else None,
-                float(score) if score not in (None, "") else None, line))
+                score, line))
     return views
 
 

@@ -195,7 +195,9 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
                 contextlib.redirect_stderr(logf):
             res = train_and_evaluate(cfg, cfg.root, name, seed, device, generated_dir=gen,
                                      kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
-                                     split_file=splits[(fraction, seed)])
+                                     split_file=splits[(fraction, seed)],
+                                     on_epoch=lambda e, n, sec, rid=rid: bar.set_postfix_str(
+                                         f"{rid} epoch {e}/{n} ({sec:.1f} s)"))
         res.update(fraction=fraction, seed=seed, variant=variant, model=cfg.model, loss=cfg.loss, dataset=name,
                    generated_dir=gen, split_file=str(splits[(fraction, seed)]), fingerprint=fp,
                    finished=time.strftime("%Y-%m-%dT%H:%M:%S"))

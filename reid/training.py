@@ -139,8 +139,11 @@ def build_engine(cfg: TrainConfig, datamanager, model, device: str):
                                                use_gpu=use_gpu, label_smooth=cfg.label_smooth)
 
 
-def train_epochs(engine, cfg: TrainConfig) -> list[float]:
-    """``cfg.epochs`` epochs of the engine's own training step; returns the seconds of each epoch."""
+def train_epochs(engine, cfg: TrainConfig, on_epoch=None) -> list[float]:
+    """``cfg.epochs`` epochs of the engine's own training step; returns the seconds of each epoch.
+
+    ``on_epoch(done, total, seconds)`` is called after each epoch (the runner shows it on its progress bar).
+    """
     batches = len(engine.train_loader)
     if cfg.epochs and batches == 0:
         raise DataError(f"no full training batch: fewer training images than batch_size={cfg.batch_size} "
@@ -152,12 +155,15 @@ def train_epochs(engine, cfg: TrainConfig) -> list[float]:
         start = time.perf_counter()
         engine.train(print_freq=max(1, batches), fixbase_epoch=cfg.fixbase_epoch, open_layers=cfg.open_layers)
         seconds.append(time.perf_counter() - start)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, cfg.epochs, seconds[-1])
     return seconds
 
 
 def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: int, device: str = "cpu",
                        generated_dir: str | Path | None = None, kept_only: bool = False,
-                       views_per_identity: int | None = None, split_file: str | Path | None = None) -> dict:
+                       views_per_identity: int | None = None, split_file: str | Path | None = None,
+                       on_epoch=None) -> dict:
     """Train one model on (split of) the dataset plus generated views and evaluate it; a flat result dict."""
     start = time.perf_counter()
     register(generated_dir=generated_dir, views_per_identity=views_per_identity, kept_only=kept_only,
@@ -169,7 +175,7 @@ def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: i
     seed_everything(seed)
     model = build_model(cfg, dm.num_train_pids, device)
     engine = build_engine(cfg, dm, model, device)
-    epoch_s = train_epochs(engine, cfg)
+    epoch_s = train_epochs(engine, cfg, on_epoch)
     t_eval = time.perf_counter()
     res = evaluate(model, dm, device=device, dist_metric=cfg.dist_metric,
                    normalize_feature=cfg.normalize_feature, max_rank=cfg.max_rank)
