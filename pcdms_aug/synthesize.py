@@ -1,0 +1,142 @@
+"""Generate the target image of every (from, to) pair: `pcdms-aug synthesize-pairs` and the stage-3 inputs.
+
+Each output's noise comes from a generator seeded by (seed, from, to), so the images do not depend on the
+batch size, the order, an interruption or the number of ranks. Finished files are skipped on a rerun.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from .data.market import IMAGE_SIZE, MarketDataset, load_image
+from .errors import DataError
+from .io import atomic_save_image
+from .pose import Pose, read_annotations, read_pairs
+
+
+def generated_name(frm: str, to: str) -> str:
+    return f"{frm}_to_{to}.png"
+
+
+def item_seed(seed: int, *keys: str) -> int:
+    digest = hashlib.sha256("\x1f".join([str(seed), *keys]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def load_pipeline(weights: str, device: str = "auto", dtype: str | None = None):
+    """``tiny`` (shipped), a folder written by save_pretrained, or a pipeline YAML (random weights, for tests)."""
+    from .pipeline import PCDMsPipeline
+    from .runtime import pick_device, pick_dtype
+
+    if str(weights).endswith((".yaml", ".yml")):
+        pipe = PCDMsPipeline.from_config(weights, seed=0)
+    else:
+        if weights != "tiny" and not Path(weights).is_dir():
+            raise DataError("weights folder not found (expected a folder written by save_pretrained, "
+                            "or 'tiny' for the shipped weights)", weights)
+        pipe = PCDMsPipeline.from_pretrained(weights)
+    dev = pick_device(device)
+    return pipe.to(dev, pick_dtype(dtype or "fp32", dev))
+
+
+def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
+               out_dir: Path, *, batch: int = 8, steps: int | dict = 20, guidance: float | dict = 2.0,
+               scheduler: str = "unipc", seed: int = 0, stages=("prior", "inpaint", "refine"),
+               write: str = "final", rank: int = 0, world: int = 1, progress: bool = True) -> dict:
+    """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
+
+    ``write`` = "final" or "coarse" (the stage-2 output, which is what stage 3 trains on).
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    missing = [n for p in pairs for n in p if n not in poses]
+    if missing:
+        raise DataError(f"no pose annotation for {missing[0]} ({len(set(missing))} images in all); "
+                        "pass the annotation CSV that covers the pairs")
+    mine = [p for i, p in enumerate(pairs) if i % world == rank]
+    todo = [p for p in mine if not (out_dir / generated_name(*p)).is_file()]
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for frm, to in todo:
+        by_source[frm].append(to)
+    bar = tqdm(total=len(todo), desc="synthesize", unit="img", disable=not progress, dynamic_ncols=True)
+    t0 = time.time()
+    chunk: list[tuple[str, str]] = []
+
+    def flush():
+        if not chunk:
+            return
+        srcs = [load_image(dataset.path_of(f), IMAGE_SIZE) for f, _ in chunk]
+        gens = [torch.Generator().manual_seed(item_seed(seed, f, t)) for f, t in chunk]
+        result = pipe(srcs, [poses[f] for f, _ in chunk], [poses[t] for _, t in chunk],
+                      num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                      generator=gens, stages=stages)
+        images = result.coarse_images if write == "coarse" else result.images
+        for (f, t), im in zip(chunk, images):
+            atomic_save_image(out_dir / generated_name(f, t), im)
+        bar.update(len(chunk))
+        bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
+        chunk.clear()
+
+    # Pairs of one source stay together so the pipeline encodes that source once.
+    for frm in sorted(by_source):
+        for to in by_source[frm]:
+            chunk.append((frm, to))
+            if len(chunk) == batch:
+                flush()
+    flush()
+    bar.close()
+    return {"pairs": len(pairs), "this_rank": len(mine), "written": len(todo), "skipped": len(mine) - len(todo)}
+
+
+def load_poses(files: Sequence[str | Path]) -> dict[str, Pose]:
+    poses: dict[str, Pose] = {}
+    for f in files:
+        poses.update(read_annotations(f))
+    return poses
+
+
+def configure(parser):
+    parser.add_argument("--pairs", required=True, help="pairs CSV (from,to)")
+    parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
+    parser.add_argument("--annotations", nargs="*", default=None,
+                        help="annotation CSV(s) of the pair images (default: market-annotation-*.csv beside the "
+                             "split folders)")
+    parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
+    parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="unipc", choices=["ddim", "unipc", "dpmsolver++"])
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", default="prior,inpaint,refine",
+                        help="comma list; without refine the coarse stage-2 image is the output")
+    parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the pairs")
+    parser.add_argument("--device", default="auto")
+
+
+def run(args):
+    from .doctor import default_annotations
+    from .runtime import init_runtime
+
+    rt = init_runtime(args.device, "fp32")
+    dataset = MarketDataset(args.dataset)
+    pairs = read_pairs(args.pairs)
+    if args.max_pairs and len(pairs) > args.max_pairs:
+        import random
+        pairs = random.Random(args.seed).sample(pairs, args.max_pairs)
+    poses = load_poses(args.annotations or default_annotations(dataset.root))
+    pipe = load_pipeline(args.weights, rt.device)
+    counts = synthesize(pipe, pairs, dataset, poses, Path(args.out), batch=args.batch, steps=args.steps,
+                        guidance=args.guidance, scheduler=args.scheduler, seed=args.seed,
+                        stages=tuple(s.strip() for s in args.stages.split(",")), rank=rt.rank,
+                        world=rt.world_size, progress=rt.is_main)
+    print(f"[synthesize-pairs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} finished, "
+          f"of {counts['pairs']} pairs -> {args.out}")
+    return 0
