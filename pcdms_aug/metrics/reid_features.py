@@ -1,0 +1,83 @@
+"""Features of a trained torchreid model, for an FID that needs no ImageNet weights (labelled as such).
+
+The model is built by torchreid with ``pretrained=False`` (nothing downloaded) and filled from a local checkpoint:
+a torchreid ``model.pth.tar-N`` (``{"state_dict": ...}``) or a bare state dict. Every tensor except the classifier
+must be in the file: a partial match would silently measure with a half-random network.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError
+from .perceptual import resolve_weight_path
+
+HINT = ("a torchreid checkpoint of that model (torchreid's engine writes model.pth.tar-<epoch> under its save_dir; "
+        "any state dict of the same architecture works)")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import numpy as np
+
+    # torchreid checkpoints hold numpy scalars (rank1, ...): allow those, not arbitrary pickled objects
+    safe = [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
+    core = getattr(np, "_core", None) or np.core
+    safe.append(core.multiarray.scalar)
+    try:
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  unpickling errors come in many types
+        raise DataError(f"cannot read the re-ID checkpoint ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})", path) from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise DataError("the re-ID checkpoint holds no state dict", path)
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+class ReidFeatures(nn.Module):
+    """``forward(x)`` -> (B, D) embeddings of images (B, 3, H, W) in [0, 1], resized to the model's input size."""
+
+    def __init__(self, model: nn.Module, name: str, weights: Path, size: tuple[int, int]):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.size = tuple(size)
+        self.label = f"re-ID features: {name} @ {weights}"
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        out = self.model((x - self.mean) / self.std)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def load_reid_features(name: str | None, weights, size: tuple[int, int]) -> ReidFeatures:
+    if not name:
+        raise DataError("fid_reid.model is not set; name a torchreid architecture (e.g. osnet_x0_25)")
+    path = resolve_weight_path(weights, "fid_reid.weights", f"{HINT} for {name}")
+    import torchreid
+
+    try:
+        model = torchreid.models.build_model(name=name, num_classes=1, loss="softmax", pretrained=False,
+                                             use_gpu=False)
+    except KeyError:
+        from torchreid.reid.models import __model_factory as factory  # noqa: PLC0415  the list of names
+
+        raise DataError(f"fid_reid.model: unknown torchreid model {name!r}; one of "
+                        f"{', '.join(sorted(factory))}") from None
+    state = _load_checkpoint(path)
+    own = model.state_dict()
+    missing = [k for k in own if not k.startswith("classifier.")
+               and (k not in state or tuple(state[k].shape) != tuple(own[k].shape))]
+    if missing:
+        raise DataError(f"the checkpoint does not fit torchreid model {name!r}: {len(missing)} of its "
+                        f"{len(own)} tensors missing or mis-shaped (e.g. {', '.join(missing[:3])})", path)
+    model.load_state_dict({k: (v if k.startswith("classifier.") else state[k]) for k, v in own.items()})
+    return ReidFeatures(model, name, path, size)

@@ -1,0 +1,375 @@
+"""Synthesis metrics: SSIM/PSNR against closed forms and scikit-image, the Fréchet distance against closed forms,
+LPIPS/Inception/re-ID networks built offline from temporary weight files, refusals, and the CLI end to end."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcdms_aug.cli import main as cli_main
+from pcdms_aug.data.market import MarketDataset
+from pcdms_aug.errors import DataError
+from pcdms_aug.metrics import compute_metrics, frechet_distance, frechet_distance_of, generated_name, psnr
+from pcdms_aug.metrics import ssim_upstream
+from pcdms_aug.metrics.pixels import SSIM_K1
+from pcdms_aug.pose import read_pairs, write_pairs
+
+RNG = np.random.default_rng(0)
+
+
+def _noisy(img, sd, rng):
+    return np.clip(img.astype(float) + rng.normal(0, sd, img.shape), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- SSIM, PSNR
+def test_ssim_of_identical_images_is_one_and_falls_with_noise():
+    img = RNG.integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    assert ssim_upstream(img, img) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(1)
+    scores = [ssim_upstream(img, _noisy(img, sd, rng)) for sd in (5, 20, 60)]
+    assert scores[0] > scores[1] > scores[2] > 0
+
+
+def test_ssim_closed_form_on_constant_images():
+    # constant images: no variance, SSIM = (2ab + C1) / (a^2 + b^2 + C1) everywhere
+    a, b, rng_ = 100.0, 160.0, 255.0
+    c1 = (SSIM_K1 * rng_) ** 2
+    got = ssim_upstream(np.full((32, 16, 3), a), np.full((32, 16, 3), b), data_range=rng_)
+    assert got == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-12)
+    # a constant prediction has data range 0 (upstream: NaN); 255 is used instead
+    assert math.isfinite(ssim_upstream(RNG.integers(0, 256, (32, 16, 3)), np.full((32, 16, 3), 7, np.uint8)))
+
+
+def test_ssim_channels_are_averaged_and_grey_equals_stacked():
+    grey = RNG.integers(0, 256, (40, 24), dtype=np.uint8)
+    pred = _noisy(grey, 30, np.random.default_rng(2))
+    rgb_gt, rgb_pred = np.stack([grey] * 3, -1), np.stack([pred] * 3, -1)
+    assert ssim_upstream(rgb_gt, rgb_pred) == pytest.approx(ssim_upstream(grey, pred), abs=1e-12)
+    with pytest.raises(ValueError, match="smaller than"):
+        ssim_upstream(grey[:5, :5], pred[:5, :5])
+
+
+def test_ssim_agrees_with_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(3)
+    worst = 0.0
+    for i in range(12):
+        h, w = int(rng.integers(20, 129)), int(rng.integers(12, 65))
+        gt = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pred = _noisy(gt, rng.uniform(2, 90), rng) if i % 3 else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = skm.structural_similarity(gt, pred, gaussian_weights=True, sigma=1.2, use_sample_covariance=False,
+                                        channel_axis=2, data_range=pred.max() - pred.min())
+        worst = max(worst, abs(ref - ssim_upstream(gt, pred)))
+        assert psnr(gt, pred) == pytest.approx(skm.peak_signal_noise_ratio(gt, pred, data_range=255), rel=1e-12)
+    assert worst < 1e-10
+
+
+def test_psnr_known_values():
+    gt = np.zeros((8, 8, 3), np.uint8)
+    assert psnr(gt, np.full_like(gt, 10)) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    assert psnr(gt, gt) == math.inf
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(gt, gt[:4])
+
+
+# ---------------------------------------------------------------------------------------------- Fréchet
+def test_frechet_distance_closed_forms():
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4 + 1)
+    # commuting (diagonal) covariances: sum of (sqrt(a) - sqrt(b))^2
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want)
+    # general SPD pair: Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2) by eigendecompositions
+    rng = np.random.default_rng(4)
+    m1, m2 = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    s1, s2 = m1 @ m1.T + np.eye(5), m2 @ m2.T + np.eye(5)
+
+    def psd_sqrt(m):
+        w, v = np.linalg.eigh(m)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    r = psd_sqrt(s1)
+    want = np.trace(s1) + np.trace(s2) - 2 * np.trace(psd_sqrt(r @ s2 @ r))
+    assert frechet_distance(np.zeros(5), s1, np.zeros(5), s2) == pytest.approx(want, rel=1e-9)
+    assert frechet_distance(np.ones(5), s1, np.ones(5), s1) == pytest.approx(0, abs=1e-8)
+    with pytest.raises(ValueError, match="shapes"):
+        frechet_distance(np.zeros(5), s1, np.zeros(4), s2[:4, :4])
+
+
+def test_frechet_of_samples_matches_the_gaussians_and_survives_few_samples():
+    rng = np.random.default_rng(5)
+    a = rng.normal(0, 1, (4000, 3))
+    b = rng.normal(2, 1, (4000, 3))
+    assert frechet_distance_of(a, b) == pytest.approx(3 * 4, rel=0.05)
+    few = rng.normal(size=(6, 32))  # fewer samples than dimensions: singular covariances
+    assert math.isfinite(frechet_distance_of(few, rng.normal(size=(6, 32))))
+    assert abs(frechet_distance_of(few, few)) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- networks
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Weight files of the real structures with random values: AlexNet (torchvision), LPIPS heads, osnet."""
+    import torchreid
+    import torchvision
+
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    alex = torchvision.models.alexnet(weights=None)
+    torch.save({f"features.{k}": v for k, v in alex.features.state_dict().items()}, d / "alexnet.pth")
+    chans = (64, 192, 384, 256, 256)
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for i, c in enumerate(chans)},
+               d / "lin.pth")
+    reid = torchreid.models.build_model("osnet_x0_25", num_classes=5, loss="softmax", pretrained=False)
+    # as torchreid's engine saves: a dict with the state dict (DataParallel prefix) and numpy scalars
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reid.state_dict().items()}, "epoch": 3,
+                "rank1": np.float64(0.5)}, d / "osnet.pth.tar-3")
+    return {"dir": d, "alex": alex, "alexnet": d / "alexnet.pth", "linear": d / "lin.pth",
+            "reid": d / "osnet.pth.tar-3"}
+
+
+def test_lpips_offline_structure_zero_and_monotonic(weights):
+    from pcdms_aug.metrics.perceptual import CHANNELS, load_lpips
+
+    net = load_lpips(str(weights["alexnet"]), str(weights["linear"]))
+    tv_keys = {k: v.shape for k, v in weights["alex"].features.state_dict().items() if int(k.split(".")[0]) < 12}
+    assert {k: v.shape for k, v in net.features.state_dict().items()} == tv_keys
+    assert [lin.weight.shape[1] for lin in net.lins] == list(CHANNELS)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 128, 64, generator=g) * 2 - 1
+    assert torch.allclose(net(a, a), torch.zeros(3), atol=1e-7)
+    d = [net(a, (a + s * torch.randn(a.shape, generator=g)).clamp(-1, 1)) for s in (0.05, 0.2, 0.6)]
+    assert d[0].shape == (3,)
+    assert bool((d[0] < d[1]).all() and (d[1] < d[2]).all())
+
+
+def test_lpips_matches_torchmetrics_with_its_shipped_heads(weights):
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    from pcdms_aug.metrics.perceptual import load_lpips, torchmetrics_linear_weights
+
+    assert torchmetrics_linear_weights() is not None
+    ours = load_lpips(str(weights["alexnet"]), "torchmetrics")
+    ref = _LPIPS(pretrained=True, net="alex", pnet_rand=True)  # random backbone: no download
+    slice_of = lambda i: 1 if i < 2 else 2 if i < 5 else 3 if i < 8 else 4 if i < 10 else 5  # noqa: E731
+    ref.net.load_state_dict({f"slice{slice_of(int(k.split('.')[0]))}.{k}": v
+                             for k, v in weights["alex"].features.state_dict().items()
+                             if int(k.split(".")[0]) < 12})
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(4, 3, 128, 64, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        assert torch.allclose(ours(a, b), ref(a, b).flatten(), rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_refusals_name_the_file(weights, tmp_path):
+    from pcdms_aug.metrics.perceptual import load_lpips
+
+    with pytest.raises(DataError, match="alexnet_weights is not set.*alexnet-owt-7be5be79"):
+        load_lpips(None, weights["linear"])
+    with pytest.raises(DataError, match="file not found") as e:
+        load_lpips(tmp_path / "nope.pth", weights["linear"])
+    assert "nope.pth" in str(e.value)
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(DataError, match="not a torchvision AlexNet") as e:
+        load_lpips(tmp_path / "bad.pth", weights["linear"])
+    assert "bad.pth" in str(e.value)
+    with pytest.raises(DataError, match="not an LPIPS AlexNet linear-layer file"):
+        load_lpips(weights["alexnet"], weights["alexnet"])
+
+
+def test_inception_both_weight_layouts_offline(tmp_path):
+    import torchvision
+
+    from pcdms_aug.metrics.inception import InceptionPool, load_inception
+
+    torch.manual_seed(0)
+    fid_net = InceptionPool("pytorch-fid")
+    torch.save(fid_net.net.state_dict(), tmp_path / "pt_inception.pth")
+    tv = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
+    torch.save(tv.state_dict(), tmp_path / "inception_v3_google.pth")
+    x = torch.rand(2, 3, 64, 32)
+    a = load_inception(tmp_path / "pt_inception.pth")
+    assert a.variant == "pytorch-fid" and "TF 2015-12-05" in a.label
+    with torch.no_grad():
+        fa = a(x)
+        assert fa.shape == (2, 2048) and torch.allclose(fa, fid_net(x))
+        b = load_inception(tmp_path / "inception_v3_google.pth")
+        assert b.variant == "torchvision" and "upstream" in b.label
+        # upstream's recipe: bilinear 299, transform_input on [0,1] images, trunk to Mixed_7c, global average
+        y = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        y = torch.cat([y[:, c:c + 1] * (s / 0.5) + (m - 0.5) / 0.5 for c, (m, s) in
+                       enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))], 1)
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                     "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            y = getattr(tv, name)(y)
+        want = y.mean(dim=(2, 3))
+        got = b(x)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(DataError, match="inception_weights is not set.*inception_v3_google"):
+        load_inception(None)
+    torch.save({"fc.weight": torch.zeros(10, 2048)}, tmp_path / "other.pth")
+    with pytest.raises(DataError, match="10 classes"):
+        load_inception(tmp_path / "other.pth")
+
+
+def test_inception_tf_variant_matches_pytorch_fid_where_installed(tmp_path):
+    pfid = pytest.importorskip("pytorch_fid.inception")
+    from pcdms_aug.metrics.inception import InceptionPool
+
+    torch.manual_seed(0)
+    ours = InceptionPool("pytorch-fid")
+    pfid.fid_inception_v3 = lambda: _pytorch_fid_net(pfid, ours.net.state_dict())
+    ref = pfid.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x)[0].flatten(1), atol=1e-6)
+
+
+def _pytorch_fid_net(pfid, state):
+    net = pfid._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b, net.Mixed_5c = pfid.FIDInceptionA(192, 32), pfid.FIDInceptionA(256, 64)
+    net.Mixed_5d = pfid.FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = pfid.FIDInceptionC(768, 128), pfid.FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = pfid.FIDInceptionC(768, 160), pfid.FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = pfid.FIDInceptionE_1(1280), pfid.FIDInceptionE_2(2048)
+    net.load_state_dict(state)
+    return net
+
+
+def test_reid_features_from_a_torchreid_checkpoint(weights, tmp_path):
+    from pcdms_aug.metrics.reid_features import load_reid_features
+
+    net = load_reid_features("osnet_x0_25", weights["reid"], (128, 64))
+    assert "osnet_x0_25" in net.label and str(weights["reid"]) in net.label
+    with torch.no_grad():
+        f = net(torch.rand(3, 3, 64, 32))  # resized to 128x64 inside
+    assert f.shape == (3, 512)
+    with pytest.raises(DataError, match="does not fit torchreid model 'osnet_x1_0'"):
+        load_reid_features("osnet_x1_0", weights["reid"], (128, 64))
+    with pytest.raises(DataError, match="unknown torchreid model 'nonet'"):
+        load_reid_features("nonet", weights["reid"], (128, 64))
+    with pytest.raises(DataError, match="fid_reid.weights is not set"):
+        load_reid_features("osnet_x0_25", None, (128, 64))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+N_PAIRS = 10
+
+
+@pytest.fixture(scope="module")
+def case(synth_market, tmp_path_factory):
+    """A pairs CSV of N_PAIRS test pairs and a generated folder of noisy copies of their ground truths."""
+    d = tmp_path_factory.mktemp("metrics_case")
+    pairs = read_pairs(synth_market / "market-pairs-test.csv")[:N_PAIRS]
+    write_pairs(d / "pairs.csv", pairs)
+    ds = MarketDataset(synth_market)
+    gen = d / "generated"
+    gen.mkdir()
+    rng = np.random.default_rng(0)
+    for frm, to in pairs:
+        gt = np.asarray(Image.open(ds.path_of(to)).convert("RGB"))
+        Image.fromarray(_noisy(gt, 12, rng)).save(gen / generated_name(frm, to))
+    return {"root": synth_market, "pairs": pairs, "csv": d / "pairs.csv", "gen": gen, "dir": d, "ds": ds}
+
+
+def _overrides(weights, **extra):
+    o = {"lpips.alexnet_weights": weights["alexnet"], "lpips.linear_weights": "torchmetrics",
+         "fid_reid.weights": weights["reid"], "fid.max_reference": 20, "batch_size": 4, "device": "cpu"}
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def test_cli_json_end_to_end(case, weights, capsys):
+    out = case["dir"] / "report.json"
+    rc = cli_main(["metrics", "--pairs", str(case["csv"]), "--generated", str(case["gen"]), "--dataset",
+                   str(case["root"]), "--config", "tiny/metrics.yaml", "--json", "--out", str(out),
+                   "--no-progress", *_overrides(weights)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert {"generated", "copy_source", "refused", "n_pairs", "labels"} <= set(printed)
+    assert printed["n_pairs"] == N_PAIRS and printed["n_missing"] == 0
+    assert printed["protocol"]["size"] == [128, 64]
+    gen, src = printed["generated"], printed["copy_source"]
+    for row in (gen, src):
+        assert set(row) == {"ssim", "psnr", "lpips", "fid", "fid_reid", "n_pairs"}
+        assert row["fid"] is None and row["lpips"] is not None and row["fid_reid"] is not None
+    # noisy copies of the targets beat copying the source on every computed metric
+    assert gen["ssim"] > src["ssim"] and gen["psnr"] > src["psnr"] and gen["lpips"] < src["lpips"]
+    assert "fid.inception_weights is not set" in printed["refused"]["fid"]
+    assert set(printed["refused"]) == {"fid"}
+    assert "osnet_x0_25" in printed["labels"]["fid_reid"] and "20 training images" in printed["labels"]["fid_reid"]
+    assert "source" in printed["labels"]["copy_source"]
+
+
+def test_exact_copies_give_perfect_scores_and_table(case, weights, tmp_path):
+    gen = tmp_path / "exact"
+    gen.mkdir()
+    for frm, to in case["pairs"]:
+        Image.open(case["ds"].path_of(to)).convert("RGB").save(gen / generated_name(frm, to))
+    cfg = {"lpips": {"alexnet_weights": str(weights["alexnet"])}, "fid": {"enabled": False},
+           "fid_reid": {"enabled": False}, "batch_size": 8, "device": "cpu"}
+    r = compute_metrics(case["csv"], gen, case["root"], cfg, progress=False)
+    assert r["generated"]["ssim"] == pytest.approx(1.0) and r["generated"]["psnr"] == math.inf
+    assert r["generated"]["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert r["refused"]["fid"].startswith("disabled")
+    from pcdms_aug.metrics import format_table
+
+    table = format_table(r)
+    assert "| generated " in table and "| copy-source " in table and "refused" in table and "inf" in table
+
+
+def test_missing_generated_image_is_named(case, weights, tmp_path, capsys):
+    gen = tmp_path / "partial"
+    shutil.copytree(case["gen"], gen)
+    frm, to = case["pairs"][3]
+    (gen / generated_name(frm, to)).unlink()
+    (gen / generated_name(*case["pairs"][7])).unlink()
+    args = ["metrics", "--pairs", str(case["csv"]), "--generated", str(gen), "--dataset", str(case["root"]),
+            "--no-progress", "fid_reid.enabled=false", "lpips.enabled=false", "fid.enabled=false"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert generated_name(frm, to) in err and f"2 of {N_PAIRS} pairs" in err and "--allow-missing" in err
+    assert cli_main(args + ["--json", "--allow-missing"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_pairs"] == N_PAIRS - 2 and r["n_missing"] == 2 and r["generated"]["n_pairs"] == N_PAIRS - 2
+    assert any("2 of" in n for n in r["notes"])
+
+
+def test_other_size_is_resized_and_said(case, tmp_path):
+    gen = tmp_path / "big"
+    gen.mkdir()
+    for p in case["gen"].iterdir():
+        Image.open(p).resize((128, 256), Image.BICUBIC).save(gen / p.name)
+    cfg = {"lpips": {"enabled": False}, "fid": {"enabled": False}, "fid_reid": {"enabled": False}}
+    r = compute_metrics(case["pairs"], gen, case["root"], cfg, progress=False)
+    assert r["protocol"]["size"] == [128, 64]
+    assert any(f"resized {N_PAIRS} generated image(s) from 256x128 to" in n for n in r["notes"])
+    assert r["generated"]["ssim"] > r["copy_source"]["ssim"]
+
+
+def test_best_of_k_is_the_labelled_oracle(case, tmp_path):
+    gen = tmp_path / "k"
+    gen.mkdir()
+    rng = np.random.default_rng(1)
+    for i, (frm, to) in enumerate(case["pairs"]):
+        gt = np.asarray(Image.open(case["ds"].path_of(to)).convert("RGB"))
+        good, bad = gt, rng.integers(0, 256, gt.shape, dtype=np.uint8)
+        samples = (good, bad) if i % 2 else (bad, good)
+        for k, s in enumerate(samples):
+            Image.fromarray(s).save(gen / generated_name(frm, to, k))
+    cfg = {"lpips": {"enabled": False}, "fid": {"enabled": False}, "fid_reid": {"enabled": False}}
+    r = compute_metrics(case["pairs"], gen, case["root"], cfg, best_of=2, progress=False)
+    assert r["generated"]["ssim"] == pytest.approx(1.0)
+    assert "oracle best-of-2" in r["labels"]["generated"] and "uses ground truth" in r["labels"]["generated"]
+    assert r["protocol"]["best_of"] == 2
+    # the default reads <from>_to_<to>.png only: these samples are not taken for it
+    with pytest.raises(DataError, match=f"{N_PAIRS} of {N_PAIRS} pairs"):
+        compute_metrics(case["pairs"], gen, case["root"], cfg, progress=False)
