@@ -13,7 +13,7 @@ from pcdms_aug.cli import main
 from pcdms_aug.data import people as pp
 from pcdms_aug.data import posegen as pg
 from pcdms_aug.data.market import MarketDataset, make_pairs, pid_of, valid_for_pairs
-from pcdms_aug.data.synthetic import (ANNOTATIONS, META, PAIRS, _compose, _World, build_synthetic_market, plan)
+from pcdms_aug.data.synthetic import ANNOTATIONS, META, PAIRS, build_synthetic_market, planned_poses
 from pcdms_aug.errors import DataError
 from pcdms_aug.pose import JOINTS, read_annotations, read_pairs
 
@@ -72,6 +72,8 @@ def test_annotations_and_pairs(synth_market):
         poses = read_annotations(synth_market / csv_name)  # checks every keypoint lies inside 128x64
         assert sorted(poses) == sorted(it.filename for it in ds.splits[split])
     train = read_annotations(synth_market / ANNOTATIONS["train"])
+    planned = planned_poses(split="train", **SYNTH_SETTINGS)
+    assert sorted(planned) == sorted(train) and all(planned[n] == train[n] for n in train)
     vis = np.stack([p.visible for p in train.values()])
     assert 0.15 < 1 - vis.mean() < 0.4
     test = read_annotations(synth_market / ANNOTATIONS["gallery"])
@@ -152,7 +154,7 @@ def test_cli_builds_and_reports_bad_folder(tmp_path, capsys):
 def _draw(look, yaw, body=None):
     body = body or pg.sample_body(np.random.default_rng(0))
     view = pg.View(yaw=yaw, head_yaw=0.0, phase=0.0, stride=0.3, arm_swing=0.2, arm_r=(0.35, 0.3, 0.2),
-                   arm_l=(0.35, 0.3, 0.2), head_roll=0.0, scale=1.0, cx=32.0, neck_y=25.0)
+                   arm_l=(0.35, 0.3, 0.2), head_roll=0.0, stance=(1.0, 0.85), scale=1.0, cx=32.0, neck_y=25.0)
     skel = pg.Skeleton(body, view)
     canvas = np.zeros((pg.H * pp.SS, pg.W * pp.SS, 3), np.uint8)
     pp.draw_person(canvas, skel, look, (0.0, 1.0))
@@ -195,9 +197,7 @@ def test_appearance_depends_on_view():
 
 @real_or_skip
 def test_pose_statistics_close_to_real():
-    world = _World(0)
-    items = [it for it in plan(200, 1, 0) if it.split == "train"]
-    syn = pg.pose_statistics([_compose(it, world, draw=False)[0] for it in items])
+    syn = pg.pose_statistics(planned_poses(200, 1, 0).values())
     real = pg.pose_statistics(read_annotations(REAL / "market-annotation-train.csv").values())
     assert abs(syn["missing"] - real["missing"]) < 0.04
     assert abs(syn["no_keypoint"] - real["no_keypoint"]) < 0.015

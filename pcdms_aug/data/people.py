@@ -233,35 +233,38 @@ def _torso(canvas, skel: pg.Skeleton, look: Look, light):
     a = a_top + (a_bot - a_top) * np.clip(vv, 0, 1)
     # The shoulders round off at the top.
     a = a * np.sqrt(np.clip(1 - np.clip(0.1 - vv, 0, None) ** 2 * 40, 0.2, 1))
-    wpx = np.sqrt((a * c) ** 2 + (depth * sn) ** 2) * s
-    t = (xs - v.cx) / wpx
+    wbody = np.sqrt((a * c) ** 2 + (depth * sn) ** 2)
+    t = (xs - v.cx) / (wbody * s)
     inside = (np.abs(t) <= 1) & (vv >= 0) & (vv <= 1)
     if not inside.any():
         return
-    delta = np.arctan2(depth * sn, a * c)
-    ac = np.arccos(np.clip(t, -1, 1))
-    phis = np.stack([delta + ac, delta - ac])
-    zs = -a * np.cos(phis) * sn + depth * np.sin(phis) * c
-    phi = np.where(zs[0] >= zs[1], phis[0], phis[1])
-    X, Z = a * np.cos(phi), depth * np.sin(phi)
-    nX, nZ = np.cos(phi) / a, np.sin(phi) / depth
+    # Only the pixels on the torso from here on, as flat arrays.
+    t, vv, a, wbody = t[inside], vv[inside], a[inside], wbody[inside]
+    # The visible point of the elliptic section (a cos phi, depth sin phi) that projects to t is always
+    # phi = delta + arccos(t), with tan(delta) = depth sin(yaw) / (a cos(yaw)); expanded to avoid trigonometry.
+    cos_d, sin_d = a * c / wbody, depth * sn / wbody
+    sin_p = np.sqrt(np.clip(1 - t * t, 0, 1))
+    cos_phi, sin_phi = cos_d * t - sin_d * sin_p, sin_d * t + cos_d * sin_p
+    X, Z = a * cos_phi, depth * sin_phi
+    nX, nZ = cos_phi / a, sin_phi / depth
     norm = np.sqrt(nX ** 2 + nZ ** 2)
     nX, nZ = nX / norm, nZ / norm
     shade = _lambert(nX * c + nZ * sn, -nX * sn + nZ * c, light)
     yb = vv * length  # body pixels below the collar
-    paint = np.empty(xs.shape + (3,), np.float32)
+    paint = np.empty(t.shape + (3,), np.float32)
     paint[:] = look.top
-    second = np.zeros(xs.shape, bool)
+    second = None
     if look.top_pattern == "stripes":
         second = (np.floor(yb / look.period) % 2) == 1
     elif look.top_pattern == "checks":
-        u = phi * (a + depth) / 2
+        u = np.arctan2(sin_phi, cos_phi) * (a + depth) / 2  # arc length around the body
         second = ((np.floor(u / look.period) + np.floor(yb / look.period)) % 2) == 1
     elif look.top_pattern == "yoke":
         second = yb < 0.38 * length
     elif look.top_pattern == "jacket":
         second = (Z > 0) & (np.abs(X) < 0.32 * a)  # an open jacket shows the shirt from the front only
-    paint[second] = look.top2
+    if second is not None:
+        paint[second] = look.top2
     if look.logo != "none":
         du, dv, size = X, yb - 0.33 * length, 4.2
         if look.logo == "circle":
@@ -277,7 +280,7 @@ def _torso(canvas, skel: pg.Skeleton, look: Look, light):
         m = (np.abs(X) < a * 0.55) & (np.abs(yb - 0.4 * length) < 0.15 * length) & (Z < -0.4 * depth)
         paint[m] = look.logo_colour
     region = canvas[box]
-    region[inside] = np.clip(paint[inside] * shade[inside][:, None], 0, 255)
+    region[inside] = np.clip(paint * shade[:, None], 0, 255)
 
 
 def _head(canvas, skel: pg.Skeleton, look: Look, light):
@@ -295,14 +298,15 @@ def _head(canvas, skel: pg.Skeleton, look: Look, light):
     inside = r2 <= 1
     if not inside.any():
         return
-    dz = np.sqrt(np.clip(1 - r2, 0, 1))
+    dx, dy = dx[inside], dy[inside]
+    dz = np.sqrt(np.clip(1 - r2[inside], 0, 1))
     c, sn = math.cos(v.yaw), math.sin(v.yaw)
     # Camera-frame normal -> body frame -> head frame.
     bx, bz = dx * c - dz * sn, dx * sn + dz * c
     n = np.stack([bx, dy, bz], -1) @ skel.head_rotation  # row vectors times R = R^T applied
     hx, hy, hz = n[..., 0], n[..., 1], n[..., 2]
     shade = _lambert(dx, dz, light)
-    paint = np.empty(xs.shape + (3,), np.float32)
+    paint = np.empty(dx.shape + (3,), np.float32)
     paint[:] = look.skin
     hairline = -0.42 if look.hair_style != "long" else -0.3
     hair = (hy < hairline) | (hz < -0.05 - 0.25 * (hy > 0.45))
@@ -319,7 +323,7 @@ def _head(canvas, skel: pg.Skeleton, look: Look, light):
         m = (hx * eye[0] + hy * eye[1] + hz * eye[2]) > 0.985
         paint[m & ~hair] = (40, 30, 30)
     region = canvas[box]
-    region[inside] = np.clip(paint[inside] * shade[inside][:, None], 0, 255)
+    region[inside] = np.clip(paint * shade[:, None], 0, 255)
 
 
 def _box_parts(skel: pg.Skeleton, look: Look):
@@ -424,15 +428,34 @@ def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> Non
         fn(canvas, light)
 
 
+def _object(canvas: np.ndarray, rng: np.random.Generator) -> None:
+    """A street object on the canvas: what a detector's false positive often boxes."""
+    h, w = canvas.shape[:2]
+    colour = _jitter(rng, PALETTE[list(PALETTE)[rng.integers(len(PALETTE))]], 20)
+    x, y = int(rng.integers(0, w)), int(rng.integers(h // 4, h))
+    kind = rng.integers(3)
+    if kind == 0:  # a bin, a box, a sign
+        cv2.rectangle(canvas, (x - int(rng.integers(20, 90)), y - int(rng.integers(40, 200))),
+                      (x + int(rng.integers(20, 90)), y), colour, -1, cv2.LINE_AA)
+    elif kind == 1:  # a wheel, a shrub, a ball
+        r = int(rng.integers(20, 70))
+        cv2.circle(canvas, (x, y), r, colour, int(rng.choice([-1, 8])), cv2.LINE_AA)
+    else:  # a pole or railing
+        cv2.line(canvas, (x, 0), (x + int(rng.normal(0, 30)), h), colour, int(rng.integers(6, 24)), cv2.LINE_AA)
+
+
 def render(skel: pg.Skeleton | None, look: Look | None, camera: Camera, rng: np.random.Generator,
-           extra: list | None = None) -> np.ndarray:
+           extra: list | None = None, clutter: int = 0) -> np.ndarray:
     """A 128x64 uint8 RGB crop: the camera's scene, the person (if any) and the camera's light and optics.
 
-    ``extra``: further (skeleton, look) pairs drawn before the main person (people in the background)."""
+    ``extra``: further (skeleton, look) pairs drawn before the main person (people in the background);
+    ``clutter``: that many street objects (bins, signs, bikes' wheels) in front of the scene."""
     scene = camera.scene
     ox = int(rng.integers(0, scene.shape[1] - W * SS + 1))
     oy = int(rng.integers(0, scene.shape[0] - H * SS + 1))
     canvas = scene[oy:oy + H * SS, ox:ox + W * SS].copy()
+    for _ in range(clutter):
+        _object(canvas, rng)
     people = list(extra or []) + ([(skel, look)] if skel is not None else [])
     for sk, lk in people:
         feet = max(sk.xy[pg.RANK, 1], sk.xy[pg.LANK, 1]) + 3 * sk.view.scale

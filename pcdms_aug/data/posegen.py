@@ -45,9 +45,9 @@ class Body:
 def sample_body(rng: np.random.Generator) -> Body:
     width = rng.uniform(0.84, 1.18)
     legs = rng.uniform(0.95, 1.05)
-    return Body(shoulder=14.4 * width, hip=8.4 * width * rng.uniform(0.92, 1.1), depth=6.8 * width,
-                torso=37.5 * rng.uniform(0.96, 1.04), thigh=27.5 * legs, shin=25.0 * legs,
-                upper_arm=19.5 * rng.uniform(0.95, 1.05), forearm=15.5 * rng.uniform(0.95, 1.05),
+    return Body(shoulder=15.2 * width, hip=8.4 * width * rng.uniform(0.92, 1.1), depth=6.8 * width,
+                torso=37.5 * rng.uniform(0.96, 1.04), thigh=28.6 * legs, shin=26.0 * legs,
+                upper_arm=19.5 * rng.uniform(0.95, 1.05), forearm=16.5 * rng.uniform(0.95, 1.05),
                 head=rng.uniform(0.92, 1.08), limb=width * rng.uniform(0.92, 1.08),
                 height=rng.uniform(0.96, 1.04))
 
@@ -64,6 +64,7 @@ class View:
     arm_r: tuple  # (abduction, forearm flexion forwards, forearm inwards), radians / fractions
     arm_l: tuple
     head_roll: float  # sideways tilt of the head, radians
+    stance: tuple  # (knee, ankle) lateral spread relative to the hips
     scale: float
     cx: float  # image x of the neck
     neck_y: float  # image y of the neck
@@ -93,8 +94,9 @@ def sample_view(rng: np.random.Generator, body: Body, track_yaw: float, camera_s
         scale *= rng.uniform(0.68, 0.88)
         neck_y = 114.0 - 87.0 * scale + rng.normal(0, 2.0)
     return View(yaw=track_yaw + rng.normal(0, 0.12), head_yaw=rng.normal(0, 0.5), phase=phase,
-                stride=0.05 if standing else rng.uniform(0.2, 0.5), arm_swing=rng.uniform(0.05, 0.4),
+                stride=0.05 if standing else rng.uniform(0.2, 0.6), arm_swing=rng.uniform(0.05, 0.4),
                 arm_r=_arm(rng), arm_l=_arm(rng), head_roll=rng.normal(0, 0.25),
+                stance=(rng.uniform(0.9, 1.2), rng.uniform(0.55, 1.4)),
                 scale=float(scale), cx=rng.normal(31.8, 3.0), neck_y=float(neck_y))
 
 
@@ -103,7 +105,7 @@ def _arm(rng: np.random.Generator) -> tuple:
     carrying or holding a phone (forearm raised), a hand on a bag strap, a hand in a pocket."""
     style = rng.choice(4, p=[0.62, 0.18, 0.1, 0.1])
     if style == 0:
-        return rng.uniform(0.2, 0.55), rng.uniform(0.05, 0.6), rng.uniform(0.0, 0.4)
+        return rng.uniform(0.25, 0.65), rng.uniform(0.05, 0.6), rng.uniform(0.0, 0.6)
     if style == 1:
         return rng.uniform(0.1, 0.45), rng.uniform(1.3, 2.3), rng.uniform(0.2, 0.7)
     if style == 2:
@@ -150,8 +152,9 @@ class Skeleton:
             thigh = _rot_x(np.array([0.0, b.thigh, 0.0]), swing)
             shin = _rot_x(np.array([0.0, b.shin, 0.0]), swing - bend)
             j[knee] = j[hip] + thigh
+            j[knee, 0] = j[hip, 0] * view.stance[0]
             j[ankle] = j[knee] + shin
-            j[ankle, 0] = j[hip, 0] * 0.85
+            j[ankle, 0] = j[hip, 0] * view.stance[1]
         # Arms swing against the legs; elbows sit outside the shoulders, forearms bend forwards and inwards.
         for sho, elb, wri, side, arm, sign in ((RSHO, RELB, RWRI, -1.0, view.arm_r, -1.0),
                                                 (LSHO, LELB, LWRI, 1.0, view.arm_l, 1.0)):
@@ -194,13 +197,13 @@ _FACING = np.array([-1.0, -0.3, 0.0, 0.3, 1.0])
 _P_NEAR = {
     NOSE: [0.12, 0.3, 0.8, 0.9, 0.97], NECK: [0.995] * 5,
     RSHO: [0.995] * 5, LSHO: [0.995] * 5, RHIP: [0.99] * 5, LHIP: [0.99] * 5,
-    RELB: [0.88, 0.83, 0.78, 0.88, 0.93], LELB: [0.88, 0.83, 0.78, 0.88, 0.93],
-    RWRI: [0.62, 0.6, 0.62, 0.8, 0.88], LWRI: [0.62, 0.6, 0.62, 0.8, 0.88],
+    RELB: [0.9, 0.86, 0.8, 0.9, 0.95], LELB: [0.9, 0.86, 0.8, 0.9, 0.95],
+    RWRI: [0.65, 0.63, 0.65, 0.83, 0.9], LWRI: [0.65, 0.63, 0.65, 0.83, 0.9],
     RKNE: [0.93] * 5, LKNE: [0.93] * 5, RANK: [0.82] * 5, LANK: [0.82] * 5,
     REYE: [0.06, 0.2, 0.7, 0.9, 0.95], LEYE: [0.06, 0.2, 0.7, 0.9, 0.95],
     REAR: [0.62, 0.7, 0.8, 0.78, 0.7], LEAR: [0.62, 0.7, 0.8, 0.78, 0.7],
 }
-_FAR_LOSS = {RELB: 0.6, RWRI: 0.6, LELB: 0.6, LWRI: 0.6, REYE: 0.85, LEYE: 0.85, REAR: 0.9, LEAR: 0.9}
+_FAR_LOSS = {RELB: 0.6, RWRI: 0.6, LELB: 0.6, LWRI: 0.6, REYE: 0.6, LEYE: 0.6, REAR: 0.75, LEAR: 0.75}
 _LEFT = (LSHO, LELB, LWRI, LHIP, LKNE, LANK, LEYE, LEAR)
 ALL_MISSING_RATE = 0.032  # real: 3.2% of training crops have no keypoint at all
 

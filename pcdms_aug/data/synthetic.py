@@ -34,10 +34,14 @@ CAMERAS = 6
 JPEG_QUALITY = 90
 META = "synthetic.json"
 IMAGES_PER_ID = 17.2  # real Market-1501: 12,936 training images of 751 identities
-CAMERAS_PER_ID = {2: 0.12, 3: 0.22, 4: 0.3, 5: 0.24, 6: 0.12}  # mean 4.0; real: 3,368 queries / 750 = 4.5
+CAMERAS_PER_ID = {2: 0.06, 3: 0.14, 4: 0.25, 5: 0.3, 6: 0.25}  # mean 4.5, as real: 3,368 queries / 750 ids
 MEAN_CAMERAS = sum(k * p for k, p in CAMERAS_PER_ID.items())
 # Real bounding_box_test: 13,115 identity images, 3,819 junk, 2,798 distractors.
 JUNK_PER_GALLERY, DISTRACTORS_PER_GALLERY = 3819 / 13115, 2798 / 13115
+# What the -1 and 0000 crops show, fitted to the real test annotations: junk has 49% of its joints missing and
+# 23% without any keypoint (mostly pieces of people); distractors 89% and 78% (mostly false detections).
+JUNK_MODES = {"part": 0.2, "shifted": 0.32, "loose": 0.28, "background": 0.2}
+DISTRACTOR_MODES = {"background": 0.74, "part": 0.13, "shifted": 0.05, "loose": 0.08}
 PAIRS_PER_TEST_ID = 16  # real: 12,000 test pairs over 750 identities
 ANNOTATIONS = {"train": "market-annotation-train.csv", "gallery": "market-annotation-test.csv",
                "query": "market-annotation-query.csv"}
@@ -150,20 +154,21 @@ def _compose(item: Item, world: _World, draw: bool) -> tuple[Pose, np.ndarray | 
         body, look = pg.sample_body(rng), pp.sample_look(rng)
     view = pg.sample_view(rng, body, item.yaw, cam.scale, item.phase)
     skel: pg.Skeleton | None = None
-    if item.kind == "distractor":
-        # Other people, boxed less tightly than the annotated identities.
-        view = replace(view, cx=view.cx + rng.normal(0, 5), neck_y=view.neck_y + rng.normal(0, 4),
-                       scale=view.scale * rng.uniform(0.85, 1.1))
-    elif item.kind == "junk":
-        mode = rng.choice(["part", "shifted", "background"], p=[0.55, 0.25, 0.2])
+    clutter = 0
+    if item.kind != "person":
+        modes = JUNK_MODES if item.kind == "junk" else DISTRACTOR_MODES
+        mode = rng.choice(list(modes), p=list(modes.values()))
         if mode == "part":  # a box on a piece of a person
-            scale = view.scale * rng.uniform(1.4, 2.3)
-            view = replace(view, scale=scale, cx=view.cx + rng.normal(0, 12),
-                           neck_y=float(rng.uniform(-70 * scale, 40)))
+            scale = view.scale * rng.uniform(1.1, 1.7)
+            view = replace(view, scale=scale, cx=view.cx + rng.normal(0, 10),
+                           neck_y=float(rng.uniform(-60 * scale, 40)))
         elif mode == "shifted":  # a box half off the person
-            view = replace(view, cx=view.cx + rng.choice([-1, 1]) * rng.uniform(22, 36))
-        else:
-            view = None
+            view = replace(view, cx=view.cx + rng.choice([-1, 1]) * rng.uniform(12, 26))
+        elif mode == "loose":  # a whole person, boxed less tightly than the annotated identities
+            view = replace(view, cx=view.cx + rng.normal(0, 5), neck_y=view.neck_y + rng.normal(0, 5),
+                           scale=view.scale * rng.uniform(0.75, 1.1))
+        else:  # a false detection on the scene
+            view, clutter = None, int(rng.integers(1, 4))
     if view is not None:
         skel = pg.Skeleton(body, view)
         pose = pg.annotate(skel, rng)
@@ -171,7 +176,7 @@ def _compose(item: Item, world: _World, draw: bool) -> tuple[Pose, np.ndarray | 
         pose = Pose(np.full((18, 2), -1.0), np.zeros(18, bool), (pg.H, pg.W))
     if not draw:
         return pose, None
-    return pose, pp.render(skel, look, cam, rng)
+    return pose, pp.render(skel, look, cam, rng, clutter=clutter)
 
 
 def _settings(train_ids: int, test_ids: int, seed: int) -> dict:
@@ -258,6 +263,16 @@ def build_synthetic_market(out: str | Path, train_ids: int = DEFAULT_TRAIN_IDS, 
     atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
     log.info("synthetic Market-1501 in %s: %s (%.1f s)", out, counts, time.perf_counter() - start)
     return out
+
+
+def planned_poses(train_ids: int = DEFAULT_TRAIN_IDS, test_ids: int = DEFAULT_TEST_IDS, seed: int = DEFAULT_SEED,
+                  split: str = "train") -> dict[str, Pose]:
+    """{image name: true keypoints} that a build of these settings writes for ``split`` (train, query or
+    gallery), computed without drawing a pixel: a quick way to study the pose distribution at any size."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}", "split")
+    world = _World(seed)
+    return {it.name: _compose(it, world, draw=False)[0] for it in plan(train_ids, test_ids, seed) if it.split == split}
 
 
 def pose_comparison(synthetic_csv: str | Path, real_csv: str | Path) -> str:
