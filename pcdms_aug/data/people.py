@@ -342,16 +342,19 @@ def _box_parts(skel: pg.Skeleton, look: Look):
             for side in (-1, 1):
                 a, e = skel.project(np.array([[side * 0.55 * b.shoulder, 0.0, b.depth],
                                               [side * 0.62 * b.shoulder, 0.55 * b.torso, b.depth]]))[0]
-                parts.append((0.02, lambda cv, l, a=a, e=e: _line(cv, a, e, look.bag_colour, 1.6 * skel.view.scale, 0.8)))
+                parts.append((0.02, lambda cv, l, a=a, e=e:
+                              _line(cv, a, e, look.bag_colour, 1.6 * skel.view.scale, 0.8)))
     elif look.bag == "shoulder":
         side = look.bag_side
         x0, x1 = side * (b.hip + 2.5), side * (b.hip + 6.0)
-        corners = np.array([[x, y, z] for x in (x0, x1) for y in (0.62 * b.torso, 1.02 * b.torso) for z in (-4.5, 4.5)])
+        corners = np.array([[x, y, z] for x in (x0, x1) for y in (0.62 * b.torso, 1.02 * b.torso)
+                            for z in (-4.5, 4.5)])
         xy, z = skel.project(corners)
         hull = cv2.convexHull(xy.astype(np.float32)).reshape(-1, 2)
         parts.append((float(z.mean()), lambda cv, l: _fill(cv, hull, look.bag_colour, 0.95)))
         zface = b.depth if c >= 0 else -b.depth
-        a, e = skel.project(np.array([[-side * 0.6 * b.shoulder, 0.0, zface], [side * (b.hip + 3.5), 0.65 * b.torso, zface * 0.6]]))[0]
+        a, e = skel.project(np.array([[-side * 0.6 * b.shoulder, 0.0, zface],
+                                      [side * (b.hip + 3.5), 0.65 * b.torso, zface * 0.6]]))[0]
         parts.append((0.02, lambda cv, l: _line(cv, a, e, look.bag_colour, 1.3 * skel.view.scale, 0.75)))
     return parts
 
@@ -397,7 +400,8 @@ def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> Non
             parts.append((zs, lambda cv, l, a=xy[knee], e=xy[ankle], f=f: _line(cv, a, e, look.skin, shin_w * 0.9, f)))
             if look.bottom_kind == "shorts":
                 mid = xy[hip] + 0.6 * (xy[knee] - xy[hip])
-                parts.append((zt + 0.01, lambda cv, l, a=xy[hip], e=mid, f=f: _line(cv, a, e, leg_colour, thigh_w * 1.05, f)))
+                parts.append((zt + 0.01, lambda cv, l, a=xy[hip], e=mid, f=f:
+                              _line(cv, a, e, leg_colour, thigh_w * 1.05, f)))
         toe = skel.project(skel.joints3d[ankle] + np.array([0.0, 2.5, 6.0]))[0]
         parts.append((z[ankle] + 0.02, lambda cv, l, a=xy[ankle], e=toe, f=f: _line(cv, a, e, look.shoes, 4.8 * s, f)))
     if look.bottom_kind == "skirt":
@@ -445,26 +449,23 @@ def _object(canvas: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def render(skel: pg.Skeleton | None, look: Look | None, camera: Camera, rng: np.random.Generator,
-           extra: list | None = None, clutter: int = 0) -> np.ndarray:
-    """A 128x64 uint8 RGB crop: the camera's scene, the person (if any) and the camera's light and optics.
-
-    ``extra``: further (skeleton, look) pairs drawn before the main person (people in the background);
-    ``clutter``: that many street objects (bins, signs, bikes' wheels) in front of the scene."""
+           clutter: int = 0) -> np.ndarray:
+    """A 128x64 uint8 RGB crop: the camera's scene, ``clutter`` street objects (boxes, signs, wheels, poles),
+    the person (if any) and the camera's light and optics."""
     scene = camera.scene
     ox = int(rng.integers(0, scene.shape[1] - W * SS + 1))
     oy = int(rng.integers(0, scene.shape[0] - H * SS + 1))
     canvas = scene[oy:oy + H * SS, ox:ox + W * SS].copy()
     for _ in range(clutter):
         _object(canvas, rng)
-    people = list(extra or []) + ([(skel, look)] if skel is not None else [])
-    for sk, lk in people:
-        feet = max(sk.xy[pg.RANK, 1], sk.xy[pg.LANK, 1]) + 3 * sk.view.scale
+    if skel is not None:
+        scale = skel.view.scale
+        feet = max(skel.xy[pg.RANK, 1], skel.xy[pg.LANK, 1]) + 3 * scale
         shadow = canvas.copy()
-        cv2.ellipse(shadow, _pt((sk.view.cx, feet)), (int(15 * sk.view.scale * SS) << SHIFT,
-                                                        int(3.5 * sk.view.scale * SS) << SHIFT),
+        cv2.ellipse(shadow, _pt((skel.view.cx, feet)), (int(15 * scale * SS) << SHIFT, int(3.5 * scale * SS) << SHIFT),
                     0, 0, 360, (0, 0, 0), -1, cv2.LINE_AA, SHIFT)
         cv2.addWeighted(canvas, 0.72, shadow, 0.28, 0, dst=canvas)
-        draw_person(canvas, sk, lk, camera.light)
+        draw_person(canvas, skel, look, camera.light)
     img = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     gain = camera.gain * rng.uniform(0.94, 1.06)
     img = np.power(img, camera.gamma) * gain * np.array(camera.tint, np.float32)
