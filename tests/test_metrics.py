@@ -167,6 +167,23 @@ def test_lpips_matches_torchmetrics_with_its_shipped_heads(weights):
         assert torch.allclose(ours(a, b), ref(a, b).flatten(), rtol=1e-4, atol=1e-6)
 
 
+def test_lpips_matches_the_lpips_package_where_installed(weights):
+    lpips = pytest.importorskip("lpips")
+    from pcdms_aug.metrics.perceptual import load_lpips
+
+    ours = load_lpips(str(weights["alexnet"]), str(weights["linear"]))
+    ref = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)  # nothing fetched
+    ref.net.load_state_dict({f"slice{1 if i < 2 else 2 if i < 5 else 3 if i < 8 else 4 if i < 10 else 5}.{k}": v
+                             for k, v in weights["alex"].features.state_dict().items()
+                             if (i := int(k.split(".")[0])) < 12})
+    ref.load_state_dict(torch.load(weights["linear"]), strict=False)
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 128, 64, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        assert torch.allclose(ours(a, b), ref(a, b).flatten(), rtol=1e-5, atol=1e-7)
+
+
 def test_lpips_refusals_name_the_file(weights, tmp_path):
     from pcdms_aug.metrics.perceptual import load_lpips
 
@@ -193,12 +210,12 @@ def test_inception_both_weight_layouts_offline(tmp_path):
     torch.save(fid_net.net.state_dict(), tmp_path / "pt_inception.pth")
     tv = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
     torch.save(tv.state_dict(), tmp_path / "inception_v3_google.pth")
-    x = torch.rand(2, 3, 64, 32)
+    x = torch.rand(1, 3, 64, 32)
     a = load_inception(tmp_path / "pt_inception.pth")
     assert a.variant == "pytorch-fid" and "TF 2015-12-05" in a.label
     with torch.no_grad():
-        fa = a(x)
-        assert fa.shape == (2, 2048) and torch.allclose(fa, fid_net(x))
+        assert a(x).shape == (1, 2048)
+        assert all(torch.equal(v, fid_net.net.state_dict()[k]) for k, v in a.net.state_dict().items())
         b = load_inception(tmp_path / "inception_v3_google.pth")
         assert b.variant == "torchvision" and "upstream" in b.label
         # upstream's recipe: bilinear 299, transform_input on [0,1] images, trunk to Mixed_7c, global average
@@ -219,13 +236,13 @@ def test_inception_both_weight_layouts_offline(tmp_path):
         load_inception(tmp_path / "other.pth")
 
 
-def test_inception_tf_variant_matches_pytorch_fid_where_installed(tmp_path):
+def test_inception_tf_variant_matches_pytorch_fid_where_installed(monkeypatch):
     pfid = pytest.importorskip("pytorch_fid.inception")
     from pcdms_aug.metrics.inception import InceptionPool
 
     torch.manual_seed(0)
     ours = InceptionPool("pytorch-fid")
-    pfid.fid_inception_v3 = lambda: _pytorch_fid_net(pfid, ours.net.state_dict())
+    monkeypatch.setattr(pfid, "fid_inception_v3", lambda: _pytorch_fid_net(pfid, ours.net.state_dict()))
     ref = pfid.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
     x = torch.rand(2, 3, 64, 32)
     with torch.no_grad():
@@ -251,8 +268,12 @@ def test_reid_features_from_a_torchreid_checkpoint(weights, tmp_path):
     with torch.no_grad():
         f = net(torch.rand(3, 3, 64, 32))  # resized to 128x64 inside
     assert f.shape == (3, 512)
-    with pytest.raises(DataError, match="does not fit torchreid model 'osnet_x1_0'"):
-        load_reid_features("osnet_x1_0", weights["reid"], (128, 64))
+    state = torch.load(weights["reid"], weights_only=False)["state_dict"]
+    state.pop(next(k for k in state if "conv1" in k))
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(DataError, match="does not fit torchreid model 'osnet_x0_25': 1 of") as e:
+        load_reid_features("osnet_x0_25", tmp_path / "partial.pth", (128, 64))
+    assert "partial.pth" in str(e.value)
     with pytest.raises(DataError, match="unknown torchreid model 'nonet'"):
         load_reid_features("nonet", weights["reid"], (128, 64))
     with pytest.raises(DataError, match="fid_reid.weights is not set"):
