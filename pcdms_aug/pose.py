@@ -13,8 +13,11 @@ import numpy as np
 
 from .errors import DataError
 
+# OpenPose COCO-18 order. Deformable-GAN's label list (and DESIGN.md) call 14-17 Leye, Reye, Lear, Rear, but the
+# real Market-1501 annotations put index 14 beside the right shoulder in front views: OpenPose's own names
+# (REye, LEye, REar, LEar) are right. Only names differ; flips swap 14<->15 and 16<->17 either way.
 JOINTS = ("nose", "neck", "Rsho", "Relb", "Rwri", "Lsho", "Lelb", "Lwri",
-          "Rhip", "Rkne", "Rank", "Lhip", "Lkne", "Lank", "Leye", "Reye", "Lear", "Rear")
+          "Rhip", "Rkne", "Rank", "Lhip", "Lkne", "Lank", "Reye", "Leye", "Rear", "Lear")
 NUM_JOINTS = len(JOINTS)
 MISSING = -1
 # Joint index that each joint becomes under a horizontal flip (left <-> right).
