@@ -394,3 +394,13 @@ def test_best_of_k_is_the_labelled_oracle(case, tmp_path):
     # the default reads <from>_to_<to>.png only: these samples are not taken for it
     with pytest.raises(DataError, match=f"{N_PAIRS} of {N_PAIRS} pairs"):
         compute_metrics(case["pairs"], gen, case["root"], cfg, progress=False)
+
+
+def test_pair_naming_an_unknown_image_is_an_error(case, tmp_path):
+    gen = tmp_path / "g"
+    gen.mkdir()
+    frm = case["pairs"][0][0]
+    ghost = "0999_c1s1_000001_00.jpg"
+    Image.new("RGB", (64, 128)).save(gen / generated_name(frm, ghost))
+    with pytest.raises(DataError, match=f"pair {frm},{ghost}.*{ghost}.*not found"):
+        compute_metrics([(frm, ghost)], gen, case["root"], {"fid_reid": {"enabled": False}}, progress=False)

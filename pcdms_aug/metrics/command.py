@@ -10,7 +10,7 @@ from ..io import atomic_write_text
 from .evaluate import as_config, compute_metrics
 
 COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"),
-           ("fid", "FID", "{:.3f}"), ("fid_reid", "FID-reid", "{:.3f}"))
+           ("fid", "FID", "fid"), ("fid_reid", "FID-reid", "fid"))
 ROW_NAMES = (("generated", "generated"), ("copy_source", "copy-source"))
 
 
@@ -19,6 +19,8 @@ def _cell(value, fmt: str) -> str:
         return "refused"
     if isinstance(value, float) and math.isinf(value):
         return "inf"
+    if fmt == "fid":  # FIDs on other features live on other scales: keep 4 significant digits when small
+        return f"{value:.3f}" if abs(value) >= 1 else f"{value:.4g}"
     return fmt.format(value)
 
 

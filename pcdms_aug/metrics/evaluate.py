@@ -222,6 +222,13 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
     if not keep:
         raise DataError(f"none of the {len(pairs)} pairs has its generated image(s) here; "
                         f"expected e.g. {files[0][0].name}", gen_dir)
+    sources, targets = {}, {}
+    for i in keep:
+        frm, to = pairs[i]
+        try:
+            sources[i], targets[i] = dataset.path_of(frm), dataset.path_of(to)
+        except DataError as e:
+            raise DataError(f"pair {frm},{to} (#{i + 1} of {len(pairs)}): {e.reason}", e.path) from None
     notes = []
     if missing:
         notes.append(f"{len(missing)} of {len(pairs)} pairs skipped: generated image missing "
@@ -253,9 +260,8 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
         for start in tqdm(range(0, len(keep), bs), desc="metrics: pairs", unit="batch", disable=not progress):
             batch = {"gt": [], "generated": [], "copy_source": []}
             for i in keep[start:start + bs]:
-                frm, to = pairs[i]
-                gt = loader(dataset.path_of(to), "ground-truth")
-                src = loader(dataset.path_of(frm), "source")
+                gt = loader(targets[i], "ground-truth")
+                src = loader(sources[i], "source")
                 cands = [loader(p, "generated") for p in files[i]]
                 if len(cands) > 1:
                     scores = [ssim_upstream(gt, c) for c in cands]
