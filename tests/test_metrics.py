@@ -404,3 +404,10 @@ def test_pair_naming_an_unknown_image_is_an_error(case, tmp_path):
     Image.new("RGB", (64, 128)).save(gen / generated_name(frm, ghost))
     with pytest.raises(DataError, match=f"pair {frm},{ghost}.*{ghost}.*not found"):
         compute_metrics([(frm, ghost)], gen, case["root"], {"fid_reid": {"enabled": False}}, progress=False)
+
+
+def test_fid_needs_two_pairs_and_the_rest_still_runs(case, weights):
+    cfg = {"lpips": {"enabled": False}, "fid_reid": {"weights": str(weights["reid"])}}
+    r = compute_metrics(case["pairs"][:1], case["gen"], case["root"], cfg, progress=False)
+    assert "at least 2 evaluated pairs" in r["refused"]["fid_reid"] and r["generated"]["fid_reid"] is None
+    assert r["n_pairs"] == 1 and 0 < r["generated"]["ssim"] < 1

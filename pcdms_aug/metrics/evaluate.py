@@ -244,9 +244,13 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
         "copy_source": "each target replaced by its source image (the floor to beat)",
     })
     fid_keys = [k for k in ("fid", "fid_reid") if k in nets]
-    if fid_keys and len(keep) < 2:
+    ref = [im.path for im in dataset.train]
+    if cfg.fid.max_reference is not None and len(ref) > cfg.fid.max_reference:
+        ref = sorted(random.Random(cfg.seed).sample(ref, cfg.fid.max_reference))
+    if fid_keys and min(len(keep), len(ref)) < 2:
         for k in fid_keys:
-            refused[k] = f"needs at least 2 evaluated pairs, got {len(keep)}"
+            refused[k] = (f"needs at least 2 evaluated pairs and 2 training images, got {len(keep)} and "
+                          f"{len(ref)}")
             del nets[k]
         fid_keys = []
 
@@ -286,22 +290,12 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
                 for k in fid_keys:
                     feats[row][k].append(nets[k](x).cpu().double().numpy())
 
-    n_ref = 0
+    n_ref = len(ref) if fid_keys else 0
+    ref_feats = {k: [] for k in fid_keys}
     if fid_keys:
-        ref = [im.path for im in dataset.train]
-        mr = cfg.fid.max_reference
-        if mr is not None and len(ref) > mr:
-            ref = sorted(random.Random(cfg.seed).sample(ref, mr))
-        n_ref = len(ref)
-        if n_ref < 2:
-            for k in fid_keys:
-                refused[k] = f"needs at least 2 training images, the dataset has {n_ref}"
-                del nets[k]
-            fid_keys = []
-        ref_feats = {k: [] for k in fid_keys}
         with torch.no_grad():
-            for start in tqdm(range(0, len(ref) if fid_keys else 0, bs), desc="metrics: training images",
-                              unit="batch", disable=not progress):
+            for start in tqdm(range(0, n_ref, bs), desc="metrics: training images", unit="batch",
+                              disable=not progress):
                 x = _tensor([loader(p, "training") for p in ref[start:start + bs]], device)
                 for k in fid_keys:
                     ref_feats[k].append(nets[k](x).cpu().double().numpy())
