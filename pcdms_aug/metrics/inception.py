@@ -15,7 +15,6 @@ Nothing is downloaded: the network is built with random layers and then overwrit
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
