@@ -12,6 +12,7 @@ the currently bound subclass.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import sys
 import warnings
@@ -37,8 +38,11 @@ REAL, SYNTHETIC = "market1501_pcdms", "synthetic_market1501_pcdms"
 DATASET_DIRS = {REAL: ("market1501",), SYNTHETIC: ("synthetic_market1501", "market1501")}
 ALIASES = {"real": REAL, "market1501": REAL, "synthetic": SYNTHETIC, "synthetic_market1501": SYNTHETIC}
 MANIFEST = "manifest.csv"
+SYNTHETIC_MARKER = "synthetic.json"  # written by `pcdms-aug synth-market` beside the split folders
 _TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")  # the pattern torchreid's Market1501 applies to file names
 _UNSET = object()
+log = logging.getLogger(__name__)
+_warned: set = set()
 
 
 def dataset_name(name: str) -> str:
@@ -53,15 +57,29 @@ def dataset_name(name: str) -> str:
 def locate(root: str | Path, dirs: tuple[str, ...]) -> Path:
     """The folder holding bounding_box_train/query/bounding_box_test, following torchreid's ``root/<dir>/``."""
     root = Path(root).expanduser()
+    found = None
     for d in dirs:
         if (root / d).is_dir():
-            return find_root(root / d)
-    try:
-        return find_root(root)
-    except DataError:
-        tried = ", ".join(str(root / d) for d in dirs)
-        raise DataError(f"no Market-1501-layout folder found: looked in {tried} and {root} (each directly or "
-                        "with Market-1501-v15.09.15/ inside)", root) from None
+            found = find_root(root / d)
+            break
+    if found is None:
+        try:
+            found = find_root(root)
+        except DataError:
+            tried = ", ".join(str(root / d) for d in dirs)
+            raise DataError(f"no Market-1501-layout folder found: looked in {tried} and {root} (each directly "
+                            "or with Market-1501-v15.09.15/ inside)", root) from None
+    # `pcdms-aug synth-market` marks its folders; say so when the name and the data disagree.
+    synthetic = (found / SYNTHETIC_MARKER).is_file()
+    if (found, dirs) in _warned:
+        return found
+    _warned.add((found, dirs))
+    if synthetic and "synthetic_market1501" not in dirs:
+        log.warning("%s is a synthetic Market-1501 (it holds %s) but was opened as the real one", found,
+                    SYNTHETIC_MARKER)
+    elif not synthetic and "synthetic_market1501" in dirs:
+        log.warning("%s has no %s: not built by `pcdms-aug synth-market`", found, SYNTHETIC_MARKER)
+    return found
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 
 from pcdms_aug.errors import DataError
 from reid.splits import make_split, save_split
-from tests.reid_fixtures import build_fake_generated, build_fake_market
+from tests.reid_fixtures import build_fake_generated
 
 reid_datasets = pytest.importorskip("reid.datasets")
 import torchreid  # noqa: E402  (imported through reid.datasets first, without its Cython warning)
@@ -18,11 +18,21 @@ REAL, SYNTH = reid_datasets.REAL, reid_datasets.SYNTHETIC
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reid_ds")
-    base = build_fake_market(root)
-    gen = build_fake_generated(root / "gen", base, views_per_source=2)
-    return root, base, gen
+def data(synth_market, tmp_path_factory):
+    """(torchreid root, the synthetic Market folder <root>/market1501, a generated folder of 2 views per image)."""
+    gen = build_fake_generated(tmp_path_factory.mktemp("reid_ds") / "gen", synth_market, views_per_source=2)
+    return synth_market.parent, synth_market, gen
+
+
+def train_names(base):
+    return sorted(p.name for p in (base / "bounding_box_train").glob("*.jpg"))
+
+
+def reference(root):
+    """torchreid's own Market1501 reader on the same folder."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns that the folder is not nested in Market-1501-v15.09.15
+        return torchreid.data.datasets.image.Market1501(root=str(root), verbose=False)
 
 
 def build(name, root, **bind):
@@ -41,27 +51,28 @@ def manifest_rows(gen):
 
 
 def test_register_twice_and_rebind(data):
-    root, _, gen = data
+    root, base, gen = data
     first = reid_datasets.register()
     second = reid_datasets.register(generated_dir=gen)
     assert set(first) == set(second) == {REAL, SYNTH}
-    assert build(REAL, root, generated_dir=gen).num_generated == 2 * 48
-    assert build(REAL, root).num_generated == 0  # the last binding wins
+    assert build(SYNTH, root, generated_dir=gen).num_generated == 2 * len(train_names(base))
+    assert build(SYNTH, root).num_generated == 0  # the last binding wins
     with pytest.raises(DataError, match="unknown dataset"):
         reid_datasets.dataset_name("duke")
     assert reid_datasets.dataset_name("synthetic") == SYNTH and reid_datasets.dataset_name("real") == REAL
 
 
 def test_generated_views_share_the_real_labels(data):
-    root, _, gen = data
-    ds = build(REAL, root, generated_dir=gen)
+    root, base, gen = data
+    ds = build(SYNTH, root, generated_dir=gen)
     label_of = defaultdict(set)
     for path, label, camid, _ in ds.train:
         label_of[orig_pid(path)].add(label)
     assert all(len(labels) == 1 for labels in label_of.values())  # one label per identity, real or generated
     assert ds.num_train_pids == 8 == len(label_of)
+    n = len(train_names(base))
     gen_items = [t for t in ds.train if t[0] in ds.generated_paths]
-    assert len(gen_items) == 96 and ds.num_real_train == 48 and len(ds.train) == 144
+    assert len(gen_items) == 2 * n and ds.num_real_train == n and len(ds.train) == 3 * n
     rows = {r["file"]: r for r in manifest_rows(gen)}
     for path, label, camid, _ in gen_items:
         row = rows[Path(path).name]
@@ -70,10 +81,8 @@ def test_generated_views_share_the_real_labels(data):
 
 def test_generated_only_in_train_and_test_lists_match_torchreid_market1501(data):
     root, _, gen = data
-    ds = build(REAL, root, generated_dir=gen)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = torchreid.data.datasets.image.Market1501(root=str(root), verbose=False)
+    ds = build(SYNTH, root, generated_dir=gen)
+    ref = reference(root)
 
     def as_set(items):
         return {(Path(p).name, pid, cam) for p, pid, cam, *_ in items}
@@ -92,9 +101,9 @@ def test_generated_only_in_train_and_test_lists_match_torchreid_market1501(data)
 
 def test_split_file_keeps_only_its_images_and_their_views(data, tmp_path):
     root, base, gen = data
-    split = make_split(sorted(p.name for p in (base / "bounding_box_train").glob("*.jpg")), 0.4, seed=1)
+    split = make_split(train_names(base), 0.4, seed=1)
     path = save_split(tmp_path / "split.json", split)
-    ds = build(REAL, root, generated_dir=gen, split_file=path)
+    ds = build(SYNTH, root, generated_dir=gen, split_file=path)
     real = sorted(Path(p).name for p, *_ in ds.train if p not in ds.generated_paths)
     assert real == list(split.files) and ds.num_train_pids == 8
     sources = {r["file"]: r["source"] for r in manifest_rows(gen)}
@@ -105,15 +114,15 @@ def test_split_file_keeps_only_its_images_and_their_views(data, tmp_path):
 def test_kept_only_and_views_per_identity_follow_manifest_order(data):
     root, _, gen = data
     rows = manifest_rows(gen)
-    kept = build(REAL, root, generated_dir=gen, kept_only=True)
+    kept = build(SYNTH, root, generated_dir=gen, kept_only=True)
     assert {Path(p).name for p in kept.generated_paths} == {r["file"] for r in rows if r["kept"] == "1"}
-    capped = build(REAL, root, generated_dir=gen, views_per_identity=3)
+    capped = build(SYNTH, root, generated_dir=gen, views_per_identity=3)
     first3 = defaultdict(list)
     for r in rows:
         if len(first3[r["pid"]]) < 3:
             first3[r["pid"]].append(r["file"])
     assert {Path(p).name for p in capped.generated_paths} == {f for fs in first3.values() for f in fs}
-    assert build(REAL, root, generated_dir=gen, views_per_identity=0).num_generated == 0
+    assert build(SYNTH, root, generated_dir=gen, views_per_identity=0).num_generated == 0
 
 
 def test_bad_generated_folders_are_refused_with_file_and_line(data, tmp_path):
@@ -160,10 +169,13 @@ def test_synthetic_name_reads_its_own_folder_or_falls_back(data, tmp_path):
     assert build(SYNTH, root).data_dir == base  # only root/market1501 exists: the synthetic set is there
     own = tmp_path / "synthetic_market1501"
     shutil.copytree(base, own)
-    for p in list((own / "bounding_box_train").glob("0001_*")):
+    first_pid = train_names(own)[0].split("_")[0]
+    for p in list((own / "bounding_box_train").glob(f"{first_pid}_*")):
         p.unlink()
+    (tmp_path / "market1501").symlink_to(base)  # a second set beside it: the synthetic name prefers its own
     ds = build(SYNTH, tmp_path)
     assert ds.data_dir == own and ds.num_train_pids == 7
+    assert build(REAL, tmp_path).data_dir == tmp_path / "market1501"
     assert build(SYNTH, base).data_dir == base  # the Market folder itself as root
     with pytest.raises(DataError, match="no Market-1501-layout folder"):
         build(REAL, tmp_path / "empty")
@@ -172,12 +184,12 @@ def test_synthetic_name_reads_its_own_folder_or_falls_back(data, tmp_path):
 def test_image_data_manager_loads_it(data):
     root, _, gen = data
     reid_datasets.register(generated_dir=gen, kept_only=True)
-    dm = torchreid.data.ImageDataManager(root=str(root), sources=REAL, height=32, width=16, batch_size_train=8,
+    dm = torchreid.data.ImageDataManager(root=str(root), sources=SYNTH, height=32, width=16, batch_size_train=8,
                                          batch_size_test=16, workers=0, use_gpu=False,
                                          train_sampler="RandomIdentitySampler", num_instances=2)
     assert dm.num_train_pids == 8
     batch = next(iter(dm.train_loader))
     assert tuple(batch["img"].shape) == (8, 3, 32, 16)
     assert 0 <= int(batch["pid"].min()) and int(batch["pid"].max()) < 8
-    q = dm.test_loader[REAL]["query"].dataset
-    assert len(q) == 12 and q.mode == "query"
+    q = dm.test_loader[SYNTH]["query"].dataset
+    assert len(q) == len(reference(root).query) > 0 and q.mode == "query"

@@ -8,20 +8,19 @@ from PIL import Image
 from pcdms_aug.cli import main as cli_main
 from pcdms_aug.config import load_config
 from pcdms_aug.errors import DataError
-from tests.reid_fixtures import build_fake_generated, build_fake_market
+from reid.splits import load_split
+from tests.reid_fixtures import build_fake_generated
 
 experiment = pytest.importorskip("reid.experiment")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reid_exp")
-    base = build_fake_market(root)
-    return root, build_fake_generated(root / "gen", base)
+def data(synth_market, tmp_path_factory):
+    return synth_market.parent, build_fake_generated(tmp_path_factory.mktemp("reid_exp") / "gen", synth_market)
 
 
 def config(root, gen, out, **kw):
-    cfg = {"root": str(root), "dataset": "real", "generated_dir": gen and str(gen), "fractions": [0.5], "seeds": [0, 1],
+    cfg = {"root": str(root), "dataset": "synthetic", "generated_dir": gen and str(gen), "fractions": [0.5], "seeds": [0, 1],
            "variants": ["baseline", "augmented", "filtered"], "epochs": 1, "batch_size": 8, "height": 32,
            "width": 16, "out_dir": str(out)}
     cfg.update(kw)
@@ -46,10 +45,11 @@ def test_runner_writes_results_and_resumes(data, tmp_path):
                 "num_train_generated", "wall_s"):
         assert col in csv.columns, col
     assert csv[["mAP", "rank1", "rank5", "rank10"]].apply(lambda c: c.between(0, 100)).all().all()
-    by = csv.groupby("variant")
-    assert set(by.num_train_real.unique().explode()) == {24}  # the same subset for every variant
-    assert by.num_train_generated.max()["baseline"] == 0
-    assert by.num_train_generated.min()["augmented"] == 24 > by.num_train_generated.max()["filtered"] > 0
+    for seed, g in csv.groupby("seed"):
+        subset = len(load_split(out / "splits" / f"split_f0.5_s{seed}.json"))
+        assert set(g.num_train_real) == {subset}  # the same subset for every variant
+        n = g.set_index("variant").num_train_generated
+        assert n["baseline"] == 0 and n["augmented"] == subset > n["filtered"] > 0
     md = (out / "results.md").read_text()
     assert "| 0.5 | augmented | 2 |" in md and "±" in md and "ΔmAP" in md
     assert len(list((out / "runs").glob("*.json"))) == 6 and len(list((out / "splits").glob("*.json"))) == 2
@@ -72,7 +72,7 @@ def test_cli_resumes_and_writes_splits(data, tmp_path, capsys):
     root, gen = data
     cfg = tmp_path / "reid.yaml"
     cfg.write_text("epochs: 1\nbatch_size: 8\nheight: 32\nwidth: 16\nvariants: [baseline]\n")
-    args = [f"root={root}", "dataset=real", "fractions=[0.3]", "seeds=[4]", f"out_dir={tmp_path / 'o'}"]
+    args = [f"root={root}", "dataset=synthetic", "fractions=[0.3]", "seeds=[4]", f"out_dir={tmp_path / 'o'}"]
     assert cli_main(["reid-experiment", str(cfg), *args, "--splits-only"]) == 0
     assert (tmp_path / "o" / "splits" / "split_f0.3_s4.json").is_file()
     assert not (tmp_path / "o" / "results.csv").exists()
