@@ -207,8 +207,10 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
         log.info("%s: mAP %.1f Rank-1 %.1f (%d real + %d generated, %.1f s/epoch, %.0f s)", rid, res["mAP"],
                  res["rank1"], res["num_train_real"], res["num_train_generated"], res["sec_per_epoch"],
                  res["wall_s"])
-    notes = [f"dataset {name} at {data_dir}; model {cfg.model} ({'weights ' + cfg.weights if cfg.weights else 'random init'}), "
-             f"loss {cfg.loss}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.height}x{cfg.width}",
+    init = f"weights {cfg.weights}" if cfg.weights else "random init"
+    notes = [f"dataset {name} at {data_dir}; model {cfg.model} ({init}), loss {cfg.loss}, {cfg.epochs} epochs, "
+             f"batch {cfg.batch_size}, lr {cfg.lr}, {cfg.height}x{cfg.width}",
+             "the same number of epochs for every variant: runs with generated views take more steps per epoch",
              f"generated views: {cfg.generated_dir or 'none'}"
              + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")]
     df = write_reports(results, out, "Re-ID: baseline versus generated views", notes)

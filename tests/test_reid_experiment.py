@@ -20,9 +20,9 @@ def data(synth_market, tmp_path_factory):
 
 
 def config(root, gen, out, **kw):
-    cfg = {"root": str(root), "dataset": "synthetic", "generated_dir": gen and str(gen), "fractions": [0.5], "seeds": [0, 1],
-           "variants": ["baseline", "augmented", "filtered"], "epochs": 1, "batch_size": 8, "height": 32,
-           "width": 16, "out_dir": str(out)}
+    cfg = {"root": str(root), "dataset": "synthetic", "generated_dir": gen and str(gen), "fractions": [0.5],
+           "seeds": [0, 1], "variants": ["baseline", "augmented", "filtered"], "epochs": 1, "batch_size": 8,
+           "height": 32, "width": 16, "out_dir": str(out)}
     cfg.update(kw)
     return cfg
 
