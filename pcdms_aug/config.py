@@ -96,8 +96,22 @@ def build(cls: type[T], data: Mapping | None, where: str = "config") -> T:
             value = build(hint, value, f"{where}.{name}")
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
             value = tuple(value) if isinstance(value, (list, tuple)) else value
+        elif _numeric(hint) and isinstance(value, str):
+            # YAML 1.1 reads '3e-4' (no dot) as a string; a numeric field takes it as the number it says.
+            try:
+                value = _numeric(hint)(value)
+            except ValueError:
+                raise DataError(f"{where}.{name} must be a number, got {value!r}") from None
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _numeric(hint):
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
+    for t in (float, int):
+        if t in args:
+            return t
+    return None
 
 
 def to_dict(obj) -> dict:

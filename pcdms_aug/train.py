@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config import build, load_config, to_dict
+from .config import build, load_config, resolve_config_path, to_dict
 from .errors import DataError
 from .io import atomic_write_text
 from .runtime import Runtime, barrier, init_runtime
@@ -69,10 +69,11 @@ class RunConfig:
 
 
 def load_run_config(path, overrides=()) -> RunConfig:
+    path = resolve_config_path(path)
     raw = load_config(path, overrides)
     cfg = build(RunConfig, raw, where=str(path))
     if isinstance(cfg.model, str):
-        cfg.model = load_config(Path(path).parent / cfg.model if not Path(cfg.model).is_file() else cfg.model)
+        cfg.model = load_config(cfg.model if Path(cfg.model).is_file() else path.parent / cfg.model)
     if cfg.stage not in ("prior", "inpaint", "refine"):
         raise DataError(f"stage must be prior, inpaint or refine, got {cfg.stage!r}", path)
     return cfg
@@ -387,7 +388,9 @@ def _save_preview(stage, ema, params, dataset, path: Path, tc: TrainConfig, rt: 
     finally:
         ema.restore(params)
         stage.train()
-    labels = list(rows[0].keys()) if rows else []
+    if not rows:
+        return
+    labels = list(rows[0].keys())
     sheet = contact_sheet([list(r.values()) for r in rows], col_labels=labels)
     atomic_save_image(path, sheet)
 

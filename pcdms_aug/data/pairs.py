@@ -1,0 +1,68 @@
+"""Training pairs as a torch Dataset: images, rendered poses, pose vectors (and stage-2 outputs for stage 3)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..pose import read_annotations, render_pose
+from .market import IMAGE_SIZE, MarketDataset, load_image, make_pairs
+
+
+def _to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Same-identity (from, to) pairs of a Market-1501-layout folder.
+
+    Items: ``source_image``/``target_image`` (3, H, W) in [-1, 1]; ``source_pose_image``/``target_pose_image``
+    (3, H, W) rendered skeletons in [0, 1]; ``source_pose``/``target_pose`` pose vectors; ``names``;
+    ``coarse_image`` when ``refine_inputs_dir`` holds stage-2 outputs named ``<from>_to_<to>.png``.
+    """
+
+    def __init__(self, root, annotations, pairs: Sequence[tuple[str, str]] | None = None,
+                 image_size=IMAGE_SIZE, refine_inputs_dir=None):
+        self.dataset = MarketDataset(root)
+        self.poses = read_annotations(annotations)
+        self.image_size = tuple(image_size)
+        if pairs is None:
+            names = {it.filename for it in self.dataset.train}
+            pairs = make_pairs(self.poses, names=names)
+        self.pairs = [tuple(p) for p in pairs]
+        if not self.pairs:
+            raise DataError("no training pairs: no identity has two images with shoulders and hips annotated",
+                            annotations)
+        missing = sorted({n for p in self.pairs for n in p if n not in self.poses})
+        if missing:
+            raise DataError(f"no annotation row for {missing[0]} ({len(missing)} images in all)", annotations)
+        self.refine_dir = Path(refine_inputs_dir) if refine_inputs_dir else None
+        self._paths = {}
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def _path(self, name):
+        if name not in self._paths:
+            self._paths[name] = self.dataset.path_of(name)
+        return self._paths[name]
+
+    def __getitem__(self, i):
+        frm, to = self.pairs[i]
+        sp, tp = self.poses[frm], self.poses[to]
+        item = {
+            "source_image": _to_tensor(load_image(self._path(frm), self.image_size)),
+            "target_image": _to_tensor(load_image(self._path(to), self.image_size)),
+            "source_pose_image": torch.from_numpy(render_pose(sp, self.image_size)).permute(2, 0, 1).float() / 255,
+            "target_pose_image": torch.from_numpy(render_pose(tp, self.image_size)).permute(2, 0, 1).float() / 255,
+            "source_pose": torch.from_numpy(sp.vector()),
+            "target_pose": torch.from_numpy(tp.vector()),
+            "names": (frm, to),
+        }
+        if self.refine_dir is not None:
+            from ..synthesize import generated_name
+            item["coarse_image"] = _to_tensor(load_image(self.refine_dir / generated_name(frm, to), self.image_size))
+        return item

@@ -1,0 +1,132 @@
+"""What the three stages share: noising with an offset, the loss, condition drops, schedulers and CFG."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Deterministic samplers only: a sample then depends on its own initial noise alone.
+SCHEDULERS = ("ddim", "unipc", "dpmsolver++")
+
+
+def training_scheduler(cfg: dict):
+    """The DDPM noise schedule a stage is trained with (diffusers ``DDPMScheduler`` keys)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**cfg)
+
+
+def sampling_scheduler(name: str, train_scheduler):
+    """A sampler by name that shares the training schedule (betas, prediction type)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    cfg = train_scheduler.config
+    if name == "ddim":
+        return DDIMScheduler.from_config(cfg)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(cfg)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++")
+    raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+
+
+def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """Normal noise; ``generator`` may be one generator or one per sample (so a sample's noise does not depend
+    on the batch it is in)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+                          for g in generator])
+    gdev = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+
+
+def rand(shape, generator, device) -> torch.Tensor:
+    gdev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gdev).to(device)
+
+
+def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
+    """Gaussian noise plus the 'noise offset' (a per-sample, per-channel constant), which lets the model change
+    the overall brightness of an image."""
+    noise = randn(x.shape, generator, x.device, x.dtype)
+    if offset:
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        noise = noise + offset * randn(shape, generator, x.device, x.dtype)
+    return noise
+
+
+def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One loss for every stage (improved-diffusion's ``training_losses``): noise ``x0`` at a random timestep,
+    call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names."""
+    b = x0.shape[0]
+    gdev = generator.device if generator is not None else x0.device
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=gdev).to(x0.device)
+    noise = noise_like(x0, generator, noise_offset)
+    xt = scheduler.add_noise(x0, noise, t)
+    pred = model_fn(xt, t)
+    kind = scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": x0}.get(kind)
+    if target is None and kind == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    if target is None:
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+    err = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if weight is not None:
+        err = err * weight
+        return err.sum() / (weight.expand_as(err).sum().clamp(min=1))
+    return err.mean()
+
+
+def drop_masks(names: Sequence[str], probs: dict, batch: int, generator, device) -> dict[str, torch.Tensor]:
+    """Per-sample condition drops. ``probs[name]`` is each condition's marginal drop rate; ``probs['joint']``
+    the rate at which all of them drop together (the unconditional input classifier-free guidance needs;
+    with independent drops it would be seen only p^n of the time). Events are disjoint slices of one uniform."""
+    joint = float(probs.get("joint", 0.0))
+    u = rand((batch,), generator, device)
+    masks, lo = {}, joint
+    for n in names:
+        p = float(probs.get(n, 0.0))
+        if p < joint:
+            raise ValueError(f"drop rate of {n} ({p}) is below the joint drop rate ({joint})")
+        alone = p - joint
+        masks[n] = (u < joint) | ((u >= lo) & (u < lo + alone))
+        lo += alone
+    if lo > 1.0 + 1e-9:
+        raise ValueError(f"condition drop rates add up to more than 1 ({lo})")
+    return masks
+
+
+def apply_drop(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The null condition is zeros, at training and at sampling alike."""
+    return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), torch.zeros_like(x), x)
+
+
+def cfg_double(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """[unconditional | conditional] halves: the first half is nulled (zeros) as training dropped it."""
+    return [torch.cat([torch.zeros_like(t), t]) for t in tensors]
+
+
+def cfg_combine(pred: torch.Tensor, scale: float) -> torch.Tensor:
+    uncond, cond = pred.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance: float,
+            dtype=torch.float32) -> torch.Tensor:
+    """The explicit sampling loop: ``model_fn(x, t, do_cfg)`` returns the prediction for x (doubled inside
+    when guidance is on)."""
+    scheduler.set_timesteps(steps, device=device)
+    x = randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
+    do_cfg = guidance is not None and guidance != 1.0
+    for t in scheduler.timesteps:
+        xin = scheduler.scale_model_input(x, t)
+        if do_cfg:
+            pred = cfg_combine(model_fn(torch.cat([xin, xin]), t, True), guidance)
+        else:
+            pred = model_fn(xin, t, False)
+        x = scheduler.step(pred, t, x).prev_sample
+    return x

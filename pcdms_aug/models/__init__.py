@@ -1,0 +1,1 @@
+"""Model parts of PCDMs (see blocks.py and encoders.py)."""

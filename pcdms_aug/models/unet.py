@@ -1,0 +1,63 @@
+"""The stages' UNets: diffusers ``UNet2DConditionModel``, built from an inline config (tiny) or initialised from
+SD-2.1-base's UNet (paper), with the extra input channels zero-initialised as SD's own inpainting model does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError
+
+
+def build_unet(cfg: dict, in_channels: int, out_channels: int, class_embed_dim: int | None = None):
+    from diffusers import UNet2DConditionModel
+
+    arch = dict(cfg.get("config") or {})
+    pretrained = cfg.get("pretrained")
+    base_sd = None
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if not (path / "unet").is_dir():
+            raise DataError("SD-2.1-base folder with unet/ not found; download stabilityai/stable-diffusion-2-1-base "
+                            "once by hand and point the config at it; nothing is downloaded at run time", path)
+        base = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        arch = {**dict(base.config), **arch}
+        base_sd = base.state_dict()
+        del base
+    arch = {k: v for k, v in arch.items() if not k.startswith("_")}
+    arch.update(in_channels=in_channels, out_channels=out_channels)
+    if class_embed_dim is not None:
+        arch.update(class_embed_type="projection", projection_class_embeddings_input_dim=class_embed_dim)
+    unet = UNet2DConditionModel(**arch)
+    if base_sd is not None:
+        own = unet.state_dict()
+        w = base_sd["conv_in.weight"]
+        new = torch.zeros_like(own["conv_in.weight"])
+        n = min(w.shape[1], new.shape[1])
+        new[:, :n] = w[:, :n]
+        base_sd["conv_in.weight"] = new
+        missing, unexpected = unet.load_state_dict(base_sd, strict=False)
+        # Only the class embedding is new on top of SD's UNet; anything else missing is a config mismatch.
+        if [k for k in missing if not k.startswith("class_embedding.")] or unexpected:
+            raise DataError(f"SD UNet does not fit the stage: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                            pretrained)
+    return unet
+
+
+class pose_residual:
+    """Adds the pose features to ``conv_in``'s output for one call (a forward hook, so the UNet's own keys
+    and code stay those of diffusers)."""
+
+    def __init__(self, unet, features: torch.Tensor | None):
+        self.unet, self.features, self.handle = unet, features, None
+
+    def __enter__(self):
+        if self.features is not None:
+            feats = self.features
+            self.handle = self.unet.conv_in.register_forward_hook(lambda m, i, o: o + feats.to(o.dtype))
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+        return False

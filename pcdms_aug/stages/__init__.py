@@ -1,0 +1,19 @@
+"""The three PCDMs stages; ``pipeline.py`` is the only place that knows their order."""
+from __future__ import annotations
+
+from .base import Stage
+from .inpaint import InpaintStage
+from .prior import PriorStage
+from .refine import RefineStage
+
+STAGES = {"prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; use one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def build_stage(name: str, cfg: dict, seed: int = 0) -> Stage:
+    return stage_class(name).from_config(cfg, seed=seed)

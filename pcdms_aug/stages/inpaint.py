@@ -1,0 +1,125 @@
+"""Stage 2, inpainting: the target drawn into the right half of a [source | target] canvas.
+
+UNet input = noisy canvas (C) + mask (1: ones over the known source half) + [source | black] (C);
+pose = [source pose | target pose] through the pose encoder, added to ``conv_in``'s output; cross-attention on
+projected DINOv2(source) tokens plus the target's global embedding as one more token, which also enters as the
+class embedding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
+    training_scheduler
+from ..models.blocks import ImageProjection, PoseEncoder
+from ..models.encoders import Codec, GlobalEncoder, LocalEncoder
+from ..models.unet import build_unet, pose_residual
+from .base import Stage, to_uint8
+
+CONDITIONS = ("source_features", "target_embed")
+
+
+class InpaintStage(Stage):
+    name = "inpaint"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.clip = GlobalEncoder(cfg["clip"])
+        self.dino = LocalEncoder(cfg["dino"])
+        self.codec = Codec(cfg["codec"])
+        c = self.codec.channels
+        self.unet = build_unet(cfg["unet"], 2 * c + 1, c, class_embed_dim=self.clip.dim)
+        cross = self.unet.config.cross_attention_dim
+        if cross != self.clip.dim:
+            raise ValueError(f"inpaint: cross_attention_dim ({cross}) must equal the global embedding size "
+                             f"({self.clip.dim}): the embedding is one of the attention tokens")
+        p = cfg.get("projection", {})
+        self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), cross)
+        pe = dict(cfg.get("pose_encoder", {}))
+        pe.setdefault("downsample", int(math.log2(self.codec.factor)))
+        self.pose_encoder = PoseEncoder(out_channels=self.unet.config.block_out_channels[0], **pe)
+        self.scheduler = training_scheduler(cfg["scheduler"])
+
+    # ---------------------------------------------------------------- pieces
+    def encode_source(self, images: torch.Tensor) -> dict:
+        images = self.resize(images)
+        return {"image": images, "dino": self.dino(images)}
+
+    def _canvas(self, left, right):
+        return torch.cat([left, right], dim=-1)
+
+    def _known(self, source_images):
+        """Mask and latents of [source | black] at latent resolution."""
+        black = torch.full_like(source_images, -1.0)
+        masked = self.codec.encode(self._canvas(source_images, black))
+        mask = torch.zeros_like(masked[:, :1])
+        mask[..., : mask.shape[-1] // 2] = 1.0
+        return mask, masked
+
+    def _pose_images(self, sp, tp):
+        return self._canvas(self.resize(sp, mode="area"), self.resize(tp, mode="area"))
+
+    def _model(self, x, t, mask, masked, pose_feats, tokens, embed):
+        with pose_residual(self.unet, pose_feats):
+            return self.unet(torch.cat([x, mask, masked], 1), t.expand(x.shape[0]).to(x.device),
+                             encoder_hidden_states=tokens, class_labels=embed).sample
+
+    def _tokens(self, dino, embed):
+        return torch.cat([self.image_proj(dino), embed[:, None, :]], dim=1)
+
+    # ---------------------------------------------------------------- training
+    def training_loss(self, batch, generator=None):
+        src = self.resize(batch["source_image"])
+        tgt = self.resize(batch["target_image"])
+        with torch.no_grad():
+            dino = self.dino(src)
+            embed = self.clip(batch["target_image"])  # teacher forcing: the target's true embedding
+            x0 = self.codec.encode(self._canvas(src, tgt))
+            mask, masked = self._known(src)
+        masks = drop_masks(CONDITIONS, self.cfg["drop"], src.shape[0], generator, src.device)
+        dino = apply_drop(dino, masks["source_features"])
+        embed = apply_drop(embed, masks["target_embed"])
+        tokens = self._tokens(dino, embed)
+        pose_feats = self.pose_encoder(self._pose_images(batch["source_pose_image"], batch["target_pose_image"]))
+        weight = None
+        if self.cfg.get("loss_region", "canvas") == "target":
+            weight = (1.0 - mask).expand(-1, 1, -1, -1)
+        return diffusion_loss(lambda xt, t: self._model(xt, t, mask, masked, pose_feats, tokens, embed),
+                              self.scheduler, x0, generator, float(self.cfg.get("noise_offset", 0.0)), weight)
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, source: dict, source_pose_image, target_pose_image, target_embed, generator=None,
+               num_inference_steps: int = 20, guidance_scale: float = 2.0, scheduler: str = "unipc"):
+        """Coarse target images (B, 3, H, W) in [-1, 1] at the stage's size."""
+        src, dino = source["image"], source["dino"]
+        mask, masked = self._known(src)
+        pose_feats = self.pose_encoder(self._pose_images(source_pose_image, target_pose_image))
+        embed = target_embed.to(dino.dtype)
+
+        def fn(x, t, doubled):
+            if doubled:
+                d2, e2 = cfg_double(dino, embed)
+                return self._model(x, t, torch.cat([mask, mask]), torch.cat([masked, masked]),
+                                   torch.cat([pose_feats, pose_feats]), self._tokens(d2, e2), e2)
+            return self._model(x, t, mask, masked, pose_feats, self._tokens(dino, embed), embed)
+
+        shape = masked.shape
+        sched = sampling_scheduler(scheduler, self.scheduler)
+        z = denoise(fn, sched, shape, generator, src.device, num_inference_steps, guidance_scale, masked.dtype)
+        canvas = self.codec.decode(z)
+        return canvas[..., canvas.shape[-1] // 2:]
+
+    def preview(self, batch, num_inference_steps=20, generator=None):
+        src = self.encode_source(batch["source_image"])
+        embed = self.clip(batch["target_image"])
+        out = self.sample(src, batch["source_pose_image"], batch["target_pose_image"], embed, generator,
+                          num_inference_steps)
+        out = self.resize(out, batch["target_image"].shape[-2:])
+        rows = []
+        for s, p, o, g in zip(to_uint8(batch["source_image"]), to_uint8(batch["target_pose_image"] * 2 - 1),
+                              to_uint8(out), to_uint8(batch["target_image"])):
+            rows.append({"source": s, "target pose": p, "sample": o, "truth": g})
+        return rows
