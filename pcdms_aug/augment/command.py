@@ -1,0 +1,138 @@
+"""`pcdms-aug generate`: new-pose views of the training identities, with an identity-consistency filter.
+
+Settings come from --config YAML (e.g. tiny/generate.yaml), then the flags given on the command line.
+Run under ``torchrun --nproc_per_node N`` to split the work over N processes (one shard log each).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import build, load_config
+from ..consistency import REDUCE, TOP_SCOPE
+from ..errors import DataError
+from .generate import IMAGE_FORMATS, GenerateConfig, generate
+from .plan import PER, POLICIES
+
+# flag destination -> key in the config (dotted: a key of the filter section)
+_FLAGS = {"dataset": "dataset", "annotations": "annotations", "weights": "weights", "out": "out",
+          "views": "views", "per": "per", "policy": "policy", "split": "split", "batch": "batch", "steps": "steps",
+          "guidance": "guidance", "scheduler": "scheduler", "seed": "seed", "device": "device", "dtype": "dtype",
+          "image_format": "image_format", "canonical_poses": "canonical_poses",
+          "filter_model": "filter.model", "filter_arch": "filter.arch", "filter_reduce": "filter.reduce",
+          "filter_threshold": "filter.threshold", "filter_top": "filter.top", "filter_top_scope": "filter.top_scope",
+          "filter_train_epochs": "filter.train_epochs"}
+
+
+def configure(parser) -> None:
+    add = parser.add_argument
+    add("--config", help="YAML with defaults for every option below (e.g. tiny/generate.yaml, paper/generate.yaml)")
+    add("--dataset", help="Market-1501-layout folder (bounding_box_train, query, bounding_box_test)")
+    add("--annotations", nargs="+", help="annotation CSV(s) (default: market-annotation-train.csv beside the "
+                                         "split folders)")
+    add("--weights", help="folder written by save_pretrained, 'tiny' (shipped), or a pipeline YAML (random weights)")
+    add("--out", help="output folder: images, manifest.csv, plan.csv, generate.json, shards/")
+    add("--views", type=int, help="views per source image (--per image) or per identity (--per identity)")
+    add("--per", choices=PER)
+    add("--policy", choices=POLICIES, help="target poses: random (the paper: poses of the training split), "
+                                           "canonical (k-means, as PN-GAN), coverage (far from the identity's own)")
+    add("--split", help="low-data subset JSON (reid.splits): its images are the sources and the random pose pool")
+    add("--batch", type=int, help="views per forward pass (part of the settings: fixes which views share one)")
+    add("--steps", type=int, help="sampling steps of every stage")
+    add("--guidance", type=float, help="classifier-free guidance of every stage (default: the pipeline's)")
+    add("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
+    add("--seed", type=int)
+    add("--device", help="auto | cpu | cuda")
+    add("--dtype", help="fp32 | fp16 | bf16 | auto")
+    add("--format", dest="image_format", choices=sorted(IMAGE_FORMATS))
+    add("--canonical-poses", type=int, help="k of the canonical policy (default 8)")
+    add("--overwrite", action="store_true", default=None,
+        help="replace a run with other settings (or a foreign manifest) in --out")
+    add("--filter-model", help="re-ID checkpoint (torchreid model.pth.tar-N or a state dict) for the "
+                               "identity-consistency filter; 'train' trains a small one on the real images first")
+    add("--filter-arch", help="torchreid model name of the checkpoint (default osnet_x0_25)")
+    add("--filter-reduce", choices=REDUCE, help="similarity to the mean real feature (default) or to the closest")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--filter-threshold", type=float, help="keep views whose score reaches this cosine")
+    group.add_argument("--filter-top", type=float, metavar="FRACTION", help="keep this fraction of the best views")
+    add("--filter-top-scope", choices=TOP_SCOPE, help="top fraction of each identity's views (default) or of all")
+    add("--filter-train-epochs", type=int, help="epochs of --filter-model train (default 10)")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args) -> GenerateConfig:
+    data = load_config(args.config) if getattr(args, "config", None) else {}
+    for dest, key in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {}) or {}
+        if last in ("threshold", "top") and parents == ["filter"]:
+            node.pop("threshold", None)
+            node.pop("top", None)  # a rule on the command line replaces the config's rule
+        node[last] = value
+    if getattr(args, "overwrite", None):
+        data["overwrite"] = True
+    cfg = build(GenerateConfig, data, "generate config")
+    if (getattr(args, "filter_threshold", None) is not None or getattr(args, "filter_top", None) is not None) \
+            and not cfg.filter.model:
+        raise DataError("--filter-threshold / --filter-top need a re-ID model: --filter-model PATH (or train)")
+    return cfg
+
+
+def run(args) -> int:
+    from ..runtime import init_runtime
+
+    cfg = config_from_args(args)
+    cfg.check()
+    rt = init_runtime(cfg.device, cfg.dtype)
+    cfg.device = rt.device
+    handlers = _setup_logging(Path(cfg.out), rt.rank, rt.world_size)
+    try:
+        counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress)
+    finally:
+        for h in handlers:
+            logging.getLogger("pcdms_aug").removeHandler(h)
+            h.close()
+    log = logging.getLogger("pcdms_aug.augment")
+    log.info("rank %d/%d: %d new image(s) (%.2f img/s), %d re-scored, %d of %d batch(es) finished before",
+             rt.rank, rt.world_size, counts["generated"], counts["images_per_second"], counts["rescored"],
+             counts["batches_done_before"], counts["batches_this_rank"])
+    if rt.is_main:
+        skipped = counts["no_annotation"] + counts["no_torso"]
+        print(f"[generate] {counts['sources']} source image(s) of {counts['identities']} identities"
+              + (f"; skipped {skipped}: {counts['no_annotation']} without a pose annotation, "
+                 f"{counts['no_torso']} without a full torso" if skipped else "")
+              + (f"; {counts['not_in_split']} outside the split" if counts["not_in_split"] else ""))
+        print(f"[generate] {counts['manifest_rows']} of {counts['planned_views']} planned views in "
+              f"{cfg.out}/manifest.csv, {counts['kept']} kept"
+              + ("" if counts["complete"] else " (incomplete: run the same command again to finish)"))
+    if rt.distributed:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0
+
+
+def _setup_logging(out: Path, rank: int, world: int) -> list:
+    """Log lines to stderr (rank 0) and to OUT/generate.log (every rank)."""
+    root = logging.getLogger("pcdms_aug")
+    root.setLevel(logging.INFO)
+    added = []
+    fmt = logging.Formatter(f"%(asctime)s rank {rank}/{world} %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if rank == 0 and not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                             for h in root.handlers):
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(console)
+        added.append(console)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "generate.log", encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"cannot write to the output folder ({e.strerror})", out) from None
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    return added + [handler]
