@@ -36,6 +36,8 @@ def _per_stage(value, name, default):
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
+        for stage in stages.values():
+            stage.eval()  # inference object: no dropout, and the same kernels before and after a reload
         self.config = config
         self.image_size = tuple(config.get("image_size", (128, 64)))
 

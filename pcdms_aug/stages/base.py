@@ -121,7 +121,7 @@ class Stage(nn.Module):
             if missing or unexpected:
                 raise DataError(f"weights do not match the config: missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]}", f)
-        return stage
+        return stage.eval()
 
     # ---------------------------------------------------------------- the stage's own parts
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
