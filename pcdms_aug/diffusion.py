@@ -49,11 +49,12 @@ def rand(shape, generator, device) -> torch.Tensor:
 
 
 def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
-    """Gaussian noise plus the 'noise offset' (a per-sample, per-channel constant), which lets the model change
-    the overall brightness of an image."""
+    """Gaussian noise plus the 'noise offset', which lets the model move an image's overall brightness: a
+    per-sample, per-channel constant for images (B, C, H, W); a per-sample constant for vectors (B, D), as
+    upstream's stage 1 adds it to its (B, 1, D) embeddings."""
     noise = randn(x.shape, generator, x.device, x.dtype)
     if offset:
-        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2) if x.dim() > 2 else (x.shape[0], 1)
         noise = noise + offset * randn(shape, generator, x.device, x.dtype)
     return noise
 

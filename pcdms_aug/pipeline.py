@@ -1,59 +1,125 @@
-"""PCDMsPipeline: prior -> inpaint -> refine. The only place that knows the order of the stages."""
+"""PCDMsPipeline: prior -> inpaint -> refine. The only place that knows the order of the stages.
+
+    pipe = PCDMsPipeline.from_pretrained("tiny")            # or .from_config("tiny/pipeline.yaml") (random)
+    out = pipe(source_image, source_pose, [pose_a, pose_b], generator=torch.Generator().manual_seed(0))
+    out.images, out.coarse_images                            # PIL images at the source's size
+
+Images go in as PIL images, uint8 (H, W, 3) arrays or a float (B, 3, H, W) tensor in [-1, 1]; they are resized
+to the pipeline's ``image_size`` (the size the stages were trained at) and the results back to the source's
+size. Poses are :class:`~pcdms_aug.pose.Pose` or (18, 2) arrays of (x, y) pixels of the source image, -1 for a
+missing joint. Pose images are rendered at ``image_size`` as the training data was, then each stage resizes them
+as it did in training.
+"""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import load_config, resolve_config_path
 from .diffusion import SCHEDULERS
 from .errors import DataError
-from .pose import Pose, as_pose, render_pose
+from .pose import NUM_JOINTS, Pose, as_pose, render_pose
 from .stages import STAGES, Stage, stage_class
 
 ORDER = ("prior", "inpaint", "refine")
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = {"prior": 1.0, "inpaint": 2.0, "refine": 2.0}  # upstream: no guidance in stage 1
 
 
 @dataclass
 class PCDMsOutput:
-    images: list  # final images (PIL by default) at the source's size
-    coarse_images: list  # stage-2 images, same format
-    target_embeds: torch.Tensor | None = None
-    timings: dict = field(default_factory=dict)
+    images: list | np.ndarray | torch.Tensor  # final images at the source's size (PIL by default)
+    coarse_images: list | np.ndarray | torch.Tensor  # stage-2 images, same size and format
+    target_embeds: torch.Tensor | None = None  # the global embeddings stage 2 used (prior's or given), float32
+    timings: dict = field(default_factory=dict)  # seconds per part
 
 
-def _per_stage(value, name, default):
+@dataclass
+class SourceEncoding:
+    """Sources encoded once (:meth:`PCDMsPipeline.encode_sources`), to reuse over many target poses."""
+
+    features: dict  # stage name -> {name: tensor with one row per source}
+    size: tuple  # (height, width) of the source images: the outputs' size
+    count: int
+
+    def select(self, index: Sequence[int]) -> "SourceEncoding":
+        """Rows ``index`` (repeats allowed): one source per pair, without encoding anything again."""
+        idx = list(index)
+        if any(not 0 <= i < self.count for i in idx):
+            raise ValueError(f"source index out of range 0..{self.count - 1}")
+        feats = {n: {k: v[idx] for k, v in f.items()} for n, f in self.features.items()}
+        return SourceEncoding(feats, self.size, len(idx))
+
+
+def _per_stage(value, default: dict, what: str, cast) -> dict:
+    """A number for every stage, or ``{stage: number}`` (stages left out keep the default)."""
+    if value is None:
+        return {n: cast(default[n]) for n in ORDER}
     if isinstance(value, dict):
-        return value.get(name, default)
-    return default if value is None else value
+        unknown = sorted(set(value) - set(ORDER))
+        if unknown:
+            raise ValueError(f"{what}: unknown stage(s) {', '.join(unknown)}; use {', '.join(ORDER)}")
+        return {n: cast(value.get(n, default[n])) for n in ORDER}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number or a dict per stage, got {value!r}")
+    return {n: cast(value) for n in ORDER}
 
 
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
-        for stage in stages.values():
-            stage.eval()  # inference object: no dropout, and the same kernels before and after a reload
         self.config = config
-        self.image_size = tuple(config.get("image_size", (128, 64)))
+        self.image_size = tuple(int(v) for v in config.get("image_size", (128, 64)))
 
     # ---------------------------------------------------------------- construction
-    @classmethod
-    def from_config(cls, path: str | Path, seed: int = 0, overrides: Sequence[str] = ()) -> "PCDMsPipeline":
-        """Random weights from a pipeline YAML (stage i is seeded with seed + i)."""
-        path = resolve_config_path(path)
-        cfg = load_config(path, overrides)
-        stages = {}
-        for i, name in enumerate(ORDER):
-            spec = cfg["stages"].get(name)
+    @staticmethod
+    def _stage_configs(cfg: dict, base: Path | None) -> dict[str, dict]:
+        """Each stage's config, with the pipeline's ``weights`` folders and ``random_weights`` passed down."""
+        out = {}
+        for name in ORDER:
+            spec = (cfg.get("stages") or {}).get(name)
             if spec is None:
                 continue
-            stage_cfg = load_config(path.parent / spec) if isinstance(spec, str) else spec
-            stages[name] = stage_class(name).from_config(stage_cfg, seed=seed + i)
+            if isinstance(spec, str):
+                if base is None:
+                    raise DataError(f"stage {name}: a file name needs a pipeline YAML to be relative to")
+                path = base / spec
+                if not path.is_file():
+                    raise DataError(f"stage {name}: config file not found", path)
+                scfg = load_config(path)
+            elif isinstance(spec, dict):
+                scfg = copy.deepcopy(spec)
+            else:
+                raise DataError(f"stages.{name} must be a file name or a mapping, got {spec!r}")
+            given = {k: v for k, v in (cfg.get("weights") or {}).items() if v}
+            if given:
+                scfg["weights"] = {**(scfg.get("weights") or {}), **given}
+            if "random_weights" in cfg:
+                scfg["random_weights"] = bool(cfg["random_weights"])
+            out[name] = scfg
+        if "inpaint" not in out:
+            raise DataError("a pipeline needs at least the inpaint stage (stages.inpaint)")
+        return out
+
+    @classmethod
+    def from_config(cls, path: str | Path, seed: int = 0, overrides: Sequence[str] = ()) -> "PCDMsPipeline":
+        """Random trainable weights from a pipeline YAML (stage i is seeded with seed + i); frozen parts as the
+        stage configs say (random tiny encoders, or local pretrained folders)."""
+        path = resolve_config_path(path)
+        cfg = load_config(path, overrides)
+        cache: dict = {}
+        stages = {name: stage_class(name).from_config(scfg, seed=seed + ORDER.index(name), cache=cache)
+                  for name, scfg in cls._stage_configs(cfg, path.parent).items()}
         cfg["stages"] = {n: n for n in stages}
         return cls(stages, cfg)
 
@@ -62,36 +128,70 @@ class PCDMsPipeline:
         """A folder written by :meth:`save_pretrained`; ``"tiny"`` is the shipped tiny weights."""
         if str(directory) == "tiny":
             directory = WEIGHTS_ROOT / "tiny"
-            if not (directory / "pipeline.json").is_file():
-                raise DataError("the shipped tiny weights are missing from this installation "
-                                "(scripts/train_tiny.sh makes them)", directory)
+            if not (directory / "pipeline.yaml").is_file():
+                raise DataError("the shipped tiny weights are missing from this installation (scripts/train_tiny.sh "
+                                "trains them on the synthetic Market-1501 and writes them here)", directory)
         directory = Path(directory)
-        meta = directory / "pipeline.json"
-        if not meta.is_file():
-            raise DataError("not a saved PCDMs pipeline (pipeline.json missing)", directory)
-        import json
-        cfg = json.loads(meta.read_text())
-        stages = {n: STAGES[n].from_pretrained(directory / n) for n in ORDER if (directory / n).is_dir()}
-        missing = [n for n in cfg.get("stages", {}) if n not in stages]
-        if missing:
-            raise DataError(f"stage folder(s) {', '.join(missing)} missing", directory)
+        if not directory.is_dir():
+            raise DataError("pipeline folder not found", directory)
+        cfg = cls._read_meta(directory)
+        cache: dict = {}
+        names = [n for n in ORDER if n in (cfg.get("stages") or {})]
+        if not names:
+            raise DataError("pipeline.yaml names no stage", directory / "pipeline.yaml")
+        stages = {}
+        for n in names:
+            if not (directory / n).is_dir():
+                raise DataError(f"stage folder {n}/ missing", directory)
+            stages[n] = STAGES[n].from_pretrained(directory / n, cache=cache)
         return cls(stages, cfg)
 
+    @staticmethod
+    def _read_meta(directory: Path) -> dict:
+        import yaml
+
+        meta = directory / "pipeline.yaml"
+        if not meta.is_file():
+            legacy = directory / "pipeline.json"  # written by the first version of save_pretrained
+            if legacy.is_file():
+                return json.loads(legacy.read_text())
+            raise DataError("not a saved PCDMs pipeline (pipeline.yaml missing)", directory)
+        try:
+            cfg = yaml.safe_load(meta.read_text())
+        except yaml.YAMLError as e:
+            raise DataError(f"corrupt pipeline.yaml: {e}", meta) from None
+        if not isinstance(cfg, dict):
+            raise DataError("corrupt pipeline.yaml: not a mapping", meta)
+        return cfg
+
     @classmethod
-    def from_stages(cls, folders: dict[str, str | Path], config: dict | None = None) -> "PCDMsPipeline":
-        """Assemble from separately trained stage folders (``OUT/final`` of ``pcdms-aug train``)."""
-        cfg = copy.deepcopy(config or load_config(resolve_config_path("tiny/pipeline.yaml")))
-        stages = {n: STAGES[n].from_pretrained(folders[n]) for n in ORDER if n in folders}
+    def from_stages(cls, folders: dict[str, str | Path], config: str | Path | dict | None = None) -> "PCDMsPipeline":
+        """Assemble from separately trained stage folders (``OUT/final`` of ``pcdms-aug train``); sampling
+        settings from ``config`` (a pipeline YAML or its dict; default ``tiny/pipeline.yaml``)."""
+        if config is None or isinstance(config, (str, Path)):
+            config = load_config(resolve_config_path(config or "tiny/pipeline.yaml"))
+        cfg = copy.deepcopy(config)
+        cache: dict = {}
+        unknown = sorted(set(folders) - set(ORDER))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}")
+        stages = {n: STAGES[n].from_pretrained(folders[n], cache=cache) for n in ORDER if n in folders}
         cfg["stages"] = {n: n for n in stages}
         return cls(stages, cfg)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        import json
+        """``directory/{prior,inpaint,refine}/`` (see :meth:`Stage.save_pretrained`) and ``pipeline.yaml``."""
+        import yaml
+
+        from .io import atomic_write_text
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, stage in self.stages.items():
             stage.save_pretrained(directory / name)
-        (directory / "pipeline.json").write_text(json.dumps(self.config, indent=2, default=list))
+        cfg = json.loads(json.dumps({**self.config, "stages": {n: n for n in self.stages}}, default=list))
+        atomic_write_text(directory / "pipeline.yaml", "# PCDMs pipeline: stage folders and sampling defaults\n"
+                          + yaml.safe_dump(cfg, sort_keys=False))
 
     def to(self, device=None, dtype=None) -> "PCDMsPipeline":
         for stage in self.stages.values():
@@ -100,159 +200,245 @@ class PCDMsPipeline:
         return self
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return next(iter(self.stages.values())).device
 
     @property
-    def dtype(self):
+    def dtype(self) -> torch.dtype:
         return next(iter(self.stages.values())).dtype
 
     # ---------------------------------------------------------------- inputs
     def _images_to_tensor(self, images) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Source images -> (N, 3, H, W) in [-1, 1] at ``image_size``, and their own (H, W)."""
         from PIL import Image
 
         if isinstance(images, torch.Tensor):
-            x = images if images.dim() == 4 else images[None]
-            if x.shape[1] != 3:
-                raise ValueError(f"source tensor must be (B, 3, H, W) in [-1, 1], got {tuple(x.shape)}")
-            return x, tuple(x.shape[-2:])
+            x = images[None] if images.dim() == 3 else images
+            if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+                raise ValueError(f"a source tensor must be float (B, 3, H, W) in [-1, 1], got {tuple(images.shape)} "
+                                 f"{images.dtype}")
+            if x.shape[0] == 0:
+                raise ValueError("no source images given")
+            if float(x.min()) < -1.001 or float(x.max()) > 1.001:
+                raise ValueError("a source tensor must hold values in [-1, 1]")
+            size = tuple(x.shape[-2:])
+            self._check_size(size)
+            x = x.float().cpu()
+            if size != self.image_size:
+                x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+            return x, size
         imgs = [images] if isinstance(images, (Image.Image, np.ndarray)) else list(images)
         if not imgs:
             raise ValueError("no source images given")
-        arrs = [np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in imgs]
-        sizes = {a.shape for a in arrs}
+        arrs = []
+        for im in imgs:
+            if isinstance(im, Image.Image):
+                a = np.asarray(im.convert("RGB"))
+            elif isinstance(im, np.ndarray):
+                a = im
+                if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+                    raise ValueError(f"a source array must be uint8 (H, W, 3), got {a.dtype} {a.shape}")
+            else:
+                raise ValueError(f"a source image must be a PIL image, a uint8 array or a tensor, got {type(im)}")
+            arrs.append(a)
+        sizes = sorted({a.shape[:2] for a in arrs})
         if len(sizes) != 1:
-            raise ValueError(f"source images must share one size, got {sorted(s[:2] for s in sizes)}")
-        shape = arrs[0].shape
-        if len(shape) != 3 or shape[2] != 3:
-            raise ValueError(f"source images must be RGB (H, W, 3), got {shape}")
-        h, w = shape[:2]
-        exp_h, exp_w = self.image_size
-        if abs(h / w - exp_h / exp_w) > 0.1 * exp_h / exp_w:
-            raise ValueError(f"source images are {h}x{w}; the model expects the aspect ratio of "
-                             f"{exp_h}x{exp_w} (height x width)")
+            raise ValueError(f"source images must share one size, got {sizes}")
+        size = sizes[0]
+        self._check_size(size)
+        if size != self.image_size:
+            # PIL bicubic, as the training data was resized (pcdms_aug.data.market.load_image).
+            h, w = self.image_size
+            arrs = [np.asarray(Image.fromarray(a).resize((w, h), Image.BICUBIC)) for a in arrs]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x, (h, w)
+        return x, size
 
-    def _poses(self, poses, count: int, size, what: str) -> list[Pose]:
-        if isinstance(poses, (Pose, np.ndarray)) and not (isinstance(poses, np.ndarray) and poses.ndim == 3):
+    def _check_size(self, size) -> None:
+        h, w = size
+        exp_h, exp_w = self.image_size
+        if h < 8 or w < 8 or abs(h / w - exp_h / exp_w) > 0.1 * exp_h / exp_w:
+            raise ValueError(f"source images are {h}x{w} (height x width); this pipeline takes images with the "
+                             f"aspect ratio of {exp_h}x{exp_w} (e.g. Market-1501's 128x64 crops)")
+
+    @staticmethod
+    def _poses(poses, size, what: str) -> list[Pose]:
+        """Pose objects of images of ``size``: one Pose / (18, 2) array, or a sequence / (N, 18, 2) array."""
+        if isinstance(poses, Pose) or (isinstance(poses, np.ndarray) and poses.ndim == 2):
             poses = [poses]
+        elif isinstance(poses, torch.Tensor):
+            poses = list(poses.detach().cpu().numpy()) if poses.dim() == 3 else [poses.detach().cpu().numpy()]
         out = []
         for p in poses:
             if not isinstance(p, Pose):
                 arr = np.asarray(p, dtype=np.float32)
-                if arr.shape != (18, 2):
-                    raise ValueError(f"{what} must be (18, 2) arrays of (x, y) pixels, got shape {arr.shape}")
+                if arr.shape != (NUM_JOINTS, 2):
+                    raise ValueError(f"{what} must be Pose objects or ({NUM_JOINTS}, 2) arrays of (x, y) pixels, "
+                                     f"got shape {arr.shape}")
+                if not np.isfinite(arr).all():
+                    raise ValueError(f"{what}: coordinates must be finite (-1 marks a missing joint)")
+                p = arr
             out.append(as_pose(p, size))
-        if len(out) != count:
-            raise ValueError(f"got {len(out)} {what} for {count} pairs")
+        if not out:
+            raise ValueError(f"no {what} given")
         return out
+
+    @staticmethod
+    def _unique(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Identical images (by content) are kept once: a source repeated for many targets is encoded once."""
+        keys, first, index = {}, [], []
+        for i in range(x.shape[0]):
+            k = hashlib.sha1(x[i].numpy().tobytes()).hexdigest()
+            if k not in keys:
+                keys[k] = len(first)
+                first.append(i)
+            index.append(keys[k])
+        return x[first], index
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
+    def encode_sources(self, source_images, stages: Sequence[str] = ORDER) -> SourceEncoding:
+        """Encode sources once (each stage's frozen encoders); pass the result as ``source_images``, after
+        :meth:`SourceEncoding.select` if the pairs reuse sources."""
+        x, size = self._images_to_tensor(source_images)
+        x = x.to(self.device, self.dtype)
+        feats = {n: self.stages[n].encode_source(x) for n in stages if n in self.stages}
+        return SourceEncoding(feats, size, x.shape[0])
+
+    @torch.no_grad()
     def __call__(self, source_images, source_poses, target_poses, num_inference_steps=None,
-                 guidance_scale=None, generator=None, scheduler=None, stages=ORDER, output_type="pil",
-                 target_embeds: torch.Tensor | None = None, batch_size: int | None = None) -> PCDMsOutput:
+                 guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
+                 output_type: str = "pil", target_embeds: torch.Tensor | None = None,
+                 batch_size: int | None = None) -> PCDMsOutput:
         """Generate the target of every (source, target pose) pair.
 
-        ``source_images``: one image (used for every target pose) or one per pair; PIL, uint8 arrays or a
-        (B, 3, H, W) tensor in [-1, 1]. Poses: :class:`Pose` or (18, 2) (x, y) pixel arrays of the source's size,
-        -1 for a missing joint. Steps and guidance: a number or ``{stage: value}``. ``generator``: one
-        ``torch.Generator`` or one per pair (then a pair's image does not depend on its batch).
+        ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays, a tensor in
+        [-1, 1], or a :class:`SourceEncoding`); ``source_poses``: one per source. ``num_inference_steps`` and
+        ``guidance_scale``: a number or ``{stage: value}`` (defaults: the pipeline config's ``sampling``).
+        ``generator``: one ``torch.Generator`` or one per pair; with one per pair a pair's images do not
+        depend on the other pairs of the call. ``stages``: a subset of prior/inpaint/refine that includes
+        inpaint; without prior pass ``target_embeds`` (e.g. CLIP of the true target: teacher forcing);
+        without refine the final images are the coarse ones. ``output_type``: pil, np (uint8) or pt (float
+        (N, 3, H, W) in [-1, 1] on the CPU).
         """
-        import time
-
-        stages = tuple(stages)
+        stages = (stages,) if isinstance(stages, str) else tuple(stages)
         bad = [s for s in stages if s not in ORDER]
-        if bad or "inpaint" not in stages:
-            raise ValueError(f"stages must include 'inpaint' and be among {ORDER}, got {stages}")
-        for s in stages:
-            if s not in self.stages:
-                raise ValueError(f"stage {s!r} is not loaded in this pipeline")
-        samp = self.config.get("sampling", {})
+        if bad or "inpaint" not in stages or len(set(stages)) != len(stages):
+            raise ValueError(f"stages must be distinct names among {ORDER} and include 'inpaint', got {stages}")
+        missing = [s for s in stages if s not in self.stages]
+        if missing:
+            raise ValueError(f"stage(s) {', '.join(missing)} not loaded in this pipeline")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
+        samp = self.config.get("sampling") or {}
         sched = scheduler or samp.get("scheduler", "unipc")
         if sched not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {sched!r}; use one of {', '.join(SCHEDULERS)}")
-        steps = {n: int(_per_stage(num_inference_steps, n, samp.get("steps", {}).get(n, 20))) for n in ORDER}
-        guide = {n: float(_per_stage(guidance_scale, n, samp.get("guidance", {}).get(n, 1.0))) for n in ORDER}
+        steps = _per_stage(num_inference_steps, {n: (samp.get("steps") or {}).get(n, DEFAULT_STEPS) for n in ORDER},
+                           "num_inference_steps", int)
+        guide = _per_stage(guidance_scale, {n: (samp.get("guidance") or {}).get(n, DEFAULT_GUIDANCE[n])
+                                            for n in ORDER}, "guidance_scale", float)
+        for n in stages:
+            if steps[n] < 1:
+                raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")
+            if guide[n] < 0:
+                raise ValueError(f"guidance_scale of {n} must not be negative, got {guide[n]}")
 
-        src, size = self._images_to_tensor(source_images)
-        n_pairs = len(target_poses) if not isinstance(target_poses, (Pose,)) and not (
-            isinstance(target_poses, np.ndarray) and target_poses.ndim == 2) else 1
-        if src.shape[0] not in (1, n_pairs):
-            raise ValueError(f"got {src.shape[0]} source images for {n_pairs} target poses")
-        src_index = [0] * n_pairs if src.shape[0] == 1 else list(range(n_pairs))
-        src_poses = self._poses(source_poses, src.shape[0], size, "source poses")  # one per source image
-        sp = [src_poses[j] for j in src_index]
-        tp = self._poses(target_poses, n_pairs, size, "target poses")
+        timings = {"encode": 0.0, **{n: 0.0 for n in ORDER}}
+        t0 = time.perf_counter()
+        if isinstance(source_images, SourceEncoding):
+            enc = source_images
+            lacking = [n for n in stages if n not in enc.features]
+            if lacking:
+                raise ValueError(f"the source encoding lacks stage(s) {', '.join(lacking)}")
+            n_src, size = enc.count, enc.size
+            src_of_source = list(range(n_src))
+        else:
+            x, size = self._images_to_tensor(source_images)
+            n_src = x.shape[0]
+            x, src_of_source = self._unique(x)
+            x = x.to(self.device, self.dtype)
+            enc = SourceEncoding({n: self.stages[n].encode_source(x) for n in stages}, size, x.shape[0])
+        timings["encode"] = time.perf_counter() - t0
+
+        src_poses = self._poses(source_poses, size, "source poses")
+        tgt_poses = self._poses(target_poses, size, "target poses")
+        if len(src_poses) != n_src:
+            raise ValueError(f"got {len(src_poses)} source poses for {n_src} source images")
+        n_pairs = len(tgt_poses)
+        if n_src not in (1, n_pairs):
+            raise ValueError(f"got {n_src} source images for {n_pairs} target poses (give one, or one per pair)")
+        pair_src = [0] * n_pairs if n_src == 1 else list(range(n_pairs))
         if isinstance(generator, (list, tuple)) and len(generator) != n_pairs:
             raise ValueError(f"got {len(generator)} generators for {n_pairs} pairs")
-        if target_embeds is not None and len(target_embeds) != n_pairs:
-            raise ValueError(f"got {len(target_embeds)} target embeddings for {n_pairs} pairs")
-        if "prior" not in stages and target_embeds is None:
-            raise ValueError("without the prior stage, pass target_embeds (e.g. the target's true embedding)")
+        if "prior" in stages:
+            if target_embeds is not None:
+                raise ValueError("target_embeds replace the prior: pass them with stages without 'prior'")
+        elif target_embeds is None:
+            raise ValueError("without the prior stage, pass target_embeds (e.g. the target's true CLIP embedding)")
+        else:
+            target_embeds = torch.as_tensor(target_embeds)
+            dim = self.stages["inpaint"].clip.dim
+            if target_embeds.shape != (n_pairs, dim):
+                raise ValueError(f"target_embeds must be ({n_pairs}, {dim}), got {tuple(target_embeds.shape)}")
 
         dev, dt = self.device, self.dtype
-        src = src.to(dev, dt)
-        # Each distinct source is encoded once, however many target poses it has.
-        timings = {n: 0.0 for n in ORDER}
-        t0 = time.perf_counter()
-        enc = {n: self.stages[n].encode_source(src) for n in stages}
-        timings["encode"] = time.perf_counter() - t0
         bs = int(batch_size or self.config.get("batch_size", 16))
+        if bs < 1:
+            raise ValueError(f"batch_size must be at least 1, got {bs}")
+        inp = self.stages["inpaint"]
         finals, coarses, embeds = [], [], []
         for lo in range(0, n_pairs, bs):
             idx = list(range(lo, min(lo + bs, n_pairs)))
-            sidx = torch.tensor([src_index[i] for i in idx], device=dev)
+            rows = torch.tensor([src_of_source[pair_src[i]] for i in idx], device=dev)
             gen = [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator
-            e_src = {n: {k: v[sidx] for k, v in enc[n].items()} for n in stages}
-            sp_vec = torch.from_numpy(np.stack([sp[i].vector() for i in idx])).to(dev, dt)
-            tp_vec = torch.from_numpy(np.stack([tp[i].vector() for i in idx])).to(dev, dt)
+            feats = {n: {k: v[rows] for k, v in enc.features[n].items()} for n in stages}
+            sp = [src_poses[pair_src[i]] for i in idx]
+            tp = [tgt_poses[i] for i in idx]
             if "prior" in stages:
                 t0 = time.perf_counter()
-                emb = self.stages["prior"].sample(e_src["prior"], sp_vec, tp_vec, gen, steps["prior"],
-                                                  guide["prior"], sched)
+                emb = self.stages["prior"].sample(feats["prior"], self._vectors(sp, dev, dt), self._vectors(tp, dev, dt),
+                                                  gen, steps["prior"], guide["prior"], sched)
                 timings["prior"] += time.perf_counter() - t0
             else:
-                emb = target_embeds[idx[0]: idx[-1] + 1].to(dev, dt)
-            inp = self.stages["inpaint"]
+                emb = target_embeds[idx].to(dev, dt)
             t0 = time.perf_counter()
-            sp_img = self._pose_tensor([sp[i] for i in idx], inp.image_size, dev, dt)
-            tp_img = self._pose_tensor([tp[i] for i in idx], inp.image_size, dev, dt)
-            coarse = inp.sample(e_src["inpaint"], sp_img, tp_img, emb, gen, steps["inpaint"], guide["inpaint"],
-                                sched)
+            coarse = inp.sample(feats["inpaint"], self._pose_images(sp, dev, dt), self._pose_images(tp, dev, dt),
+                                emb, gen, steps["inpaint"], guide["inpaint"], sched)
             timings["inpaint"] += time.perf_counter() - t0
             final = coarse
             if "refine" in stages:
                 t0 = time.perf_counter()
-                final = self.stages["refine"].sample(e_src["refine"], coarse, gen, steps["refine"],
-                                                     guide["refine"], sched)
+                final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
+                                                     sched)
                 timings["refine"] += time.perf_counter() - t0
-            finals.append(final.float())
-            coarses.append(coarse.float())
-            embeds.append(emb.float())
-        final = torch.cat(finals)
-        coarse = torch.cat(coarses)
-        return PCDMsOutput(self._output(final, size, output_type), self._output(coarse, size, output_type),
+            finals.append(self._resize(final, size))
+            coarses.append(self._resize(coarse, size))
+            embeds.append(emb.float().cpu())
+        return PCDMsOutput(self._output(torch.cat(finals), output_type), self._output(torch.cat(coarses), output_type),
                            torch.cat(embeds), timings)
 
     @staticmethod
-    def _pose_tensor(poses: list[Pose], size, device, dtype) -> torch.Tensor:
-        arr = np.stack([render_pose(p, tuple(size)) for p in poses])
+    def _vectors(poses: list[Pose], device, dtype) -> torch.Tensor:
+        return torch.from_numpy(np.stack([p.vector() for p in poses])).to(device, dtype)
+
+    def _pose_images(self, poses: list[Pose], device, dtype) -> torch.Tensor:
+        arr = np.stack([render_pose(p, self.image_size) for p in poses])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).to(device, dtype) / 255.0
 
     @staticmethod
-    def _output(images: torch.Tensor, size, output_type: str):
-        import torch.nn.functional as F
+    def _resize(images: torch.Tensor, size) -> torch.Tensor:
+        images = images.float().cpu()
+        if tuple(images.shape[-2:]) != tuple(size):
+            images = F.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False)
+        return images.clamp(-1, 1)
+
+    @staticmethod
+    def _output(images: torch.Tensor, output_type: str):
         from PIL import Image
 
-        if tuple(images.shape[-2:]) != tuple(size):
-            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
         if output_type == "pt":
             return images
-        arr = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if output_type == "np":
             return arr
-        if output_type != "pil":
-            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
         return [Image.fromarray(a) for a in arr]

@@ -1,69 +1,99 @@
 """Small trainable modules of PCDMs: the prior transformer, the pose encoder and the image-token projection."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+class PoseMLP(nn.Module):
+    """A pose vector to one token: Linear, GELU, LayerNorm, Linear, LayerNorm. The Dropout slots (p = 0) keep
+    the Sequential's indices those of the official stage-1 checkpoint, so its keys load by name."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.LayerNorm(hidden),
+                                 nn.Linear(hidden, out_dim), nn.Dropout(0.0), nn.LayerNorm(out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class PriorTransformer(nn.Module):
     """Stage 1: six tokens (source pose, target pose, source embedding, time, noisy target embedding, learned
     ``prd``), bidirectional attention, the ``prd`` token projected back to the embedding = predicted clean
-    target embedding."""
+    target embedding.
+
+    The layout is that of the Kandinsky-2.2 prior (diffusers ``BasicTransformerBlock`` with biased attention,
+    GELU MLP) as the official PCDMs stage 1 extends it; the attribute names follow that checkpoint too
+    (``pose_encoder``, ``embedding_proj``, ``transformer_blocks``, ...), so importing it is a key-prefix strip
+    plus the pose input layer (ours reads 54 numbers: 36 coordinates and 18 visibility flags).
+    """
 
     def __init__(self, embed_dim: int = 1024, pose_dim: int = 54, width: int = 2048, layers: int = 20,
-                 heads: int = 32, mlp_ratio: float = 4.0, dropout: float = 0.0):
+                 heads: int = 32, pose_hidden: int = 512, dropout: float = 0.0):
+        from diffusers.models.attention import BasicTransformerBlock
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
         super().__init__()
+        if width % heads:
+            raise ValueError(f"prior width {width} is not a multiple of its {heads} heads")
         self.config = dict(embed_dim=embed_dim, pose_dim=pose_dim, width=width, layers=layers, heads=heads,
-                           mlp_ratio=mlp_ratio, dropout=dropout)
-        self.src_pose = nn.Sequential(nn.Linear(pose_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.tgt_pose = nn.Sequential(nn.Linear(pose_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.src_embed = nn.Linear(embed_dim, width)
-        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.noisy = nn.Linear(embed_dim, width)
-        self.prd = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos = nn.Parameter(torch.zeros(1, 6, width))
-        nn.init.normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, int(width * mlp_ratio), dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, embed_dim)
+                           pose_hidden=pose_hidden, dropout=dropout)
+        self.pose_encoder = PoseMLP(pose_dim, pose_hidden, embed_dim)  # source pose
+        self.pose_encoder1 = PoseMLP(pose_dim, pose_hidden, embed_dim)  # target pose
+        self.encoder_hidden_states_proj = nn.Linear(embed_dim, width)
+        self.encoder_hidden_states_proj1 = nn.Linear(embed_dim, width)
+        self.embedding_proj = nn.Linear(embed_dim, width)  # source image embedding
+        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(width, width)
+        self.proj_in = nn.Linear(embed_dim, width)  # noisy target embedding
+        self.prd_embedding = nn.Parameter(torch.zeros(1, 1, width))
+        self.positional_embedding = nn.Parameter(torch.zeros(1, 6, width))
+        nn.init.normal_(self.positional_embedding, std=0.02)
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(width, heads, width // heads, dropout=dropout, activation_fn="gelu",
+                                  attention_bias=True) for _ in range(layers)])
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_to_clip_embeddings = nn.Linear(width, embed_dim)
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, src_embed: torch.Tensor, src_pose: torch.Tensor,
                 tgt_pose: torch.Tensor) -> torch.Tensor:
-        w = self.pos.shape[-1]
-        tokens = torch.stack([self.src_pose(src_pose), self.tgt_pose(tgt_pose), self.src_embed(src_embed),
-                              self.time(timestep_embedding(t, w).to(noisy.dtype)), self.noisy(noisy)], dim=1)
-        x = torch.cat([tokens, self.prd.expand(noisy.shape[0], -1, -1)], dim=1) + self.pos
-        x = self.blocks(x)
-        return self.out(self.norm(x[:, -1]))
+        b = noisy.shape[0]
+        time = self.time_embedding(self.time_proj(t.reshape(-1).expand(b)).to(noisy.dtype))
+        tokens = torch.stack([
+            self.encoder_hidden_states_proj(self.pose_encoder(src_pose)),
+            self.encoder_hidden_states_proj1(self.pose_encoder1(tgt_pose)),
+            self.embedding_proj(src_embed),
+            time,
+            self.proj_in(noisy),
+        ], dim=1)
+        x = torch.cat([tokens, self.prd_embedding.to(tokens.dtype).expand(b, -1, -1)], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        for block in self.transformer_blocks:  # no mask: every token sees every other (bidirectional)
+            x = block(x)
+        return self.proj_to_clip_embeddings(self.norm_out(x[:, -1]))
 
 
 class PoseEncoder(nn.Module):
     """ControlNet's conditioning-embedding shape: 3 -> 16 -> 32 -> 96 -> 256 with three stride-2 steps and
-    SiLU, then a zero-initialised 1x1 to the UNet's first width, so training starts from the unposed UNet."""
+    SiLU, then a zero-initialised convolution to the UNet's first width, so training starts from the unposed
+    UNet. ``out_kernel``: 1 (DESIGN's 1x1; the tiny stage) or 3 (diffusers' ``ControlNetConditioningEmbedding``,
+    which the official stage 2 uses as ``pose_proj``; the paper config). Key map from that module:
+    ``conv_in`` -> ``body.0``, ``blocks.{2i}`` -> ``body.{4i+2}``, ``blocks.{2i+1}`` -> ``body.{4i+4}``,
+    ``conv_out`` -> ``out``."""
 
     def __init__(self, out_channels: int = 320, channels: tuple = (16, 32, 96, 256), in_channels: int = 3,
-                 downsample: int = 3):
+                 downsample: int = 3, out_kernel: int = 1):
         super().__init__()
         self.config = dict(out_channels=out_channels, channels=list(channels), in_channels=in_channels,
-                           downsample=downsample)
+                           downsample=downsample, out_kernel=out_kernel)
         layers = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
         for i in range(len(channels) - 1):
             stride = 2 if i < downsample else 1
             layers += [nn.Conv2d(channels[i], channels[i], 3, padding=1), nn.SiLU(),
                        nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, stride=stride), nn.SiLU()]
         self.body = nn.Sequential(*layers)
-        self.out = nn.Conv2d(channels[-1], out_channels, 1)
+        self.out = nn.Conv2d(channels[-1], out_channels, out_kernel, padding=out_kernel // 2)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -72,7 +102,9 @@ class PoseEncoder(nn.Module):
 
 
 class ImageProjection(nn.Module):
-    """Local image tokens into the UNet's cross-attention space: in -> hidden, GELU, LayerNorm, -> out."""
+    """Local image tokens into the UNet's cross-attention space: in -> hidden, GELU, LayerNorm, -> out.
+    Key map from the official ``image_proj_model_p`` (which has Dropout slots): ``net.3`` -> ``net.2``,
+    ``net.4`` -> ``net.3``."""
 
     def __init__(self, in_dim: int = 1536, hidden: int = 768, out_dim: int = 1024):
         super().__init__()

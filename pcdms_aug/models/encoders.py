@@ -1,11 +1,16 @@
 """Frozen parts: the global image encoder (CLIP), the local one (DINOv2) and the image codec (VAE or pixels).
 
-Each is either loaded from a LOCAL folder named in the config (paper scale; never downloaded) or built with
-random weights from an inline config and a fixed seed (tiny scale), so every stage that builds "the same" tiny
-encoder gets the same weights.
+Each is either loaded from a LOCAL folder (paper scale; never downloaded) or built with random weights from an
+inline config and a fixed seed (tiny scale, and paper-scale architecture tests), so every stage that builds
+"the same" tiny encoder gets the same weights.
+
+A component's ``pretrained`` is a folder, or ``weights.<name>``: the folder the stage config's ``weights``
+section gives that name (``weights.sd21_base``, ``weights.dinov2``, ``weights.clip_vit_h``), so a user sets
+each folder once for all stages. ``random_weights: true`` in the stage config ignores every ``pretrained``.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,13 +22,44 @@ from ..errors import DataError
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
+# Where each kind of weights comes from (said in the error when a folder is missing).
+SOURCES = {
+    "clip": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (transformers format: config.json + model.safetensors)",
+    "dino": "facebook/dinov2-giant",
+    "vae": "stabilityai/stable-diffusion-2-1-base (the whole repository; its vae/ folder is used)",
+    "unet": "stabilityai/stable-diffusion-2-1-base (the whole repository; its unet/ folder is used)",
+    "prior": "kandinsky-community/kandinsky-2-2-prior (the whole repository; its prior/ folder is used)",
+}
+HOW = ("download it once by hand on a machine with network access (e.g. `huggingface-cli download {repo} "
+       "--local-dir FOLDER`) and point the config at FOLDER; nothing is downloaded at run time")
 
-def _local_folder(path: str, what: str, hint: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise DataError(f"{what} weights folder not found; download it once by hand ({hint}) and point the "
-                        "config at it; nothing is downloaded at run time", p)
-    return p
+
+def pretrained_folder(part: dict, stage_cfg: dict, kind: str) -> Path | None:
+    """The local folder a component loads from, or None when it is built with random weights."""
+    if stage_cfg.get("random_weights"):
+        return None
+    value = part.get("pretrained")
+    if not value:
+        return None
+    value = str(value)
+    how = HOW.format(repo=SOURCES[kind].split(" ")[0])
+    if value.startswith("weights."):
+        key = value[len("weights."):]
+        folder = (stage_cfg.get("weights") or {}).get(key)
+        if not folder:
+            raise DataError(f"{value} is not set: the {kind} weights ({SOURCES[kind]}) must be a local folder; "
+                            f"{how}; then set {value}=FOLDER (or random_weights=true for an untrained "
+                            "architecture test)")
+        value = str(folder)
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{kind} weights folder not found ({SOURCES[kind]}); {how}", path)
+    return path
+
+
+def _check_files(path: Path, what: str, kind: str) -> None:
+    if not (path / "config.json").is_file():
+        raise DataError(f"{what}: no config.json in this folder; expected {SOURCES[kind]}", path)
 
 
 class _Preprocess(nn.Module):
@@ -38,24 +74,29 @@ class _Preprocess(nn.Module):
         x = (images.float() + 1) / 2
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
-        return (x - self.mean) / self.std
+        return (x - self.mean.float()) / self.std.float()
+
+
+def _seeded(seed, build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
 
 
 class GlobalEncoder(nn.Module):
     """CLIP vision tower with projection: one embedding per image (``image_embeds``)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        if cfg.get("pretrained"):
-            path = _local_folder(cfg["pretrained"], "CLIP image encoder", "OpenCLIP ViT-H/14 in transformers "
-                                 "format, e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+        path = pretrained_folder(cfg, stage_cfg or {}, "clip")
+        if path is not None:
+            _check_files(path, "CLIP image encoder", "clip")
             self.model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(cfg.get("seed", 0)))
-                self.model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["config"]))
+            self.model = _seeded(cfg.get("seed", 0),
+                                 lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["config"])))
         size = cfg.get("image_size") or [self.model.config.image_size] * 2
         self.pre = _Preprocess(size, CLIP_MEAN, CLIP_STD)
         self.dim = self.model.config.projection_dim
@@ -67,17 +108,16 @@ class GlobalEncoder(nn.Module):
 class LocalEncoder(nn.Module):
     """DINOv2: all tokens (CLS + patches) of the last layer."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
         super().__init__()
         from transformers import Dinov2Config, Dinov2Model
 
-        if cfg.get("pretrained"):
-            path = _local_folder(cfg["pretrained"], "DINOv2 encoder", "facebook/dinov2-giant")
+        path = pretrained_folder(cfg, stage_cfg or {}, "dino")
+        if path is not None:
+            _check_files(path, "DINOv2 encoder", "dino")
             self.model = Dinov2Model.from_pretrained(path, local_files_only=True)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(cfg.get("seed", 0)))
-                self.model = Dinov2Model(Dinov2Config(**cfg["config"]))
+            self.model = _seeded(cfg.get("seed", 0), lambda: Dinov2Model(Dinov2Config(**cfg["config"])))
         size = cfg.get("image_size") or [self.model.config.image_size] * 2
         self.pre = _Preprocess(size, IMAGENET_MEAN, IMAGENET_STD)
         self.dim = self.model.config.hidden_size
@@ -87,10 +127,10 @@ class LocalEncoder(nn.Module):
 
 
 class Codec(nn.Module):
-    """Images [-1, 1] <-> the space the UNets denoise: SD's VAE latents (f=8, scaled) or the pixels
-    themselves (tiny scale: no VAE to train, and a CPU handles 128x64 pixels well)."""
+    """Images [-1, 1] <-> the space the UNets denoise: SD's VAE latents (f=8, scaled), 2x2 pixel blocks as
+    channels (``space_to_depth``), or the pixels themselves."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
         super().__init__()
         self.kind = cfg.get("type", "pixel")
         if self.kind == "pixel":
@@ -102,13 +142,14 @@ class Codec(nn.Module):
             self.vae, self.channels, self.factor, self.scaling = None, 3 * f * f, f, 1.0
         elif self.kind == "vae":
             from diffusers import AutoencoderKL
-            if cfg.get("pretrained"):
-                path = _local_folder(cfg["pretrained"], "VAE", "stable-diffusion-2-1-base, folder 'vae'")
-                self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+
+            path = pretrained_folder(cfg, stage_cfg or {}, "vae")
+            if path is not None:
+                sub = "vae" if (path / "vae").is_dir() else None
+                _check_files(path / sub if sub else path, "VAE", "vae")
+                self.vae = AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True)
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(cfg.get("seed", 0)))
-                    self.vae = AutoencoderKL(**cfg["config"])
+                self.vae = _seeded(cfg.get("seed", 0), lambda: AutoencoderKL(**cfg["config"]))
             self.channels = self.vae.config.latent_channels
             self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
             self.scaling = float(cfg.get("scaling_factor", self.vae.config.scaling_factor))
@@ -129,3 +170,29 @@ class Codec(nn.Module):
         if self.vae is None:
             return latents.clamp(-1, 1)
         return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample.clamp(-1, 1)
+
+
+FROZEN_KINDS = {"clip": GlobalEncoder, "dino": LocalEncoder, "codec": Codec}
+
+
+def frozen_key(name: str, cfg: dict, stage_cfg: dict) -> str:
+    """Two stages whose frozen component has the same key hold the very same weights (same folder, or same
+    inline config and seed), so a pipeline keeps one copy."""
+    part = dict(cfg)
+    kind = "vae" if name == "codec" else name
+    folder = pretrained_folder(part, stage_cfg, kind) if name != "codec" or part.get("type") == "vae" else None
+    if folder is not None:
+        part = {k: v for k, v in part.items() if k not in ("pretrained", "config", "seed")}
+        part["folder"] = str(folder.resolve())
+    return name + ":" + json.dumps(part, sort_keys=True, default=str)
+
+
+def build_frozen(name: str, cfg: dict, stage_cfg: dict, cache: dict | None = None) -> nn.Module:
+    """A frozen component, taken from ``cache`` when an equal one was built already."""
+    key = frozen_key(name, cfg, stage_cfg) if cache is not None else None
+    if key is not None and key in cache:
+        return cache[key]
+    module = FROZEN_KINDS[name](cfg, stage_cfg).requires_grad_(False).eval()
+    if key is not None:
+        cache[key] = module
+    return module

@@ -2,34 +2,42 @@
 SD-2.1-base's UNet (paper), with the extra input channels zero-initialised as SD's own inpainting model does."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..errors import DataError
+from .encoders import SOURCES
 
 
-def build_unet(cfg: dict, in_channels: int, out_channels: int, class_embed_dim: int | None = None):
+def build_unet(cfg: dict, stage_cfg: dict, in_channels: int, out_channels: int,
+               class_embed_dim: int | None = None, load_weights: bool = True):
+    """The architecture is SD's own ``unet/config.json`` when ``pretrained`` names an SD-2.1-base folder, else
+    ``cfg['config']``; input/output channels and the class embedding are the stage's. ``load_weights=False``
+    builds the architecture only (the weights then come from a saved stage)."""
     from diffusers import UNet2DConditionModel
 
+    from .encoders import pretrained_folder
+
     arch = dict(cfg.get("config") or {})
-    pretrained = cfg.get("pretrained")
+    path = pretrained_folder(cfg, stage_cfg, "unet")
     base_sd = None
-    if pretrained:
-        path = Path(pretrained).expanduser()
-        if not (path / "unet").is_dir():
-            raise DataError("SD-2.1-base folder with unet/ not found; download stabilityai/stable-diffusion-2-1-base "
-                            "once by hand and point the config at it; nothing is downloaded at run time", path)
-        base = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        arch = {**dict(base.config), **arch}
-        base_sd = base.state_dict()
-        del base
+    if path is not None:
+        if not (path / "unet" / "config.json").is_file():
+            raise DataError("no unet/config.json in this folder; expected " + SOURCES["unet"], path)
+        # The folder's own config is the architecture; the inline one only describes it for random init.
+        arch = dict(UNet2DConditionModel.load_config(path, subfolder="unet", local_files_only=True))
+        if load_weights:
+            base = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+            base_sd = base.state_dict()
+            del base
     arch = {k: v for k, v in arch.items() if not k.startswith("_")}
     arch.update(in_channels=in_channels, out_channels=out_channels)
     if class_embed_dim is not None:
         arch.update(class_embed_type="projection", projection_class_embeddings_input_dim=class_embed_dim)
     unet = UNet2DConditionModel(**arch)
     if base_sd is not None:
+        # SD's first 4 input channels keep their weights; the extra ones (mask, known latents, coarse image)
+        # start at zero, as SD's own inpainting model did, so step 0 behaves like SD. (Upstream PCDMs
+        # re-initialised the whole conv_in at random through ignore_mismatched_sizes.)
         own = unet.state_dict()
         w = base_sd["conv_in.weight"]
         new = torch.zeros_like(own["conv_in.weight"])
@@ -40,7 +48,7 @@ def build_unet(cfg: dict, in_channels: int, out_channels: int, class_embed_dim: 
         # Only the class embedding is new on top of SD's UNet; anything else missing is a config mismatch.
         if [k for k in missing if not k.startswith("class_embedding.")] or unexpected:
             raise DataError(f"SD UNet does not fit the stage: missing {missing[:3]}, unexpected {unexpected[:3]}",
-                            pretrained)
+                            path)
     return unet
 
 

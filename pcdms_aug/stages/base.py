@@ -1,11 +1,13 @@
 """What every stage is made of: named components, trainable parameters, a loss, a sampler, save and load.
 
-Saved format (one folder per stage, diffusers-style): ``config.json`` (the stage's resolved config) and one
-``<component>.safetensors`` per component. Frozen components loaded from a local pretrained folder are not
-copied (they are read from that folder again); randomly initialised ones are saved like the rest.
+Saved format (one folder per stage, diffusers-style): ``config.json`` (the stage's resolved config, which is
+what loads), ``stage.yaml`` (the same as YAML, to read) and one ``<component>.safetensors`` per component.
+Frozen components loaded from a local pretrained folder are not copied (they are read from that folder again);
+randomly initialised ones are saved like the rest.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -23,17 +25,31 @@ FROZEN = ("clip", "dino", "codec")
 class Stage(nn.Module):
     name = ""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
+        """``cache``: frozen components already built by other stages (shared when equal);
+        ``load_weights=False``: architecture only, weights to be loaded from a saved stage."""
         super().__init__()
         self.cfg = cfg
         self.image_size = tuple(cfg.get("image_size", (128, 64)))
+        self._cache = cache
+        self._load_weights = load_weights
+
+    def frozen(self, name: str) -> nn.Module:
+        from ..models.encoders import build_frozen
+
+        return build_frozen(name, self.cfg[name], self.cfg, self._cache)
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_config(cls, cfg: dict, seed: int = 0) -> "Stage":
+    def from_config(cls, cfg: dict, seed: int = 0, cache: dict | None = None,
+                    load_weights: bool = True) -> "Stage":
+        """Trainable parts random (``seed``) or from SD-2.1-base; frozen parts as their config says."""
+        cfg = copy.deepcopy(dict(cfg))
+        cfg.pop("stage", None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            stage = cls(cfg)
+            stage = cls(cfg, cache=cache, load_weights=load_weights)
+        del stage._cache
         for name in FROZEN:
             part = getattr(stage, name, None)
             if part is not None:
@@ -71,57 +87,129 @@ class Stage(nn.Module):
         return F.interpolate(images, size=size, mode=mode, align_corners=False).clamp(-1, 1)
 
     # ---------------------------------------------------------------- save / load
+    def _from_folder(self, name: str) -> bool:
+        """Whether a frozen component is read from a local pretrained folder (then it is not saved)."""
+        from ..models.encoders import pretrained_folder
+
+        part = self.cfg.get(name) or {}
+        if name == "codec" and part.get("type") != "vae":
+            return False
+        return pretrained_folder(part, self.cfg, "vae" if name == "codec" else name) is not None
+
     def _saved_components(self) -> dict[str, nn.Module]:
-        out = {}
-        for name, module in self.components().items():
-            if name in FROZEN and (self.cfg.get(name) or {}).get("pretrained"):
-                continue
-            out[name] = module
-        return out
+        return {n: m for n, m in self.components().items()
+                if not (n in FROZEN and self._from_folder(n)) and any(True for _ in m.state_dict())}
 
     def save_pretrained(self, directory: str | Path) -> None:
+        """``directory``: ``config.json`` (what loads), ``stage.yaml`` (the same, to read) and one
+        ``<component>.safetensors`` each; written beside and renamed into place."""
+        import yaml
         from safetensors.torch import save_model
 
         directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = directory.parent / f".{directory.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        (tmp / "config.json").write_text(json.dumps({"stage": self.name, **self.cfg}, indent=2, default=list))
+        cfg = json.loads(json.dumps({"stage": self.name, **self.cfg}, default=list))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        (tmp / "stage.yaml").write_text(f"# resolved config of the {self.name} stage (config.json is what loads)\n"
+                                        + yaml.safe_dump(cfg, sort_keys=False))
         for name, module in self._saved_components().items():
             save_model(module, str(tmp / f"{name}.safetensors"))
+        old = directory.parent / f".{directory.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
-            shutil.rmtree(directory)
+            os.replace(directory, old)
         os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "Stage":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
+    def read_config(cls, directory: str | Path) -> dict:
         directory = Path(directory)
         cfg_file = directory / "config.json"
+        if not directory.is_dir():
+            raise DataError(f"{cls.name or 'stage'} folder not found", directory)
         if not cfg_file.is_file():
             raise DataError(f"no {cls.name or 'stage'} weights here (config.json missing)", directory)
         try:
             cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"corrupt config.json: {e}", cfg_file) from None
+        if not isinstance(cfg, dict):
+            raise DataError("corrupt config.json: not a mapping", cfg_file)
+        return cfg
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, cache: dict | None = None) -> "Stage":
+        """A folder written by :meth:`save_pretrained` (the weights are loaded exactly: a missing, corrupt or
+        mismatched file is a DataError naming it). ``cache`` shares equal frozen parts between stages."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        from ..models.encoders import frozen_key
+
+        directory = Path(directory)
+        cfg = cls.read_config(directory)
         name = cfg.pop("stage", cls.name)
         if cls.name and name != cls.name:
             raise DataError(f"this folder holds stage {name!r}, not {cls.name!r}", directory)
-        stage = cls.from_config(cfg, seed=0)
+        if not cls.name:
+            from . import stage_class
+            return stage_class(name).from_pretrained(directory, cache)
+        # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
+        stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache, cfg),
+                                load_weights=False)
         for comp, module in stage._saved_components().items():
             f = directory / f"{comp}.safetensors"
             if not f.is_file():
                 raise DataError(f"weights of component {comp!r} missing", f)
             try:
                 missing, unexpected = load_model(module, str(f), strict=False)
-            except (SafetensorError, OSError, RuntimeError) as e:
+            except (SafetensorError, OSError, RuntimeError, ValueError) as e:
                 raise DataError(f"cannot load weights of component {comp!r}: {e}", f) from None
             if missing or unexpected:
                 raise DataError(f"weights do not match the config: missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]}", f)
-        return stage.eval()
+            if cache is not None and comp in FROZEN:
+                key = frozen_key(comp, stage.cfg[comp], stage.cfg)
+                other = cache.get(key)
+                if other is not None and _same_weights(other, module):
+                    setattr(stage, comp, other)
+                elif other is None:
+                    cache[key] = module
+        return stage
+
+    # ---------------------------------------------------------------- input checks
+    def check_inputs(self, **tensors) -> int:
+        """Every named input must be a tensor of the expected kind, all with one batch size (returned):
+        ``*_image`` (B, 3, H, W); ``*_pose`` (B, 54) pose vectors; ``*_embed`` (B, D)."""
+        from ..pose import VECTOR_DIM
+
+        sizes = {}
+        for key, x in tensors.items():
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{self.name}: {key} must be a tensor, got {type(x).__name__}")
+            if key.endswith("image") and (x.dim() != 4 or x.shape[1] != 3):
+                raise ValueError(f"{self.name}: {key} must be (B, 3, H, W), got {tuple(x.shape)}")
+            if key.endswith("pose") and (x.dim() != 2 or x.shape[1] != VECTOR_DIM):
+                raise ValueError(f"{self.name}: {key} must be (B, {VECTOR_DIM}) pose vectors, got {tuple(x.shape)}")
+            if key.endswith("embed") and x.dim() != 2:
+                raise ValueError(f"{self.name}: {key} must be (B, D), got {tuple(x.shape)}")
+            sizes[key] = x.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{self.name}: inputs disagree on the batch size: {sizes}")
+        if sizes and next(iter(sizes.values())) == 0:
+            raise ValueError(f"{self.name}: empty batch")
+        return next(iter(sizes.values()), 0)
+
+    def batch_inputs(self, batch: dict, *keys: str) -> list[torch.Tensor]:
+        """``batch[key]`` for each key, checked, on the stage's device (a clear error for a missing key)."""
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"{self.name}: the training batch lacks {', '.join(missing)}")
+        self.check_inputs(**{k: batch[k] for k in keys})
+        return [batch[k].to(self.device) for k in keys]
 
     # ---------------------------------------------------------------- the stage's own parts
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -130,6 +218,33 @@ class Stage(nn.Module):
     def preview(self, batch: dict, num_inference_steps: int = 20, generator=None) -> list[dict]:
         """Rows of labelled images (uint8 HxWx3) for the training grid."""
         return []
+
+
+class _FolderOnly(dict):
+    """A view of a component cache that serves (and records) only folder-backed parts: a randomly
+    initialised frozen part is loaded from the stage's own file first and shared only when equal."""
+
+    def __init__(self, cache: dict, cfg: dict):
+        super().__init__()
+        self.cache, self.cfg = cache, cfg
+
+    def _folder_backed(self, key: str) -> bool:
+        return '"folder":' in key
+
+    def __contains__(self, key):
+        return self._folder_backed(key) and key in self.cache
+
+    def __getitem__(self, key):
+        return self.cache[key]
+
+    def __setitem__(self, key, value):
+        if self._folder_backed(key):
+            self.cache[key] = value
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def to_uint8(images: torch.Tensor) -> list:

@@ -14,7 +14,6 @@ import torch
 from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
 from ..models.blocks import ImageProjection, PoseEncoder
-from ..models.encoders import Codec, GlobalEncoder, LocalEncoder
 from ..models.unet import build_unet, pose_residual
 from .base import Stage, to_uint8
 
@@ -24,13 +23,14 @@ CONDITIONS = ("source_features", "target_embed")
 class InpaintStage(Stage):
     name = "inpaint"
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.clip = GlobalEncoder(cfg["clip"])
-        self.dino = LocalEncoder(cfg["dino"])
-        self.codec = Codec(cfg["codec"])
+    def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
+        super().__init__(cfg, cache, load_weights)
+        self.clip = self.frozen("clip")
+        self.dino = self.frozen("dino")
+        self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.unet = build_unet(cfg["unet"], 2 * c + 1, c, class_embed_dim=self.clip.dim)
+        self.unet = build_unet(cfg["unet"], cfg, 2 * c + 1, c, class_embed_dim=self.clip.dim,
+                               load_weights=load_weights)
         cross = self.unet.config.cross_attention_dim
         if cross != self.clip.dim:
             raise ValueError(f"inpaint: cross_attention_dim ({cross}) must equal the global embedding size "
@@ -71,18 +71,21 @@ class InpaintStage(Stage):
 
     # ---------------------------------------------------------------- training
     def training_loss(self, batch, generator=None):
-        src = self.resize(batch["source_image"])
-        tgt = self.resize(batch["target_image"])
+        """Epsilon-MSE on the canvas latents (or its target half: ``loss_region: target``); source features and
+        target embedding dropped to zeros per ``drop``. Teacher forcing: the embedding is CLIP(target)."""
+        src, tgt, sp_img, tp_img = self.batch_inputs(batch, "source_image", "target_image", "source_pose_image",
+                                                     "target_pose_image")
         with torch.no_grad():
+            embed = self.clip(tgt)
+            src, tgt = self.resize(src), self.resize(tgt)
             dino = self.dino(src)
-            embed = self.clip(batch["target_image"])  # teacher forcing: the target's true embedding
             x0 = self.codec.encode(self._canvas(src, tgt))
             mask, masked = self._known(src)
         masks = drop_masks(CONDITIONS, self.cfg["drop"], src.shape[0], generator, src.device)
         dino = apply_drop(dino, masks["source_features"])
         embed = apply_drop(embed, masks["target_embed"])
         tokens = self._tokens(dino, embed)
-        pose_feats = self.pose_encoder(self._pose_images(batch["source_pose_image"], batch["target_pose_image"]))
+        pose_feats = self.pose_encoder(self._pose_images(sp_img, tp_img))
         weight = None
         if self.cfg.get("loss_region", "canvas") == "target":
             weight = (1.0 - mask).expand(-1, 1, -1, -1)
@@ -93,11 +96,19 @@ class InpaintStage(Stage):
     @torch.no_grad()
     def sample(self, source: dict, source_pose_image, target_pose_image, target_embed, generator=None,
                num_inference_steps: int = 20, guidance_scale: float = 2.0, scheduler: str = "unipc"):
-        """Coarse target images (B, 3, H, W) in [-1, 1] at the stage's size."""
+        """Coarse target images (B, 3, H, W) in [-1, 1] at the stage's size. ``source``: :meth:`encode_source`'s
+        output; pose images (B, 3, h, w) in [0, 1]; ``target_embed`` (B, D): the prior's output or CLIP(target).
+        Guidance contrasts with source features and embedding at zero (training's joint drop); the pose and the
+        known source half stay."""
         src, dino = source["image"], source["dino"]
+        self.check_inputs(source_image=src, source_pose_image=source_pose_image,
+                          target_pose_image=target_pose_image, target_embed=target_embed)
+        if target_embed.shape[1] != self.clip.dim:
+            raise ValueError(f"inpaint: target_embed must have {self.clip.dim} features, got {target_embed.shape[1]}")
         mask, masked = self._known(src)
-        pose_feats = self.pose_encoder(self._pose_images(source_pose_image, target_pose_image))
-        embed = target_embed.to(dino.dtype)
+        pose_feats = self.pose_encoder(self._pose_images(source_pose_image.to(src.dtype),
+                                                         target_pose_image.to(src.dtype)))
+        embed = target_embed.to(device=dino.device, dtype=dino.dtype)
 
         def fn(x, t, doubled):
             if doubled:
@@ -106,9 +117,9 @@ class InpaintStage(Stage):
                                    torch.cat([pose_feats, pose_feats]), self._tokens(d2, e2), e2)
             return self._model(x, t, mask, masked, pose_feats, self._tokens(dino, embed), embed)
 
-        shape = masked.shape
         sched = sampling_scheduler(scheduler, self.scheduler)
-        z = denoise(fn, sched, shape, generator, src.device, num_inference_steps, guidance_scale, masked.dtype)
+        z = denoise(fn, sched, masked.shape, generator, src.device, num_inference_steps, guidance_scale,
+                    masked.dtype)
         canvas = self.codec.decode(z)
         return canvas[..., canvas.shape[-1] // 2:]
 

@@ -5,21 +5,46 @@ import torch
 
 from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
+from ..errors import DataError
 from ..models.blocks import PriorTransformer
-from ..models.encoders import GlobalEncoder
 from ..pose import VECTOR_DIM
 from .base import Stage
 
 CONDITIONS = ("source_image", "source_pose", "target_pose")
 
 
+def init_from_kandinsky(prior: PriorTransformer, part: dict, stage_cfg: dict) -> int:
+    """Copy the Kandinsky-2.2 prior's tensors whose names and shapes agree (its transformer blocks, time
+    embedding, ``prd`` token, norm); the rest keeps its random init. Returns how many tensors were copied."""
+    from ..models.encoders import pretrained_folder
+
+    path = pretrained_folder(part, stage_cfg, "prior")
+    if path is None:
+        return 0
+    from diffusers import PriorTransformer as KandinskyPrior
+
+    if not (path / "prior" / "config.json").is_file():
+        raise DataError("no prior/config.json in this folder; expected kandinsky-community/kandinsky-2-2-prior",
+                        path)
+    theirs = KandinskyPrior.from_pretrained(path, subfolder="prior", local_files_only=True).state_dict()
+    own = prior.state_dict()
+    fit = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("transformer_blocks.") for k in fit):
+        raise DataError("the Kandinsky prior's transformer blocks do not fit prior.width/heads/layers", path)
+    prior.load_state_dict(fit, strict=False)
+    return len(fit)
+
+
 class PriorStage(Stage):
     name = "prior"
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.clip = GlobalEncoder(cfg["clip"])
-        self.prior = PriorTransformer(embed_dim=self.clip.dim, pose_dim=VECTOR_DIM, **cfg["prior"])
+    def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
+        super().__init__(cfg, cache, load_weights)
+        self.clip = self.frozen("clip")
+        arch = {k: v for k, v in cfg["prior"].items() if k != "pretrained"}
+        self.prior = PriorTransformer(embed_dim=self.clip.dim, pose_dim=VECTOR_DIM, **arch)
+        if load_weights:
+            init_from_kandinsky(self.prior, cfg["prior"], cfg)
         self.scheduler = training_scheduler(cfg["scheduler"])
         # The target is standardised with global scalars (upstream: mean -0.016, std 0.415 for ViT-H/14).
         self.embed_mean, self.embed_std = float(cfg["embed_mean"]), float(cfg["embed_std"])
@@ -31,21 +56,26 @@ class PriorStage(Stage):
         return self.prior(x, t.expand(x.shape[0]).to(x.device), src, sp, tp)
 
     def training_loss(self, batch, generator=None):
+        """x0-MSE on the standardised target embedding; each condition dropped to zeros per ``drop``."""
+        src_img, tgt_img, sp, tp = self.batch_inputs(batch, "source_image", "target_image", "source_pose",
+                                                     "target_pose")
         with torch.no_grad():
-            src = self.clip(batch["source_image"])
-            x0 = (self.clip(batch["target_image"]) - self.embed_mean) / self.embed_std
+            src = self.clip(src_img)
+            x0 = (self.clip(tgt_img) - self.embed_mean) / self.embed_std
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         src = apply_drop(src, masks["source_image"])
-        sp = apply_drop(batch["source_pose"].to(x0.dtype), masks["source_pose"])
-        tp = apply_drop(batch["target_pose"].to(x0.dtype), masks["target_pose"])
+        sp = apply_drop(sp.to(x0.dtype), masks["source_pose"])
+        tp = apply_drop(tp.to(x0.dtype), masks["target_pose"])
         return diffusion_loss(lambda xt, t: self._model(xt, t, src, sp, tp), self.scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)))
 
     @torch.no_grad()
     def sample(self, source: dict, source_pose: torch.Tensor, target_pose: torch.Tensor, generator=None,
                num_inference_steps: int = 20, guidance_scale: float = 1.0, scheduler: str = "unipc") -> torch.Tensor:
-        """Target embeddings (B, D), un-standardised. ``source`` is :meth:`encode_source`'s output."""
+        """Target embeddings (B, D), un-standardised. ``source`` is :meth:`encode_source`'s output. Guidance
+        contrasts with all three conditions at zero, the joint drop of training."""
         src = source["clip"]
+        self.check_inputs(source_embed=src, source_pose=source_pose, target_pose=target_pose)
         sp, tp = source_pose.to(src.dtype), target_pose.to(src.dtype)
 
         def fn(x, t, doubled):

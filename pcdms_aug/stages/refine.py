@@ -9,7 +9,6 @@ import torch
 from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
 from ..models.blocks import ImageProjection
-from ..models.encoders import Codec, LocalEncoder
 from ..models.unet import build_unet
 from .base import Stage, to_uint8
 
@@ -19,12 +18,12 @@ CONDITIONS = ("source_features",)
 class RefineStage(Stage):
     name = "refine"
 
-    def __init__(self, cfg: dict):
-        super().__init__(cfg)
-        self.dino = LocalEncoder(cfg["dino"])
-        self.codec = Codec(cfg["codec"])
+    def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
+        super().__init__(cfg, cache, load_weights)
+        self.dino = self.frozen("dino")
+        self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.unet = build_unet(cfg["unet"], 2 * c, c)
+        self.unet = build_unet(cfg["unet"], cfg, 2 * c, c, load_weights=load_weights)
         p = cfg.get("projection", {})
         self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), self.unet.config.cross_attention_dim)
         self.scheduler = training_scheduler(cfg["scheduler"])
@@ -37,10 +36,13 @@ class RefineStage(Stage):
                          encoder_hidden_states=tokens).sample
 
     def training_loss(self, batch, generator=None):
+        """Epsilon-MSE on the target latents given the coarse stage-2 image; source features dropped to
+        zeros per ``drop``."""
+        src, tgt, coarse = self.batch_inputs(batch, "source_image", "target_image", "coarse_image")
         with torch.no_grad():
-            dino = self.dino(self.resize(batch["source_image"]))
-            x0 = self.codec.encode(self.resize(batch["target_image"]))
-            cond = self.codec.encode(self.resize(batch["coarse_image"]))
+            dino = self.dino(self.resize(src))
+            x0 = self.codec.encode(self.resize(tgt))
+            cond = self.codec.encode(self.resize(coarse))
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         tokens = self.image_proj(apply_drop(dino, masks["source_features"]))
         return diffusion_loss(lambda xt, t: self._model(xt, t, cond, tokens), self.scheduler, x0, generator,
@@ -49,8 +51,13 @@ class RefineStage(Stage):
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
                guidance_scale: float = 2.0, scheduler: str = "unipc") -> torch.Tensor:
+        """Final images (B, 3, H, W) in [-1, 1] at the stage's size from coarse ones (any size, [-1, 1]).
+        Guidance contrasts with the source features at zero; the coarse image stays."""
         dino = source["dino"]
-        cond = self.codec.encode(self.resize(coarse.to(dino.dtype)))
+        self.check_inputs(coarse_image=coarse)
+        if dino.shape[0] != coarse.shape[0]:
+            raise ValueError(f"refine: {dino.shape[0]} encoded sources for {coarse.shape[0]} coarse images")
+        cond = self.codec.encode(self.resize(coarse.to(device=dino.device, dtype=dino.dtype)))
 
         def fn(x, t, doubled):
             if doubled:
