@@ -2,8 +2,10 @@
 
 Deterministic: a view's noise comes from its own generator seeded by (seed, source image, view), and every batch
 is a fixed group of the plan generated in one forward pass; so one run, a resumed run and a run on any number of
-ranks write the same bytes. Resumable: a rerun skips every batch a shard log holds whose images exist; a run killed
-at any moment leaves only whole images (atomic writes) and whole log lines behind.
+ranks write the same bytes, given the same kind of device, library versions and (on CPU) number of threads: float
+rounding depends on those (torchrun sets OMP_NUM_THREADS=1 unless it is set). ``generate.json`` records them and a
+resume in another environment warns. Resumable: a rerun skips every batch a shard log holds whose images exist; a
+run killed at any moment leaves only whole images (atomic writes) and whole log lines behind.
 """
 from __future__ import annotations
 
@@ -227,8 +229,15 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
         mode = outputs.check_out(out, inputs.settings, cfg.overwrite)
         out.mkdir(parents=True, exist_ok=True)
         outputs.remove_temp_files(out)
+        env = _environment(cfg)
+        if mode == "resume":
+            before = (outputs.read_settings(out) or {}).get("environment")
+            if before and before != env:
+                log.warning("resuming with another environment (%s, before %s): images made now may differ in the "
+                            "last bits from those one uninterrupted run would make (float rounding depends on "
+                            "the device, the library versions and the number of CPU threads)", env, before)
         if mode != "resume" or not (out / outputs.PLAN).is_file():
-            outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter)})
+            outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": env})
             plan = make_plan(inputs.sources, views=int(cfg.views), per=cfg.per, policy=cfg.policy,
                              seed=int(cfg.seed), batch=int(cfg.batch), canonical_poses=int(cfg.canonical_poses),
                              coverage_candidates=int(cfg.coverage_candidates), ext=cfg.image_format)
@@ -304,10 +313,26 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
     barrier()
     if merge:
         counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
-        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": {
+        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": _environment(cfg),
+                                                      "counts": {
             k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
                                    "not_in_split", "planned_views", "manifest_rows", "kept", "complete")}})
     return counts
+
+
+def _environment(cfg: GenerateConfig) -> dict:
+    """What float rounding depends on besides the settings: recorded, and compared on a resume (a warning)."""
+    import torch
+
+    from ..runtime import pick_device
+
+    device = pick_device(cfg.device)
+    env = {"device": device.split(":")[0], "torch": torch.__version__.split("+")[0]}
+    if env["device"] == "cpu":
+        env["cpu_threads"] = torch.get_num_threads()
+    else:
+        env["gpu"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    return env
 
 
 def _trained_filter(cfg: GenerateConfig, out: Path, leader: bool) -> Path:

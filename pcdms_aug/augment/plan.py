@@ -182,22 +182,23 @@ class TargetPoses:
         return out
 
     def coverage(self, pid: int, slots: Sequence[Source], own: Sequence[Pose]) -> list[tuple[int, str]]:
-        """Poses far from those the identity has: greedy farthest-point over the k-means candidates.
+        """Poses far from those the identity has: greedy farthest-point order of the k-means candidates.
 
         Candidates are canonical poses (cluster representatives), not the whole pool, so that "far" picks an
         unseen kind of pose rather than an annotation outlier. Each pick is the candidate farthest from the
-        identity's own poses and from the picks before it; ties go to the lower index.
+        identity's own poses and from the picks before it (ties to the lower index); more views than
+        candidates go through that order again.
         """
         cand = self.canonical_indices(self.coverage_candidates)
         cand_poses = [self.poses[i] for i in cand]
         d = self.bank.distances(list(own))[:, cand].min(axis=0)
         between = self.bank.distances(cand_poses)[:, cand]
-        picks = []
-        for _ in range(len(slots)):
-            c = int(np.argmax(d))
-            picks.append((cand[c], self.names[cand[c]]))
+        order = []
+        for _ in range(min(len(slots), len(cand))):
+            c = int(np.argmax(np.where(np.isin(np.arange(len(cand)), order), -np.inf, d)))
+            order.append(c)
             d = np.minimum(d, between[c])
-        return picks
+        return [(cand[order[j % len(order)]], self.names[cand[order[j % len(order)]]]) for j in range(len(slots))]
 
 
 def make_plan(source_set: SourceSet, *, views: int, per: str, policy: str, seed: int, batch: int,
