@@ -78,6 +78,8 @@ def _per_stage(value, default: dict, what: str, cast) -> dict:
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
+        for stage in stages.values():
+            stage.eval()  # an inference object: no dropout, the same kernels before and after a reload
         self.config = config
         self.image_size = tuple(int(v) for v in config.get("image_size", (128, 64)))
 

@@ -178,7 +178,7 @@ class Stage(nn.Module):
                     setattr(stage, comp, other)
                 elif other is None:
                     cache[key] = module
-        return stage
+        return stage.eval()
 
     # ---------------------------------------------------------------- input checks
     def check_inputs(self, **tensors) -> int:
