@@ -7,6 +7,9 @@ from pcdms_aug import PCDMsPipeline
 from pcdms_aug.errors import DataError
 from pcdms_aug.pose import Pose
 
+# One thread: the tests share two cores with other work, and spinning OpenMP threads cost more than they give.
+torch.set_num_threads(1)
+
 STEPS = {"prior": 2, "inpaint": 2, "refine": 2}
 
 
@@ -111,5 +114,105 @@ def test_save_and_from_pretrained(pipe, tmp_path):
     a = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), **kw)
     b = back(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), **kw)
     assert np.array_equal(a.images, b.images)
-    with pytest.raises(DataError, match="pipeline.json missing"):
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert names == ["inpaint", "pipeline.yaml", "prior", "refine"]
+    for stage in ("prior", "inpaint", "refine"):
+        files = {p.name for p in (tmp_path / "p" / stage).iterdir()}
+        assert {"config.json", "stage.yaml"} <= files and any(f.endswith(".safetensors") for f in files)
+    with pytest.raises(DataError, match="pipeline.yaml missing"):
         PCDMsPipeline.from_pretrained(tmp_path)
+    # one copy of each frozen encoder, shared by the stages that use it, after loading too
+    assert back.stages["prior"].clip is back.stages["inpaint"].clip
+    assert back.stages["inpaint"].dino is back.stages["refine"].dino
+    # a stage folder alone, and stages assembled from folders
+    from pcdms_aug.pipeline import PCDMsPipeline as P
+    two = P.from_stages({"prior": tmp_path / "p" / "prior", "inpaint": tmp_path / "p" / "inpaint"})
+    c = two(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), stages=("prior", "inpaint"),
+            **kw)
+    d = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), stages=("prior", "inpaint"),
+             **kw)
+    assert np.array_equal(c.images, d.images)
+    with pytest.raises(ValueError, match="not loaded"):
+        two(_image(0), _pose(0), [_pose(1)], **kw)
+
+
+def test_missing_stage_folder_and_shipped_weights_are_data_errors(pipe, tmp_path, monkeypatch):
+    import shutil
+
+    import pcdms_aug.pipeline as pl
+
+    pipe.save_pretrained(tmp_path / "p")
+    shutil.rmtree(tmp_path / "p" / "refine")
+    with pytest.raises(DataError, match="refine"):
+        PCDMsPipeline.from_pretrained(tmp_path / "p")
+    monkeypatch.setattr(pl, "WEIGHTS_ROOT", tmp_path / "weights")
+    with pytest.raises(DataError, match="tiny weights are missing"):
+        PCDMsPipeline.from_pretrained("tiny")
+    pipe.save_pretrained(tmp_path / "weights" / "tiny")
+    assert set(PCDMsPipeline.from_pretrained("tiny").stages) == {"prior", "inpaint", "refine"}
+
+
+def test_paper_config_never_downloads(tmp_path):
+    """Without local folders the paper pipeline stops at once, naming the setting and the folder."""
+    with pytest.raises(DataError, match=r"weights\.clip_vit_h is not set.*huggingface-cli download"):
+        PCDMsPipeline.from_config("paper/pipeline.yaml")
+    with pytest.raises(DataError, match="nowhere"):
+        PCDMsPipeline.from_config("paper/pipeline.yaml", overrides=[f"weights.clip_vit_h={tmp_path / 'nowhere'}"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="config.json"):
+        PCDMsPipeline.from_config("paper/pipeline.yaml", overrides=[f"weights.clip_vit_h={empty}"])
+
+
+def test_repeated_sources_are_encoded_once_and_encodings_can_be_reused(pipe, monkeypatch):
+    calls = []
+    for name, stage in pipe.stages.items():
+        orig = stage.encode_source
+
+        def counted(images, _orig=orig, _name=name):
+            calls.append((_name, images.shape[0]))
+            return _orig(images)
+        monkeypatch.setattr(stage, "encode_source", counted)
+    srcs = [_image(0), _image(1), _image(0), _image(0)]
+    sps = [_pose(0), _pose(1), _pose(0), _pose(0)]
+    tps = [_pose(5 + i) for i in range(4)]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    a = pipe(srcs, sps, tps, num_inference_steps=STEPS, generator=gens(), output_type="pt")
+    assert sorted(calls) == [("inpaint", 2), ("prior", 2), ("refine", 2)]
+    calls.clear()
+    enc = pipe.encode_sources([_image(0), _image(1)])
+    b = pipe(enc.select([0, 1, 0, 0]), sps, tps, num_inference_steps=STEPS, generator=gens(), output_type="pt")
+    assert len(calls) == 3 and torch.equal(a.images, b.images) and torch.equal(a.coarse_images, b.coarse_images)
+    with pytest.raises(ValueError, match="out of range"):
+        enc.select([2])
+
+
+def test_output_types_and_tensor_inputs(pipe):
+    x = torch.rand(2, 3, 128, 64) * 2 - 1
+    kw = dict(num_inference_steps=STEPS, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    pt = pipe(x, [_pose(0), _pose(1)], [_pose(2), _pose(3)], output_type="pt", **kw)
+    assert pt.images.shape == (2, 3, 128, 64) and pt.images.dtype == torch.float32
+    assert pt.target_embeds.shape == (2, pipe.stages["prior"].clip.dim)
+    kw["generator"] = [torch.Generator().manual_seed(i) for i in range(2)]
+    arr = pipe(x, [_pose(0), _pose(1)], [_pose(2), _pose(3)], output_type="np", **kw)
+    assert arr.images.shape == (2, 128, 64, 3) and arr.images.dtype == np.uint8
+    assert np.abs(((pt.images + 1) * 127.5).round().permute(0, 2, 3, 1).numpy() - arr.images).max() <= 1
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(x[:1], _pose(0), [_pose(1)], output_type="jpg")
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        pipe(x[:1] * 5, _pose(0), [_pose(1)])
+
+
+def test_per_stage_settings_are_checked(pipe):
+    with pytest.raises(ValueError, match="unknown stage"):
+        pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps={"prior": 2, "refiner": 2})
+    with pytest.raises(ValueError, match="at least 1"):
+        pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps={"prior": 0})
+    with pytest.raises(ValueError, match="number or a dict"):
+        pipe(_image(0), _pose(0), [_pose(1)], guidance_scale="high")
+    with pytest.raises(ValueError, match="include 'inpaint'"):
+        pipe(_image(0), _pose(0), [_pose(1)], stages=("prior", "refine"))
+    with pytest.raises(ValueError, match="source poses"):
+        pipe([_image(0), _image(1)], [_pose(0)], [_pose(1), _pose(2)])
+    with pytest.raises(ValueError, match="target_embeds must be"):
+        pipe(_image(0), _pose(0), [_pose(1)], stages=("inpaint",), target_embeds=torch.zeros(2, 3))
