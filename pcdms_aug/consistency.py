@@ -161,20 +161,26 @@ def train_filter_model(dataset: str | Path, out: str | Path, *, split: str | Pat
     from .io import atomic_path
     from .runtime import seed_everything
 
-    out = Path(out)
-    cfg = TrainConfig(model=arch, epochs=int(epochs), height=int(size[0]), width=int(size[1]),
-                      batch_size=int(batch_size), lr=float(lr), stepsize=max(1, int(epochs) * 3 // 4), device=device)
-    cfg.check("filter training")
-    from .data.market import find_root
     from reid.datasets import REAL, SYNTHETIC, SYNTHETIC_MARKER
+    from reid.splits import load_split
 
-    name = SYNTHETIC if (find_root(dataset) / SYNTHETIC_MARKER).is_file() else REAL
+    from .data.market import MarketDataset
+
+    out = Path(out)
+    market = MarketDataset(dataset)
+    name = SYNTHETIC if (market.root / SYNTHETIC_MARKER).is_file() else REAL
+    n_images = len(load_split(split).files) if split else sum(it.name.pid > 0 for it in market.train)
+    # torchreid drops the last partial batch: a tiny subset still needs one whole batch
+    cfg = TrainConfig(model=arch, epochs=int(epochs), height=int(size[0]), width=int(size[1]),
+                      batch_size=max(1, min(int(batch_size), n_images)), lr=float(lr),
+                      stepsize=max(1, int(epochs) * 3 // 4), device=device)
+    cfg.check("filter training")
     register(split_file=None if split is None else str(split))
     seed_everything(seed)
     sink = _io.StringIO()
     # torchreid prints dataset summaries and loss lines; they are not this command's output.
     with contextlib.redirect_stdout(sink):
-        dm = build_datamanager(cfg, str(dataset), name, device.startswith("cuda"))
+        dm = build_datamanager(cfg, str(market.root), name, device.startswith("cuda"))
         seed_everything(seed)
         model = build_model(cfg, dm.num_train_pids, device)
         engine = build_engine(cfg, dm, model, device)

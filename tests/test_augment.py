@@ -1,6 +1,6 @@
 """`pcdms-aug generate`: plan, names, policies, determinism over ranks, resume after crashes, refusal, filter.
 
-Generation uses the tiny pipeline with random weights (tiny/pipeline.yaml, seed 0) at 2 steps on 4 source images
+Generation uses the tiny pipeline with random weights (tiny/pipeline.yaml, seed 0) at 1 step without guidance on 4 source images
 of a split of the synthetic Market-1501; the pipeline is built once per module and handed to ``generate``.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def split_file(market, tmp_path_factory):
 
 def make_cfg(market, split_file, out, **kw) -> GenerateConfig:
     # guidance 1 skips the unconditional pass: half the sampling cost of a test
-    base = dict(dataset=str(market[0].root), weights=WEIGHTS, out=str(out), views=1, batch=2, steps=2,
+    base = dict(dataset=str(market[0].root), weights=WEIGHTS, out=str(out), views=1, batch=2, steps=1,
                 guidance=1.0, split=str(split_file), seed=0, device="cpu")
     base.update(kw)
     return GenerateConfig(**base)
@@ -167,72 +167,65 @@ def test_policies_give_valid_poses(market):
     assert mean_dist["coverage"] > 1.2 * mean_dist["random"]
 
 
-# --------------------------------------------------------------------------------- determinism / ranks
-def test_two_rank_shards_equal_one_run(reference, market, split_file, pipe, tmp_path):
+# ------------------------------------------------------------------------- determinism, ranks, resume
+def failing_writer(real_write, k: int, exc: BaseException):
+    """The atomic writer, raising ``exc`` from the (k+1)-th image on (settings and plan are written as usual)."""
+    calls = {"n": 0}
+
+    def write(path, data):
+        if Path(path).suffix == ".jpg":
+            if calls["n"] >= k:
+                raise exc
+            calls["n"] += 1
+        real_write(path, data)
+    return write
+
+
+def test_two_rank_shards_with_crashes_equal_one_run(reference, market, split_file, pipe, tmp_path, monkeypatch):
     ref, counts = reference
     assert counts["generated"] == 4 and counts["complete"] and counts["manifest_rows"] == 4
     out = tmp_path / "ranks"
-    c1 = generate(make_cfg(market, split_file, out), rank=1, world=2, pipeline=pipe, progress=False)
-    assert c1["generated"] == 2 and not (out / "manifest.csv").exists()  # rank 1 does not merge
-    c0 = generate(make_cfg(market, split_file, out), rank=0, world=2, pipeline=pipe, progress=False)
-    assert c0["generated"] == 2 and c0["complete"]
+    cfg = make_cfg(market, split_file, out)
+    real_write = aio.atomic_write_bytes
+
+    # rank 1 of 2: the disk fills up after one image; the run stops with a clear error, then resumes
+    monkeypatch.setattr(aio, "atomic_write_bytes", failing_writer(real_write, 1, OSError(errno.ENOSPC, "full")))
+    with pytest.raises(DataError, match="no space left on device .* run the same command again"):
+        generate(cfg, rank=1, world=2, pipeline=pipe, progress=False)
+    assert len(images_of(out)) == 1
+    monkeypatch.setattr(aio, "atomic_write_bytes", real_write)
+    c1 = generate(cfg, rank=1, world=2, pipeline=pipe, progress=False)
+    assert c1["generated"] == 1 and not (out / "manifest.csv").exists()  # rank 1 does not merge
+
+    # rank 0 of 2: crashes after one image, then resumes and merges both shards
+    monkeypatch.setattr(aio, "atomic_write_bytes", failing_writer(real_write, 1, RuntimeError("simulated crash")))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate(cfg, rank=0, world=2, pipeline=pipe, progress=False)
+    assert len(images_of(out)) == 3
+    monkeypatch.setattr(aio, "atomic_write_bytes", real_write)
+    c0 = generate(cfg, rank=0, world=2, pipeline=pipe, progress=False)
+    assert c0["generated"] == 1 and c0["complete"]
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["manifest-rank0-of-2.jsonl",
                                                                    "manifest-rank1-of-2.jsonl"]
     assert_same_run(ref, out)
+
     rows = read_rows(ref)
     assert list(rows[0]) == list(outputs.MANIFEST_COLUMNS)
     assert [r["file"] for r in rows] == images_of(ref)
     assert {r["score"] for r in rows} == {""} and {r["kept"] for r in rows} == {"1"}
-    assert {r["policy"] for r in rows} == {"random"} and {r["weights"] for r in rows} == {counts_weights(ref)}
+    weights = json.loads((ref / "generate.json").read_text())["settings"]["weights"]
+    assert {r["policy"] for r in rows} == {"random"} and {r["weights"] for r in rows} == {weights}
     for r in rows:
         assert r["file"].startswith(f"{int(r['pid']):04d}_c{r['camid']}s9_")
         assert parse_name(r["source"]).pid == int(r["pid"])
     # a rerun (one rank now) finds everything finished and changes nothing
-    again = generate(make_cfg(market, split_file, out), pipeline=pipe, progress=False)
+    again = generate(cfg, pipeline=pipe, progress=False)
     assert again["generated"] == 0 and again["batches_done_before"] == again["batches"]
     assert_same_run(ref, out)
     # the re-ID side reads the folder
     from reid.datasets import read_manifest
     views = read_manifest(out)
     assert [v.path.name for v in views] == images_of(ref) and all(v.kept for v in views)
-
-
-def counts_weights(folder: Path) -> str:
-    return json.loads((folder / "generate.json").read_text())["settings"]["weights"]
-
-
-# ------------------------------------------------------------------------------------------------ resume
-def test_resume_after_crash_and_full_disk(reference, market, split_file, pipe, tmp_path, monkeypatch):
-    ref, _ = reference
-    real_write = aio.atomic_write_bytes
-    calls = {"n": 0}
-
-    def failing_after(k, exc):
-        def write(path, data):
-            if Path(path).suffix == ".jpg":  # images only: settings and plan are written as usual
-                if calls["n"] >= k:
-                    raise exc
-                calls["n"] += 1
-            real_write(path, data)
-        return write
-
-    out = tmp_path / "crash"
-    monkeypatch.setattr(aio, "atomic_write_bytes", failing_after(1, RuntimeError("simulated crash")))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        generate(make_cfg(market, split_file, out), pipeline=pipe, progress=False)
-    assert len(images_of(out)) == 1 and not (out / "manifest.csv").exists()
-
-    calls["n"] = 0  # one more image fits on the "disk", then ENOSPC
-    monkeypatch.setattr(aio, "atomic_write_bytes", failing_after(1, OSError(errno.ENOSPC, "No space left")))
-    with pytest.raises(DataError, match="no space left on device .* run the same command again"):
-        generate(make_cfg(market, split_file, out), pipeline=pipe, progress=False)
-    assert len(images_of(out)) == 2
-
-    monkeypatch.setattr(aio, "atomic_write_bytes", real_write)
-    counts = generate(make_cfg(market, split_file, out), pipeline=pipe, progress=False)
-    # the batch whose image was written before the crash is completed, not redone from scratch
-    assert counts["generated"] == 2 and counts["complete"]
-    assert_same_run(ref, out)
 
 
 def test_shard_log_ignores_a_torn_line(tmp_path):
@@ -263,7 +256,7 @@ def test_refuses_foreign_manifest_and_changed_settings(reference, market, split_
                    "--device", "cpu",
                    "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "generate.json" in err[0] and "steps: 2 -> 3" in err[0]
+    assert rc == 2 and len(err) == 1 and "generate.json" in err[0] and "steps: 1 -> 3" in err[0]
     assert_same_run(ref, copy)  # nothing touched
 
     # --overwrite replaces the run: files of the old plan that the new one lacks are removed
@@ -271,7 +264,7 @@ def test_refuses_foreign_manifest_and_changed_settings(reference, market, split_
     keep.write_text("user file")
     counts = generate(make_cfg(market, split_file, copy, per="identity", overwrite=True), pipeline=pipe,
                       progress=False)
-    assert counts["generated"] == counts["planned_views"] == 2
+    assert counts["generated"] == counts["planned"] == 2
     assert set(images_of(copy)) == {r["file"] for r in read_rows(copy)} | {"not_ours.txt"}
 
 
@@ -337,17 +330,17 @@ def test_unannotated_sources_are_skipped_and_counted(market, split_file, pipe, t
     files = load_split(split_file).files
     ann = tmp_path / "ann.csv"
     lines = (ds.root / "market-annotation-train.csv").read_text().splitlines()
-    ann.write_text("\n".join(ln for ln in lines if not ln.startswith((files[0], files[2]))) + "\n")
+    ann.write_text("\n".join(ln for ln in lines if not ln.startswith(files[:3])) + "\n")
     out = tmp_path / "out"
     rc = cli.main(["generate", "--config", "tiny/generate.yaml", "--dataset", str(ds.root), "--annotations",
                    str(ann), "--weights", WEIGHTS, "--out", str(out), "--split", str(split_file), "--views", "1",
-                   "--steps", "2", "--guidance", "1", "--device", "cpu", "--no-progress"])
+                   "--steps", "1", "--guidance", "1", "--device", "cpu", "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "skipped 2: 2 without a pose annotation" in captured.out
-    assert "2 training image(s) skipped as sources: 2 without a pose annotation" in (out / "generate.log").read_text()
-    assert [r["source"] for r in read_rows(out)] == [files[1], files[3]]
-    assert json.loads((out / "generate.json").read_text())["counts"]["no_annotation"] == 2
+    assert "skipped 3: 3 without a pose annotation" in captured.out
+    assert "3 training image(s) skipped as sources: 3 without a pose annotation" in (out / "generate.log").read_text()
+    assert [r["source"] for r in read_rows(out)] == [files[3]]
+    assert json.loads((out / "generate.json").read_text())["counts"]["no_annotation"] == 3
 
     missing = tmp_path / "no_weights"
     with pytest.raises(DataError, match="weights folder not found") as e:
@@ -360,7 +353,7 @@ def test_unannotated_sources_are_skipped_and_counted(market, split_file, pipe, t
 # ------------------------------------------------------------------------------------------- processes
 def _cli(out: Path, market_root: Path, split_file: Path) -> list[str]:
     return ["generate", "--dataset", str(market_root), "--weights", WEIGHTS, "--out", str(out), "--split",
-            str(split_file), "--views", "1", "--batch", "2", "--steps", "2", "--guidance", "1", "--seed", "0",
+            str(split_file), "--views", "1", "--batch", "2", "--steps", "1", "--guidance", "1", "--seed", "0",
             "--device", "cpu", "--no-progress"]
 
 
@@ -397,3 +390,19 @@ def test_torchrun_two_processes_equal_one_run(reference, market, split_file, tmp
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["manifest-rank0-of-2.jsonl",
                                                                    "manifest-rank1-of-2.jsonl"]
     assert_same_run(ref, out)
+
+
+@pytest.mark.slow
+def test_filter_model_train_quick_path(reference, market, split_file, pipe, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "trained"
+    shutil.copytree(ref, out)
+    filt = FilterConfig(model="train", arch="osnet_x0_25", size=(128, 64), train_epochs=1, top=0.5)
+    counts = generate(make_cfg(market, split_file, out, filter=filt), pipeline=pipe, progress=False)
+    assert counts["generated"] == 0 and counts["rescored"] == 4 and counts["kept"] == 2
+    ckpt = out / "filter" / "osnet_x0_25-128x64-e1.pth.tar"
+    assert ckpt.is_file()
+    assert all(r["score"] for r in read_rows(out))
+    # the checkpoint is reused, not trained again: the scores stand
+    again = generate(make_cfg(market, split_file, out, filter=filt), pipeline=pipe, progress=False)
+    assert again["rescored"] == 0

@@ -107,7 +107,7 @@ def run(args) -> int:
               + (f"; skipped {skipped}: {counts['no_annotation']} without a pose annotation, "
                  f"{counts['no_torso']} without a full torso" if skipped else "")
               + (f"; {counts['not_in_split']} outside the split" if counts["not_in_split"] else ""))
-        print(f"[generate] {counts['manifest_rows']} of {counts['planned_views']} planned views in "
+        print(f"[generate] {counts['manifest_rows']} of {counts['planned']} planned views in "
               f"{cfg.out}/manifest.csv, {counts['kept']} kept"
               + ("" if counts["complete"] else " (incomplete: run the same command again to finish)"))
     if rt.distributed:

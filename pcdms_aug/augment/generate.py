@@ -263,7 +263,7 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
         if have and entry is not None and entry.scorer == scorer_fp:
             continue
         todo.append((g, not have))
-    counts.update(planned_views=len(plan), batches=len(groups), rank=rank, world=world,
+    counts.update(planned=len(plan), batches=len(groups), rank=rank, world=world,
                   batches_this_rank=len(mine), batches_done_before=len(mine) - len(todo), generated=0, rescored=0)
 
     if todo:
@@ -316,7 +316,7 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
         outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": _environment(cfg),
                                                       "counts": {
             k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
-                                   "not_in_split", "planned_views", "manifest_rows", "kept", "complete")}})
+                                   "not_in_split", "planned", "manifest_rows", "kept", "complete")}})
     return counts
 
 
