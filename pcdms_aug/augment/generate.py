@@ -204,7 +204,7 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from ..runtime import barrier, dist_env, pick_device, pick_dtype
+    from ..runtime import barrier, dist_env, pick_device
 
     cfg.check()
     env_rank, env_world, _ = dist_env()
@@ -313,10 +313,10 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
     barrier()
     if merge:
         counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
-        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": _environment(cfg),
-                                                      "counts": {
-            k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
-                                   "not_in_split", "planned", "manifest_rows", "kept", "complete")}})
+        summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
+                                          "not_in_split", "planned", "manifest_rows", "kept", "complete")}
+        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,
+                                                      "environment": _environment(cfg)})
     return counts
 
 
