@@ -93,14 +93,14 @@ def run(args) -> int:
     handlers = _setup_logging(Path(cfg.out), rt.rank, rt.world_size)
     try:
         counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress)
+        logging.getLogger("pcdms_aug.augment").info(
+            "rank %d/%d: %d new image(s) in %.1f s (%.3f img/s), %d re-scored, %d of %d batch(es) finished before",
+            rt.rank, rt.world_size, counts["generated"], counts["seconds"], counts["images_per_second"],
+            counts["rescored"], counts["batches_done_before"], counts["batches_this_rank"])
     finally:
         for h in handlers:
             logging.getLogger("pcdms_aug").removeHandler(h)
             h.close()
-    log = logging.getLogger("pcdms_aug.augment")
-    log.info("rank %d/%d: %d new image(s) (%.2f img/s), %d re-scored, %d of %d batch(es) finished before",
-             rt.rank, rt.world_size, counts["generated"], counts["images_per_second"], counts["rescored"],
-             counts["batches_done_before"], counts["batches_this_rank"])
     if rt.is_main:
         skipped = counts["no_annotation"] + counts["no_torso"]
         print(f"[generate] {counts['sources']} source image(s) of {counts['identities']} identities"
