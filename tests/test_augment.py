@@ -222,10 +222,13 @@ def test_two_rank_shards_with_crashes_equal_one_run(reference, market, split_fil
     again = generate(cfg, pipeline=pipe, progress=False)
     assert again["generated"] == 0 and again["batches_done_before"] == again["batches"]
     assert_same_run(ref, out)
-    # the re-ID side reads the folder
+    # the re-ID side reads the folder: our manifest reader, and torchreid's own Market1501 file-name parser
     from reid.datasets import read_manifest
+    from torchreid.reid.data.datasets.image.market1501 import Market1501
     views = read_manifest(out)
     assert [v.path.name for v in views] == images_of(ref) and all(v.kept for v in views)
+    parsed = sorted((Path(p).name, pid, camid) for p, pid, camid in Market1501.process_dir(None, str(out)))
+    assert parsed == [(r["file"], int(r["pid"]), int(r["camid"]) - 1) for r in rows]
 
 
 def test_shard_log_ignores_a_torn_line(tmp_path):

@@ -142,6 +142,7 @@ class TargetPoses:
         self.canonical_poses = int(canonical_poses)
         self.coverage_candidates = int(coverage_candidates)
         self._canonical: dict[int, list[int]] = {}
+        self._candidates = None
 
     def canonical_indices(self, k: int) -> list[int]:
         """Pool indices of the k k-means canonical poses (PoseBank.canonical returns real pool poses)."""
@@ -190,9 +191,12 @@ class TargetPoses:
         candidates go through that order again.
         """
         cand = self.canonical_indices(self.coverage_candidates)
-        cand_poses = [self.poses[i] for i in cand]
-        d = self.bank.distances(list(own))[:, cand].min(axis=0)
-        between = self.bank.distances(cand_poses)[:, cand]
+        if self._candidates is None:
+            # Distances against the candidates only (not the whole pool): cheap for every identity.
+            bank = PoseBank([self.poses[i] for i in cand], require_torso=False)
+            self._candidates = (bank, bank.distances(bank.poses))
+        bank, between = self._candidates
+        d = bank.distances(list(own)).min(axis=0)
         order = []
         for _ in range(min(len(slots), len(cand))):
             c = int(np.argmax(np.where(np.isin(np.arange(len(cand)), order), -np.inf, d)))
