@@ -106,7 +106,8 @@ class GlobalEncoder(nn.Module):
 
 
 class LocalEncoder(nn.Module):
-    """DINOv2: all tokens (CLS + patches) of the last layer."""
+    """DINOv2: all tokens (CLS + patches) of the last layer. ``normalize``: imagenet (DINOv2's own) or clip (the
+    official PCDMs fed DINOv2 through CLIPImageProcessor; imported checkpoints set it)."""
 
     def __init__(self, cfg: dict, stage_cfg: dict | None = None):
         super().__init__()
@@ -119,7 +120,10 @@ class LocalEncoder(nn.Module):
         else:
             self.model = _seeded(cfg.get("seed", 0), lambda: Dinov2Model(Dinov2Config(**cfg["config"])))
         size = cfg.get("image_size") or [self.model.config.image_size] * 2
-        self.pre = _Preprocess(size, IMAGENET_MEAN, IMAGENET_STD)
+        norm = cfg.get("normalize", "imagenet")
+        if norm not in ("imagenet", "clip"):
+            raise DataError(f"dino.normalize must be imagenet or clip, got {norm!r}")
+        self.pre = _Preprocess(size, *((IMAGENET_MEAN, IMAGENET_STD) if norm == "imagenet" else (CLIP_MEAN, CLIP_STD)))
         self.dim = self.model.config.hidden_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,15 +180,19 @@ FROZEN_KINDS = {"clip": GlobalEncoder, "dino": LocalEncoder, "codec": Codec}
 
 
 def frozen_key(name: str, cfg: dict, stage_cfg: dict) -> str:
-    """Two stages whose frozen component has the same key hold the very same weights (same folder, or same
-    inline config and seed), so a pipeline keeps one copy."""
-    part = dict(cfg)
+    """Two stages whose frozen component has the same key hold the very same weights, so a pipeline keeps one
+    copy: ``<name>|folder|<path>`` (read from a local folder) or ``<name>|random|<config>`` (inline config and
+    seed; shared only after checking the weights, see ``Stage.from_pretrained``)."""
     kind = "vae" if name == "codec" else name
-    folder = pretrained_folder(part, stage_cfg, kind) if name != "codec" or part.get("type") == "vae" else None
+    folder = None if name == "codec" and cfg.get("type") != "vae" else pretrained_folder(cfg, stage_cfg, kind)
     if folder is not None:
-        part = {k: v for k, v in part.items() if k not in ("pretrained", "config", "seed")}
-        part["folder"] = str(folder.resolve())
-    return name + ":" + json.dumps(part, sort_keys=True, default=str)
+        rest = {k: v for k, v in cfg.items() if k not in ("pretrained", "config", "seed")}
+        return f"{name}|folder|{folder.resolve()}|" + json.dumps(rest, sort_keys=True, default=str)
+    return f"{name}|random|" + json.dumps(cfg, sort_keys=True, default=str)
+
+
+def is_folder_key(key: str) -> bool:
+    return key.split("|", 2)[1] == "folder"
 
 
 def build_frozen(name: str, cfg: dict, stage_cfg: dict, cache: dict | None = None) -> nn.Module:

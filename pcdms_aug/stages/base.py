@@ -228,17 +228,18 @@ class _FolderOnly(dict):
         super().__init__()
         self.cache, self.cfg = cache, cfg
 
-    def _folder_backed(self, key: str) -> bool:
-        return '"folder":' in key
-
     def __contains__(self, key):
-        return self._folder_backed(key) and key in self.cache
+        from ..models.encoders import is_folder_key
+
+        return is_folder_key(key) and key in self.cache
 
     def __getitem__(self, key):
         return self.cache[key]
 
     def __setitem__(self, key, value):
-        if self._folder_backed(key):
+        from ..models.encoders import is_folder_key
+
+        if is_folder_key(key):
             self.cache[key] = value
 
 
