@@ -24,7 +24,7 @@ runs = sys.argv[1]
 PCDMsPipeline.from_stages({"prior": f"{runs}/prior/final", "inpaint": f"{runs}/inpaint/final"}).save_pretrained(f"{runs}/stage12")
 PY
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
-  --weights "$RUNS/stage12" --out "$RUNS/refine_inputs" --max-pairs 800 --steps 10 > "$RUNS/refine_inputs.log" 2>&1
+  --weights "$RUNS/stage12" --out "$RUNS/refine_inputs" --max-pairs 800 --steps 10 --guidance 1.0 > "$RUNS/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" data.refine_inputs="$RUNS/refine_inputs" \
   train.out="$RUNS/refine" > "$RUNS/refine.log" 2>&1
 python - "$RUNS" <<'PY'
