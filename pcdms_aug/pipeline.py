@@ -181,7 +181,7 @@ class PCDMsPipeline:
         cfg["stages"] = {n: n for n in stages}
         return cls(stages, cfg)
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, trainable_dtype=None) -> None:
         """``directory/{prior,inpaint,refine}/`` (see :meth:`Stage.save_pretrained`) and ``pipeline.yaml``."""
         import yaml
 
@@ -190,7 +190,7 @@ class PCDMsPipeline:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, stage in self.stages.items():
-            stage.save_pretrained(directory / name)
+            stage.save_pretrained(directory / name, trainable_dtype)
         cfg = json.loads(json.dumps({**self.config, "stages": {n: n for n in self.stages}}, default=list))
         atomic_write_text(directory / "pipeline.yaml", "# PCDMs pipeline: stage folders and sampling defaults\n"
                           + yaml.safe_dump(cfg, sort_keys=False))

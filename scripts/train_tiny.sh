@@ -32,6 +32,8 @@ import sys
 from pcdms_aug.pipeline import PCDMsPipeline, WEIGHTS_ROOT
 runs = sys.argv[1]
 stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
-PCDMsPipeline.from_stages(stages).save_pretrained(WEIGHTS_ROOT / "tiny")
+import torch
+# Trained components in fp16 keep the shipped files under 25 MB; frozen random encoders stay fp32.
+PCDMsPipeline.from_stages(stages).save_pretrained(WEIGHTS_ROOT / "tiny", trainable_dtype=torch.float16)
 print("wrote", WEIGHTS_ROOT / "tiny")
 PY

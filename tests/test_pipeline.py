@@ -216,3 +216,18 @@ def test_per_stage_settings_are_checked(pipe):
         pipe([_image(0), _image(1)], [_pose(0)], [_pose(1), _pose(2)])
     with pytest.raises(ValueError, match="target_embeds must be"):
         pipe(_image(0), _pose(0), [_pose(1)], stages=("inpaint",), target_embeds=torch.zeros(2, 3))
+
+
+def test_fp16_storage_of_trained_parts_loads_back_in_fp32(tmp_path):
+    from pcdms_aug.pipeline import PCDMsPipeline as P
+    pipe = P.from_config("tiny/pipeline.yaml", seed=0)
+    pipe.save_pretrained(tmp_path / "h", trainable_dtype=torch.float16)
+    pipe.save_pretrained(tmp_path / "f")
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "h") < 0.6 * size(tmp_path / "f")
+    back = P.from_pretrained(tmp_path / "h")
+    unet = back.stages["inpaint"].unet
+    assert next(unet.parameters()).dtype == torch.float32
+    ref = pipe.stages["inpaint"].unet.state_dict()
+    for k, v in unet.state_dict().items():
+        assert torch.equal(v, ref[k].half().float())

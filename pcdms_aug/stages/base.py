@@ -100,9 +100,11 @@ class Stage(nn.Module):
         return {n: m for n, m in self.components().items()
                 if not (n in FROZEN and self._from_folder(n)) and any(True for _ in m.state_dict())}
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, trainable_dtype: torch.dtype | None = None) -> None:
         """``directory``: ``config.json`` (what loads), ``stage.yaml`` (the same, to read) and one
-        ``<component>.safetensors`` each; written beside and renamed into place."""
+        ``<component>.safetensors`` each; written beside and renamed into place. ``trainable_dtype`` (e.g.
+        fp16, for the shipped tiny weights) stores the trained components in that type; frozen ones keep
+        theirs, so stages that share a random encoder still share it bit for bit. Loading casts back."""
         import yaml
         from safetensors.torch import save_model
 
@@ -116,7 +118,12 @@ class Stage(nn.Module):
         (tmp / "stage.yaml").write_text(f"# resolved config of the {self.name} stage (config.json is what loads)\n"
                                         + yaml.safe_dump(cfg, sort_keys=False))
         for name, module in self._saved_components().items():
-            save_model(module, str(tmp / f"{name}.safetensors"))
+            if trainable_dtype is not None and name not in FROZEN:
+                from safetensors.torch import save_file
+                state = {k: v.detach().to(trainable_dtype).contiguous() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp / f"{name}.safetensors"))
+            else:
+                save_model(module, str(tmp / f"{name}.safetensors"))
         old = directory.parent / f".{directory.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
