@@ -243,6 +243,10 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
 
     step = 0
     ckpts = list_checkpoints(out)
+    if ckpts and ckpts[-1][0] >= tc.max_steps and (out / "final").is_dir():
+        if rt.is_main:
+            print(f"[train] {out / 'final'} is complete ({tc.max_steps} steps); nothing to do", flush=True)
+        return out / "final"
     if ckpts:
         step, path = ckpts[-1]
         from safetensors.torch import load_model
@@ -256,10 +260,6 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
         if rt.is_main:
             log.info("resuming from %s (step %d of %d)", path, step, tc.max_steps)
             print(f"[train] resuming from {path} (step {step} of {tc.max_steps})", flush=True)
-    if step >= tc.max_steps and (out / "final").is_dir():
-        if rt.is_main:
-            print(f"[train] {out / 'final'} is complete ({tc.max_steps} steps); nothing to do", flush=True)
-        return out / "final"
 
     dataset = make_dataset(cfg)
     sampler = MicroBatchSampler(len(dataset), tc.batch_size, tc.grad_accum, rt.rank, rt.world_size, tc.seed, step)
