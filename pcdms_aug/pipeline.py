@@ -376,7 +376,9 @@ class PCDMsPipeline:
             if target_embeds is not None:
                 raise ValueError("target_embeds replace the prior: pass them with stages without 'prior'")
         elif target_embeds is None:
-            raise ValueError("without the prior stage, pass target_embeds (e.g. the target's true CLIP embedding)")
+            if getattr(self.stages["inpaint"], "uses_target_embed", True):
+                raise ValueError("without the prior stage, pass target_embeds (e.g. the target's true CLIP "
+                                 "embedding)")
         else:
             target_embeds = torch.as_tensor(target_embeds)
             dim = self.stages["inpaint"].clip.dim
@@ -401,8 +403,10 @@ class PCDMsPipeline:
                 emb = self.stages["prior"].sample(feats["prior"], self._vectors(sp, dev, dt), self._vectors(tp, dev, dt),
                                                   gen, steps["prior"], guide["prior"], sched)
                 timings["prior"] += time.perf_counter() - t0
-            else:
+            elif target_embeds is not None:
                 emb = target_embeds[idx].to(dev, dt)
+            else:  # an inpainting stage that reads no embedding (the released official stage 2)
+                emb = None
             t0 = time.perf_counter()
             coarse = inp.sample(feats["inpaint"], self._pose_images(sp, dev, dt), self._pose_images(tp, dev, dt),
                                 emb, gen, steps["inpaint"], guide["inpaint"], sched)
@@ -415,9 +419,10 @@ class PCDMsPipeline:
                 timings["refine"] += time.perf_counter() - t0
             finals.append(self._resize(final, size))
             coarses.append(self._resize(coarse, size))
-            embeds.append(emb.float().cpu())
+            if emb is not None:
+                embeds.append(emb.float().cpu())
         return PCDMsOutput(self._output(torch.cat(finals), output_type), self._output(torch.cat(coarses), output_type),
-                           torch.cat(embeds), timings)
+                           torch.cat(embeds) if embeds else None, timings)
 
     @staticmethod
     def _vectors(poses: list[Pose], device, dtype) -> torch.Tensor:

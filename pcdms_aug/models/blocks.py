@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..pose import NUM_JOINTS, VECTOR_SENTINEL
+
 
 class PoseMLP(nn.Module):
     """A pose vector to one token: Linear, GELU, LayerNorm, Linear, LayerNorm. The Dropout slots (p = 0) keep
@@ -27,10 +29,14 @@ class PriorTransformer(nn.Module):
     GELU MLP) as the official PCDMs stage 1 extends it; the attribute names follow that checkpoint too
     (``pose_encoder``, ``embedding_proj``, ``transformer_blocks``, ...), so importing it is a key-prefix strip
     plus the pose input layer (ours reads 54 numbers: 36 coordinates and 18 visibility flags).
+
+    ``pose_dim=36`` is the official checkpoint's pose input (``pcdms-aug import-official``): the 36 coordinates
+    alone, a missing joint at ``pose_missing`` (DWPose writes -1) instead of our sentinel, a dropped pose all
+    zeros as ours; it still takes our 54-number vectors and converts them, so the stage code is the same.
     """
 
     def __init__(self, embed_dim: int = 1024, pose_dim: int = 54, width: int = 2048, layers: int = 20,
-                 heads: int = 32, pose_hidden: int = 512, dropout: float = 0.0):
+                 heads: int = 32, pose_hidden: int = 512, dropout: float = 0.0, pose_missing: float = -1.0):
         from diffusers.models.attention import BasicTransformerBlock
         from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
@@ -38,7 +44,8 @@ class PriorTransformer(nn.Module):
         if width % heads:
             raise ValueError(f"prior width {width} is not a multiple of its {heads} heads")
         self.config = dict(embed_dim=embed_dim, pose_dim=pose_dim, width=width, layers=layers, heads=heads,
-                           pose_hidden=pose_hidden, dropout=dropout)
+                           pose_hidden=pose_hidden, dropout=dropout, pose_missing=pose_missing)
+        self.pose_dim, self.pose_missing = pose_dim, float(pose_missing)
         self.pose_encoder = PoseMLP(pose_dim, pose_hidden, embed_dim)  # source pose
         self.pose_encoder1 = PoseMLP(pose_dim, pose_hidden, embed_dim)  # target pose
         self.encoder_hidden_states_proj = nn.Linear(embed_dim, width)
@@ -56,9 +63,17 @@ class PriorTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(width)
         self.proj_to_clip_embeddings = nn.Linear(width, embed_dim)
 
+    def _pose_input(self, pose: torch.Tensor) -> torch.Tensor:
+        if pose.shape[-1] == self.pose_dim or not (self.pose_dim == 2 * NUM_JOINTS
+                                                   and pose.shape[-1] == 3 * NUM_JOINTS):
+            return pose
+        xy = pose[..., : 2 * NUM_JOINTS]
+        return torch.where(xy == VECTOR_SENTINEL, torch.full_like(xy, self.pose_missing), xy)
+
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, src_embed: torch.Tensor, src_pose: torch.Tensor,
                 tgt_pose: torch.Tensor) -> torch.Tensor:
         b = noisy.shape[0]
+        src_pose, tgt_pose = self._pose_input(src_pose), self._pose_input(tgt_pose)
         time = self.time_embedding(self.time_proj(t.reshape(-1).expand(b)).to(noisy.dtype))
         tokens = torch.stack([
             self.encoder_hidden_states_proj(self.pose_encoder(src_pose)),
@@ -80,13 +95,15 @@ class PoseEncoder(nn.Module):
     UNet. ``out_kernel``: 1 (DESIGN's 1x1; the tiny stage) or 3 (diffusers' ``ControlNetConditioningEmbedding``,
     which the official stage 2 uses as ``pose_proj``; the paper config). Key map from that module:
     ``conv_in`` -> ``body.0``, ``blocks.{2i}`` -> ``body.{4i+2}``, ``blocks.{2i+1}`` -> ``body.{4i+4}``,
-    ``conv_out`` -> ``out``."""
+    ``conv_out`` -> ``out``. ``signed_input``: the pose image is taken to [-1, 1] first, as the official stage 2
+    normalised it (ours are [0, 1]); imported checkpoints set it."""
 
     def __init__(self, out_channels: int = 320, channels: tuple = (16, 32, 96, 256), in_channels: int = 3,
-                 downsample: int = 3, out_kernel: int = 1):
+                 downsample: int = 3, out_kernel: int = 1, signed_input: bool = False):
         super().__init__()
         self.config = dict(out_channels=out_channels, channels=list(channels), in_channels=in_channels,
-                           downsample=downsample, out_kernel=out_kernel)
+                           downsample=downsample, out_kernel=out_kernel, signed_input=signed_input)
+        self.signed_input = bool(signed_input)
         layers = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
         for i in range(len(channels) - 1):
             stride = 2 if i < downsample else 1
@@ -98,6 +115,8 @@ class PoseEncoder(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, pose_image: torch.Tensor) -> torch.Tensor:
+        if self.signed_input:
+            pose_image = pose_image * 2 - 1
         return self.out(self.body(pose_image))
 
 

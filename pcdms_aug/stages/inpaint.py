@@ -3,7 +3,8 @@
 UNet input = noisy canvas (C) + mask (1: ones over the known source half) + [source | black] (C);
 pose = [source pose | target pose] through the pose encoder, added to ``conv_in``'s output; cross-attention on
 projected DINOv2(source) tokens plus the target's global embedding as one more token, which also enters as the
-class embedding.
+class embedding. ``target_embed: false`` leaves the embedding out (no class embedding, no extra token): the
+released stage-2-only official checkpoint (``PCDMs_ckpt.pt``), which works without the prior.
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ class InpaintStage(Stage):
         self.dino = self.frozen("dino")
         self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.unet = build_unet(cfg["unet"], cfg, 2 * c + 1, c, class_embed_dim=self.clip.dim,
+        self.uses_target_embed = bool(cfg.get("target_embed", True))
+        self.unet = build_unet(cfg["unet"], cfg, 2 * c + 1, c,
+                               class_embed_dim=self.clip.dim if self.uses_target_embed else None,
                                load_weights=load_weights)
         cross = self.unet.config.cross_attention_dim
-        if cross != self.clip.dim:
+        if self.uses_target_embed and cross != self.clip.dim:
             raise ValueError(f"inpaint: cross_attention_dim ({cross}) must equal the global embedding size "
                              f"({self.clip.dim}): the embedding is one of the attention tokens")
         p = cfg.get("projection", {})
@@ -64,9 +67,12 @@ class InpaintStage(Stage):
     def _model(self, x, t, mask, masked, pose_feats, tokens, embed):
         with pose_residual(self.unet, pose_feats):
             return self.unet(torch.cat([x, mask, masked], 1), t.expand(x.shape[0]).to(x.device),
-                             encoder_hidden_states=tokens, class_labels=embed).sample
+                             encoder_hidden_states=tokens,
+                             class_labels=embed if self.uses_target_embed else None).sample
 
     def _tokens(self, dino, embed):
+        if not self.uses_target_embed:
+            return self.image_proj(dino)
         return torch.cat([self.image_proj(dino), embed[:, None, :]], dim=1)
 
     # ---------------------------------------------------------------- training
@@ -81,9 +87,11 @@ class InpaintStage(Stage):
             dino = self.dino(src)
             x0 = self.codec.encode(self._canvas(src, tgt))
             mask, masked = self._known(src)
-        masks = drop_masks(CONDITIONS, self.cfg["drop"], src.shape[0], generator, src.device)
+        conditions = CONDITIONS if self.uses_target_embed else CONDITIONS[:1]
+        masks = drop_masks(conditions, self.cfg["drop"], src.shape[0], generator, src.device)
         dino = apply_drop(dino, masks["source_features"])
-        embed = apply_drop(embed, masks["target_embed"])
+        if self.uses_target_embed:
+            embed = apply_drop(embed, masks["target_embed"])
         tokens = self._tokens(dino, embed)
         pose_feats = self.pose_encoder(self._pose_images(sp_img, tp_img))
         weight = None
@@ -99,8 +107,12 @@ class InpaintStage(Stage):
         """Coarse target images (B, 3, H, W) in [-1, 1] at the stage's size. ``source``: :meth:`encode_source`'s
         output; pose images (B, 3, h, w) in [0, 1]; ``target_embed`` (B, D): the prior's output or CLIP(target).
         Guidance contrasts with source features and embedding at zero (training's joint drop); the pose and the
-        known source half stay."""
+        known source half stay. A stage with ``target_embed: false`` takes ``target_embed=None``."""
         src, dino = source["image"], source["dino"]
+        if target_embed is None:
+            if self.uses_target_embed:
+                raise ValueError("inpaint: target_embed is required (this stage reads the target's embedding)")
+            target_embed = torch.zeros(src.shape[0], self.clip.dim, device=src.device, dtype=src.dtype)
         self.check_inputs(source_image=src, source_pose_image=source_pose_image,
                           target_pose_image=target_pose_image, target_embed=target_embed)
         if target_embed.shape[1] != self.clip.dim:

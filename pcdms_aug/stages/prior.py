@@ -42,7 +42,8 @@ class PriorStage(Stage):
         super().__init__(cfg, cache, load_weights)
         self.clip = self.frozen("clip")
         arch = {k: v for k, v in cfg["prior"].items() if k != "pretrained"}
-        self.prior = PriorTransformer(embed_dim=self.clip.dim, pose_dim=VECTOR_DIM, **arch)
+        arch.setdefault("pose_dim", VECTOR_DIM)  # 36: the official checkpoint's input (import-official)
+        self.prior = PriorTransformer(embed_dim=self.clip.dim, **arch)
         if load_weights:
             init_from_kandinsky(self.prior, cfg["prior"], cfg)
         self.scheduler = training_scheduler(cfg["scheduler"])
