@@ -1,0 +1,266 @@
+"""`pcdms-aug bench`: images per second of the three-stage generation, where the time goes, peak memory.
+
+    pcdms-aug bench --config tiny/pipeline.yaml --pairs 32 --steps 20 --json      # batched (ours)
+    pcdms-aug bench --config tiny/pipeline.yaml --pairs 32 --steps 20 --naive     # upstream's pattern
+    pcdms-aug bench --weights tiny --compare                                       # both, and the speed-up
+
+The workload is augmentation's: ``--pairs`` (source, target pose) pairs, ``--views`` target poses per source.
+Batched: every source encoded once, pairs in batches of ``--batch``. Naive (``--naive``, upstream's test
+scripts): one pair per call, its source encoded again for every pair, no batching. Both run the same models,
+steps, scheduler, guidance and per-pair seeds, so they generate the same images.
+
+Reported: images per second; milliseconds per image of each part (source encoding, prior, inpaint, refine,
+and the rest: pose rendering, resizing, output conversion); the share of the wall time spent inside the
+denoisers' forward passes (the prior transformer and the two UNets, timed by forward hooks); peak memory (the
+process's peak RSS on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from .errors import DataError
+
+PARTS = ("encode", "prior", "inpaint", "refine")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def make_inputs(pairs: int, views: int, size: tuple[int, int], seed: int = 0) -> dict:
+    """``pairs`` pairs over ceil(pairs / views) sources: noise images (the content does not change the work)
+    and poses of the synthetic pedestrian model."""
+    from .data import posegen as pg
+
+    rng = np.random.default_rng(seed)
+    n_src = -(-pairs // max(1, views))
+
+    def pose():
+        body = pg.sample_body(rng)
+        view = pg.sample_view(rng, body, pg.sample_track_yaw(rng), 1.0, rng.uniform(0, 2 * np.pi))
+        p = pg.annotate(pg.Skeleton(body, view), rng)
+        return p if p.size == tuple(size) else p.scaled(tuple(size))
+
+    h, w = size
+    return {"sources": [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n_src)],
+            "source_poses": [pose() for _ in range(n_src)],
+            "target_poses": [pose() for _ in range(pairs)],
+            "source_of": [i // max(1, views) for i in range(pairs)]}
+
+
+# ------------------------------------------------------------------------------------------------ timing
+class DenoiserClock:
+    """Seconds inside the forward passes of each stage's denoiser (forward pre/post hooks)."""
+
+    def __init__(self, pipe):
+        import torch
+
+        self.seconds = {n: 0.0 for n in pipe.stages}
+        self.calls = {n: 0 for n in pipe.stages}
+        self._handles = []
+        self._sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+        for name, stage in pipe.stages.items():
+            module = getattr(stage, "prior", None) if name == "prior" else getattr(stage, "unet", None)
+            if module is not None:
+                self._hook(name, module)
+
+    def _hook(self, name, module):
+        start = {}
+
+        def pre(m, args):
+            self._sync()
+            start["t"] = time.perf_counter()
+
+        def post(m, args, out):
+            self._sync()
+            self.seconds[name] += time.perf_counter() - start.pop("t")
+            self.calls[name] += 1
+
+        self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def reset(self):
+        self.seconds = {n: 0.0 for n in self.seconds}
+        self.calls = {n: 0 for n in self.calls}
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
+def peak_memory_mb(device) -> tuple[float, str]:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, "peak_rss"
+
+
+@contextmanager
+def _timed(acc: dict, key: str, sync):
+    sync()
+    t0 = time.perf_counter()
+    yield
+    sync()
+    acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type="np"):
+    """Ours: each source encoded once, pairs in batches. Returns (images, {part: seconds})."""
+    import torch
+
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(inputs["target_poses"]))]
+    times: dict = {}
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    with _timed(times, "encode", sync):
+        enc = pipe.encode_sources(inputs["sources"], stages).select(inputs["source_of"])
+    out = pipe(enc, [inputs["source_poses"][s] for s in inputs["source_of"]], inputs["target_poses"],
+               num_inference_steps=steps, generator=gens, scheduler=scheduler, stages=stages,
+               output_type=output_type, batch_size=batch, target_embeds=_embeds(pipe, stages, len(gens)))
+    for k in PARTS:
+        times[k] = times.get(k, 0.0) + out.timings.get(k, 0.0)
+    return out.images, times
+
+
+def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np"):
+    """Upstream's pattern: one pair per call, its source encoded again each time, no batching."""
+    import torch
+
+    images, times = [], {k: 0.0 for k in PARTS}
+    for i, tp in enumerate(inputs["target_poses"]):
+        s = inputs["source_of"][i]
+        out = pipe(inputs["sources"][s], [inputs["source_poses"][s]], [tp], num_inference_steps=steps,
+                   generator=[torch.Generator().manual_seed(seed + i)], scheduler=scheduler, stages=stages,
+                   output_type=output_type, batch_size=1, target_embeds=_embeds(pipe, stages, 1))
+        images.extend(out.images)
+        for k in PARTS:
+            times[k] += out.timings.get(k, 0.0)
+    return images, times
+
+
+def _embeds(pipe, stages, n):
+    """Without a prior stage the inpainting stage gets zero embeddings (a benchmark has no true targets)."""
+    import torch
+
+    if "prior" in stages:
+        return None
+    return torch.zeros(n, pipe.stages["inpaint"].clip.dim)
+
+
+def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, scheduler: str | None = None,
+          batch: int | None = None, naive: bool = False, seed: int = 0, warmup: bool = True) -> dict:
+    """One timed generation of ``pairs`` images; the report :func:`run` prints."""
+    import torch
+
+    from .pipeline import ORDER
+
+    if pairs < 1:
+        raise DataError(f"--pairs must be at least 1, got {pairs}")
+    stages = tuple(n for n in ORDER if n in pipe.stages)
+    samp = pipe.config.get("sampling") or {}
+    scheduler = scheduler or samp.get("scheduler", "unipc")
+    batch = int(batch or pipe.config.get("batch_size", 16))
+    inputs = make_inputs(pairs, views, pipe.image_size, seed)
+    if warmup:  # first calls pay for lazy initialisation and allocator growth; not part of the rate
+        small = {k: v[:1] for k, v in inputs.items()}
+        small["source_of"] = [0]
+        run_naive(pipe, small, 1, scheduler, seed, stages)
+    clock = DenoiserClock(pipe)
+    dev = pipe.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        t0 = time.perf_counter()
+        if naive:
+            images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages)
+        else:
+            images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        wall = time.perf_counter() - t0
+    finally:
+        clock.close()
+    mem, mem_kind = peak_memory_mb(dev)
+    ms = {k: 1000 * parts.get(k, 0.0) / pairs for k in PARTS}
+    ms["other"] = max(0.0, 1000 * wall / pairs - sum(ms.values()))
+    ms["total"] = 1000 * wall / pairs
+    steps_used = {n: int(steps) if steps else int((samp.get("steps") or {}).get(n, 20)) for n in stages}
+    return {
+        "mode": "naive" if naive else "batched",
+        "pairs": pairs, "sources": len(inputs["sources"]), "batch": 1 if naive else batch,
+        "steps": steps_used, "scheduler": scheduler,
+        "guidance": {n: float((samp.get("guidance") or {}).get(n, 1.0 if n == "prior" else 2.0)) for n in stages},
+        "device": str(dev), "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "seconds": wall,
+        "images_per_second": pairs / wall,
+        "ms_per_image": ms,
+        "denoiser_fraction": sum(clock.seconds.values()) / wall,
+        "denoiser_ms_per_image": {n: 1000 * s / pairs for n, s in clock.seconds.items()},
+        "denoiser_calls": dict(clock.calls),
+        "peak_memory_mb": mem, "memory": mem_kind,
+        "images": len(images),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def configure(parser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--config", help="pipeline YAML: random weights (default tiny/pipeline.yaml)")
+    src.add_argument("--weights", help="'tiny' (shipped) or a folder written by PCDMsPipeline.save_pretrained")
+    parser.add_argument("--pairs", type=int, default=16, help="images to generate (default 16)")
+    parser.add_argument("--views", type=int, default=4, help="target poses per source (default 4)")
+    parser.add_argument("--steps", type=int, help="sampling steps of every stage (default: the pipeline's)")
+    parser.add_argument("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
+    parser.add_argument("--batch", type=int, help="pairs per forward pass (default: the pipeline's batch_size)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--naive", action="store_true", help="upstream's pattern: one pair at a time, source "
+                                                           "re-encoded per pair (the baseline)")
+    mode.add_argument("--compare", action="store_true", help="run naive, then batched, and report the speed-up")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--dtype", help="fp32 | fp16 | bf16 | auto (default fp32 on a CPU, auto on a GPU)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _line(r: dict) -> str:
+    ms = r["ms_per_image"]
+    return (f"{r['mode']:>7}: {r['images_per_second']:.3f} images/s ({r['pairs']} pairs, batch {r['batch']}, "
+            f"{r['threads']} threads, {r['device']}) | ms/image encode {ms['encode']:.1f} prior {ms['prior']:.1f} "
+            f"inpaint {ms['inpaint']:.1f} refine {ms['refine']:.1f} other {ms['other']:.1f} | denoisers "
+            f"{100 * r['denoiser_fraction']:.1f}% | peak {r['peak_memory_mb']:.0f} MB ({r['memory']})")
+
+
+def run(args) -> int:
+    from .runtime import pick_device
+    from .synthesize import load_pipeline
+
+    weights = args.weights or args.config or "tiny/pipeline.yaml"
+    if args.config:
+        from .config import resolve_config_path
+
+        weights = str(resolve_config_path(args.config))
+    dev = pick_device(args.device)
+    pipe = load_pipeline(weights, dev, args.dtype or ("auto" if dev.startswith("cuda") else "fp32"))
+    kw = dict(pairs=args.pairs, views=args.views, steps=args.steps, scheduler=args.scheduler, batch=args.batch,
+              seed=args.seed)
+    if args.compare:
+        naive = bench(pipe, naive=True, **kw)
+        fast = bench(pipe, naive=False, warmup=False, **kw)
+        report = {"weights": weights, "naive": naive, "batched": fast,
+                  "speedup": fast["images_per_second"] / naive["images_per_second"]}
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(_line(naive))
+            print(_line(fast))
+            print(f"speed-up {report['speedup']:.2f}x")
+        return 0
+    report = {"weights": weights, **bench(pipe, naive=args.naive, **kw)}
+    print(json.dumps(report) if args.json else _line(report))
+    return 0

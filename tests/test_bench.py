@@ -1,0 +1,57 @@
+"""pcdms-aug bench: the report's keys, the denoiser clock, and that naive and batched runs do the same work."""
+import json
+
+import pytest
+import torch
+
+from pcdms_aug.bench import bench, make_inputs, run_batched, run_naive
+from pcdms_aug.pipeline import PCDMsPipeline
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return PCDMsPipeline.from_config("tiny/pipeline.yaml")
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["batched", "naive"])
+def test_report(pipe, naive):
+    r = bench(pipe, pairs=2, views=2, steps=2, naive=naive)
+    assert r["mode"] == ("naive" if naive else "batched") and r["images"] == 2 and r["sources"] == 1
+    assert r["images_per_second"] > 0 and r["peak_memory_mb"] > 50
+    assert set(r["ms_per_image"]) == {"encode", "prior", "inpaint", "refine", "other", "total"}
+    assert r["ms_per_image"]["total"] == pytest.approx(1000 * r["seconds"] / 2)
+    assert all(v > 0 for k, v in r["ms_per_image"].items() if k != "other")
+    assert 0 < r["denoiser_fraction"] < 1
+    # every step of every stage calls its denoiser once per batch: 2 steps, one batch of 2 or two of 1
+    calls = 2 if not naive else 4
+    assert r["denoiser_calls"] == {"prior": calls, "inpaint": calls, "refine": calls}
+    # the hooks are gone afterwards
+    assert not pipe.stages["refine"].unet._forward_hooks and not pipe.stages["prior"].prior._forward_pre_hooks
+
+
+def test_naive_and_batched_generate_the_same_images(pipe):
+    inputs = make_inputs(3, 2, pipe.image_size, seed=1)
+    assert inputs["source_of"] == [0, 0, 1] and len(inputs["sources"]) == 2
+    stages = ("prior", "inpaint", "refine")
+    a, ta = run_batched(pipe, inputs, 2, "unipc", 3, 0, stages, output_type="pt")
+    b, tb = run_naive(pipe, inputs, 2, "unipc", 0, stages, output_type="pt")
+    assert a.shape == (3, 3, 128, 64)
+    torch.testing.assert_close(a, torch.stack(b), atol=2e-3, rtol=0)
+
+
+def test_cli_json(capsys):
+    from pcdms_aug.cli import main
+
+    assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "2", "--steps", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("images_per_second", "ms_per_image", "denoiser_fraction", "peak_memory_mb"):
+        assert key in r
+    assert r["weights"].endswith("tiny/pipeline.yaml") and r["steps"] == {"prior": 1, "inpaint": 1, "refine": 1}
+    assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "2", "--steps", "1", "--compare",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["naive"]["mode"] == "naive" and r["batched"]["mode"] == "batched" and r["speedup"] > 0
+    assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "0"]) == 2
+    assert "--pairs" in capsys.readouterr().err
