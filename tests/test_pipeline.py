@@ -231,3 +231,14 @@ def test_fp16_storage_of_trained_parts_loads_back_in_fp32(tmp_path):
     ref = pipe.stages["inpaint"].unet.state_dict()
     for k, v in unet.state_dict().items():
         assert torch.equal(v, ref[k].half().float())
+
+
+def test_shipped_tiny_weights_load_and_generate():
+    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    if not (WEIGHTS_ROOT / "tiny" / "pipeline.yaml").is_file():
+        pytest.fail("the shipped tiny weights are missing from the checkout (scripts/train_tiny.sh makes them)")
+    torch.set_num_threads(1)
+    pipe = PCDMsPipeline.from_pretrained("tiny")
+    out = pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np")
+    assert out.images.shape == (1, 128, 64, 3) and out.images.std() > 5
