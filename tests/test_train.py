@@ -85,3 +85,10 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path, synth_
     from pcdms_aug.stages import build_stage
     init = build_stage("prior", load_run_config("tiny/train_prior.yaml").model, seed=0).state_dict()
     assert any(not torch.allclose(a[k], init[k]) for k in a if k.startswith("prior."))  # it did train
+
+
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+@pytest.mark.parametrize("stage", ["prior", "inpaint", "refine"])
+def test_shipped_training_configs_resolve(scale, stage):
+    cfg = load_run_config(f"{scale}/train_{stage}.yaml")
+    assert cfg.stage == stage and isinstance(cfg.model, dict) and cfg.model.get("scheduler")
