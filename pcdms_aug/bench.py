@@ -110,7 +110,7 @@ def _timed(acc: dict, key: str, sync):
 
 
 # ------------------------------------------------------------------------------------------------ the runs
-def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type="np"):
+def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type="np", guidance=None):
     """Ours: each source encoded once, pairs in batches. Returns (images, {part: seconds})."""
     import torch
 
@@ -120,14 +120,15 @@ def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type
     with _timed(times, "encode", sync):
         enc = pipe.encode_sources(inputs["sources"], stages).select(inputs["source_of"])
     out = pipe(enc, [inputs["source_poses"][s] for s in inputs["source_of"]], inputs["target_poses"],
-               num_inference_steps=steps, generator=gens, scheduler=scheduler, stages=stages,
-               output_type=output_type, batch_size=batch, target_embeds=_embeds(pipe, stages, len(gens)))
+               num_inference_steps=steps, guidance_scale=guidance, generator=gens, scheduler=scheduler,
+               stages=stages, output_type=output_type, batch_size=batch,
+               target_embeds=_embeds(pipe, stages, len(gens)))
     for k in PARTS:
         times[k] = times.get(k, 0.0) + out.timings.get(k, 0.0)
     return out.images, times
 
 
-def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np"):
+def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np", guidance=None):
     """Upstream's pattern: one pair per call, its source encoded again each time, no batching."""
     import torch
 
@@ -135,8 +136,9 @@ def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np"):
     for i, tp in enumerate(inputs["target_poses"]):
         s = inputs["source_of"][i]
         out = pipe(inputs["sources"][s], [inputs["source_poses"][s]], [tp], num_inference_steps=steps,
-                   generator=[torch.Generator().manual_seed(seed + i)], scheduler=scheduler, stages=stages,
-                   output_type=output_type, batch_size=1, target_embeds=_embeds(pipe, stages, 1))
+                   guidance_scale=guidance, generator=[torch.Generator().manual_seed(seed + i)],
+                   scheduler=scheduler, stages=stages, output_type=output_type, batch_size=1,
+                   target_embeds=_embeds(pipe, stages, 1))
         images.extend(out.images)
         for k in PARTS:
             times[k] += out.timings.get(k, 0.0)
@@ -153,7 +155,8 @@ def _embeds(pipe, stages, n):
 
 
 def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, scheduler: str | None = None,
-          batch: int | None = None, naive: bool = False, seed: int = 0, warmup: bool = True) -> dict:
+          batch: int | None = None, naive: bool = False, seed: int = 0, warmup: bool = True,
+          guidance: float | dict | None = None) -> dict:
     """One timed generation of ``pairs`` images; the report :func:`run` prints."""
     import torch
 
@@ -178,9 +181,9 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
     try:
         t0 = time.perf_counter()
         if naive:
-            images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages)
+            images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages, guidance=guidance)
         else:
-            images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages)
+            images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, guidance=guidance)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0
@@ -195,7 +198,7 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         "mode": "naive" if naive else "batched",
         "pairs": pairs, "sources": len(inputs["sources"]), "batch": 1 if naive else batch,
         "steps": steps_used, "scheduler": scheduler,
-        "guidance": {n: float((samp.get("guidance") or {}).get(n, 1.0 if n == "prior" else 2.0)) for n in stages},
+        "guidance": _guidance(guidance, samp, stages),
         "device": str(dev), "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
         "seconds": wall,
         "images_per_second": pairs / wall,
@@ -208,7 +211,27 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
     }
 
 
+def _guidance(guidance, samp: dict, stages) -> dict:
+    """The guidance each stage ran at, as the pipeline resolves it."""
+    from .pipeline import DEFAULT_GUIDANCE
+
+    base = {n: float((samp.get("guidance") or {}).get(n, DEFAULT_GUIDANCE[n])) for n in stages}
+    if isinstance(guidance, dict):
+        return {n: float(guidance.get(n, base[n])) for n in stages}
+    return {n: float(guidance) for n in stages} if guidance is not None else base
+
+
 # ------------------------------------------------------------------------------------------------ CLI
+def _parse_guidance(text: str):
+    import argparse
+
+    try:
+        if "=" not in text:
+            return float(text)
+        return {k.strip(): float(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or stage=number,...; got {text!r}") from None
+
 def configure(parser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--config", help="pipeline YAML: random weights (default tiny/pipeline.yaml)")
@@ -218,6 +241,8 @@ def configure(parser) -> None:
     parser.add_argument("--steps", type=int, help="sampling steps of every stage (default: the pipeline's)")
     parser.add_argument("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
     parser.add_argument("--batch", type=int, help="pairs per forward pass (default: the pipeline's batch_size)")
+    parser.add_argument("--guidance", type=_parse_guidance, help="guidance of every stage (2.0), or per stage "
+                                                                 "(inpaint=2,refine=2; default: the pipeline's)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--naive", action="store_true", help="upstream's pattern: one pair at a time, source "
                                                            "re-encoded per pair (the baseline)")
@@ -248,7 +273,7 @@ def run(args) -> int:
     dev = pick_device(args.device)
     pipe = load_pipeline(weights, dev, args.dtype or ("auto" if dev.startswith("cuda") else "fp32"))
     kw = dict(pairs=args.pairs, views=args.views, steps=args.steps, scheduler=args.scheduler, batch=args.batch,
-              seed=args.seed)
+              seed=args.seed, guidance=args.guidance)
     if args.compare:
         naive = bench(pipe, naive=True, **kw)
         fast = bench(pipe, naive=False, warmup=False, **kw)

@@ -224,7 +224,7 @@ def map_state(layout: str, state: dict[str, torch.Tensor], targets: dict[str, di
         if missing:
             prefix, _, rename = next(p for p in parts if p[1] == comp)
             up = rename.to_upstream(missing[0])
-            raise DataError(f"the checkpoint lacks {comp}.{missing[0]} (upstream key {prefix}{up!r})"
+            raise DataError(f"the checkpoint lacks {comp}.{missing[0]} (upstream key {prefix + str(up)!r})"
                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""), path)
     return out
 

@@ -53,5 +53,11 @@ def test_cli_json(capsys):
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["naive"]["mode"] == "naive" and r["batched"]["mode"] == "batched" and r["speedup"] > 0
+    assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "1", "--steps", "1", "--naive",
+                 "--guidance", "inpaint=2,refine=3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["guidance"] == {"prior": 1.0, "inpaint": 2.0, "refine": 3.0}
+    # guidance doubles the denoisers' batch, not their calls
+    assert r["denoiser_calls"] == {"prior": 1, "inpaint": 1, "refine": 1}
     assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "0"]) == 2
     assert "--pairs" in capsys.readouterr().err

@@ -316,7 +316,8 @@ def test_shape_mismatch_and_missing_keys_are_named(refine_file, tmp_path):
     with pytest.raises(DataError, match="ZeRO-3"):
         import_official(_write(tmp_path / "z.pt", wrong), tmp_path / "out", 3, stage_cfg("refine"))
     lacking = {k: v for k, v in state.items() if k != "image_proj_model_p.net.4.bias"}
-    with pytest.raises(DataError, match=r"lacks image_proj\.net\.3\.bias \(upstream key image_proj_model_p\.'net\.4\.bias'\)"):
+    with pytest.raises(DataError, match=r"lacks image_proj\.net\.3\.bias "
+                                        r"\(upstream key 'image_proj_model_p\.net\.4\.bias'\)"):
         import_official(_write(tmp_path / "m.pt", lacking), tmp_path / "out", 3, stage_cfg("refine"))
     # another architecture in --config than in the file
     with pytest.raises(DataError, match="does not fit"):
