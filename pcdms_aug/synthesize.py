@@ -16,11 +16,8 @@ import torch
 from .data.market import IMAGE_SIZE, MarketDataset, load_image
 from .errors import DataError
 from .io import atomic_save_image
+from .metrics.evaluate import generated_name  # noqa: F401 (one naming rule, re-exported)
 from .pose import Pose, read_annotations, read_pairs
-
-
-def generated_name(frm: str, to: str) -> str:
-    return f"{frm}_to_{to}.png"
 
 
 def item_seed(seed: int, *keys: str) -> int:
