@@ -117,13 +117,29 @@ def cfg_combine(pred: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance: float,
-            dtype=torch.float32) -> torch.Tensor:
+            dtype=torch.float32, init: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
     """The explicit sampling loop: ``model_fn(x, t, do_cfg)`` returns the prediction for x (doubled inside
-    when guidance is on)."""
+    when guidance is on). With ``init`` and ``strength`` < 1 it starts, as diffusers' img2img pipelines do,
+    from ``init`` noised to the level of the schedule's last ``round(steps * strength)`` steps and runs only
+    those: the sample keeps the layout of ``init`` and is refined rather than drawn anew."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if strength < 1.0 and init is None:
+        raise ValueError("strength < 1 needs an init image to start from")
     scheduler.set_timesteps(steps, device=device)
-    x = randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
+    noise = randn(shape, generator, device, dtype)
+    timesteps = scheduler.timesteps
+    if strength < 1.0:
+        keep = max(1, min(steps, round(steps * strength)))
+        begin = (steps - keep) * scheduler.order
+        timesteps = timesteps[begin:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        x = scheduler.add_noise(init.to(device, dtype), noise, timesteps[:1].repeat(shape[0]))
+    else:
+        x = noise * scheduler.init_noise_sigma
     do_cfg = guidance is not None and guidance != 1.0
-    for t in scheduler.timesteps:
+    for t in timesteps:
         xin = scheduler.scale_model_input(x, t)
         if do_cfg:
             pred = cfg_combine(model_fn(torch.cat([xin, xin]), t, True), guidance)

@@ -310,7 +310,7 @@ class PCDMsPipeline:
     def __call__(self, source_images, source_poses, target_poses, num_inference_steps=None,
                  guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
                  output_type: str = "pil", target_embeds: torch.Tensor | None = None,
-                 batch_size: int | None = None) -> PCDMsOutput:
+                 batch_size: int | None = None, refine_strength: float | None = None) -> PCDMsOutput:
         """Generate the target of every (source, target pose) pair.
 
         ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays, a tensor in
@@ -320,7 +320,9 @@ class PCDMsPipeline:
         depend on the other pairs of the call. ``stages``: a subset of prior/inpaint/refine that includes
         inpaint; without prior pass ``target_embeds`` (e.g. CLIP of the true target: teacher forcing);
         without refine the final images are the coarse ones. ``output_type``: pil, np (uint8) or pt (float
-        (N, 3, H, W) in [-1, 1] on the CPU).
+        (N, 3, H, W) in [-1, 1] on the CPU). ``refine_strength`` (default: the config's
+        ``sampling.refine_strength``, else 1 = upstream's start from noise): below 1, stage 3 starts from the
+        coarse image noised part of the way and runs ``steps * strength`` steps (img2img).
         """
         stages = (stages,) if isinstance(stages, str) else tuple(stages)
         bad = [s for s in stages if s not in ORDER]
@@ -339,6 +341,9 @@ class PCDMsPipeline:
                            "num_inference_steps", int)
         guide = _per_stage(guidance_scale, {n: (samp.get("guidance") or {}).get(n, DEFAULT_GUIDANCE[n])
                                             for n in ORDER}, "guidance_scale", float)
+        strength = float(samp.get("refine_strength", 1.0) if refine_strength is None else refine_strength)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"refine_strength must be in (0, 1], got {strength}")
         for n in stages:
             if steps[n] < 1:
                 raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")
@@ -415,7 +420,7 @@ class PCDMsPipeline:
             if "refine" in stages:
                 t0 = time.perf_counter()
                 final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
-                                                     sched)
+                                                     sched, strength=strength)
                 timings["refine"] += time.perf_counter() - t0
             finals.append(self._resize(final, size))
             coarses.append(self._resize(coarse, size))

@@ -42,7 +42,8 @@ def load_pipeline(weights: str, device: str = "auto", dtype: str | None = None):
 
 
 def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
-               out_dir: Path, *, batch: int = 8, steps: int | dict = 20, guidance: float | dict = 2.0,
+               out_dir: Path, *, batch: int = 8, steps: int | dict | None = None,
+               guidance: float | dict | None = None, refine_strength: float | None = None,
                scheduler: str = "unipc", seed: int = 0, stages=("prior", "inpaint", "refine"),
                write: str = "final", rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
@@ -73,7 +74,7 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
         gens = [torch.Generator().manual_seed(item_seed(seed, f, t)) for f, t in chunk]
         result = pipe(srcs, [poses[f] for f, _ in chunk], [poses[t] for _, t in chunk],
                       num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                      generator=gens, stages=stages)
+                      generator=gens, stages=stages, refine_strength=refine_strength)
         images = result.coarse_images if write == "coarse" else result.images
         for (f, t), im in zip(chunk, images):
             atomic_save_image(out_dir / generated_name(f, t), im)
@@ -107,9 +108,12 @@ def configure(parser):
                              "split folders)")
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default="unipc", choices=["ddim", "unipc", "dpmsolver++"])
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--guidance", type=float, default=None, help="one scale for every stage (default: the pipeline's own per stage)")
+    parser.add_argument("--refine-strength", type=float, default=None,
+                        help="stage 3 starts from the coarse image noised this far (1: from noise; default: the "
+                             "pipeline's own)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", default="prior,inpaint,refine",
@@ -131,7 +135,8 @@ def run(args):
     poses = load_poses(args.annotations or default_annotations(dataset.root))
     pipe = load_pipeline(args.weights, rt.device)
     counts = synthesize(pipe, pairs, dataset, poses, Path(args.out), batch=args.batch, steps=args.steps,
-                        guidance=args.guidance, scheduler=args.scheduler, seed=args.seed,
+                        guidance=args.guidance, refine_strength=args.refine_strength,
+                        scheduler=args.scheduler, seed=args.seed,
                         stages=tuple(s.strip() for s in args.stages.split(",")), rank=rt.rank,
                         world=rt.world_size, progress=rt.is_main)
     print(f"[synthesize-pairs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} finished, "

@@ -58,6 +58,9 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 200
     sample_steps: int = 20
+    # Warm start (step 0 only): a saved stage folder, a saved pipeline folder (its stage of this name) or
+    # "tiny". The architecture must match the config; optimizer, schedule and EMA start fresh.
+    init_from: str | None = None
 
 
 @dataclass
@@ -212,6 +215,25 @@ def make_dataset(cfg: RunConfig):
                        refine_inputs_dir=refine)
 
 
+def _warm_start(stage, name: str, source: str) -> None:
+    """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
+    first mismatching tensors)."""
+    from .pipeline import WEIGHTS_ROOT
+    from .stages import stage_class
+
+    folder = WEIGHTS_ROOT / "tiny" if source == "tiny" else Path(source)
+    if (folder / name / "config.json").is_file():
+        folder = folder / name
+    saved = stage_class(name).from_pretrained(folder)
+    mine, theirs = stage.state_dict(), saved.state_dict()
+    bad = sorted(k for k in mine.keys() | theirs.keys()
+                 if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if bad:
+        raise DataError(f"train.init_from: the saved {name} stage does not match this config "
+                        f"({len(bad)} tensors differ, e.g. {', '.join(bad[:3])})", folder)
+    stage.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+
+
 def _to_device(batch, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -232,7 +254,12 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
         _setup_logging(out / "train.log")
     barrier()
 
-    stage = build_stage(cfg.stage, cfg.model, seed=tc.seed).to(rt.device)
+    stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
+    if tc.init_from and not list_checkpoints(out):
+        _warm_start(stage, cfg.stage, tc.init_from)
+        if rt.is_main:
+            log.info("initialised %s from %s", cfg.stage, tc.init_from)
+    stage = stage.to(rt.device)
     params = list(stage.trainable_parameters())
     if not params:
         raise DataError(f"stage {cfg.stage} has no trainable parameters")

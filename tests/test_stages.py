@@ -324,3 +324,32 @@ def test_pair_dataset_items_and_batches(synth_market, tmp_path, stages):
         ds3[1]
     with pytest.raises(DataError):
         PairDataset(synth_market, synth_market / "market-annotation-train.csv", pairs=[("nope.jpg", "x.jpg")])
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
+    from diffusers import DDPMScheduler
+
+    from pcdms_aug.diffusion import denoise, sampling_scheduler
+
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
+                          clip_sample=False)
+    init = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    seen = []
+
+    def oracle(x, t, doubled):  # an x0-model that knows the answer: every step must land on it
+        seen.append(int(t))
+        return init.clone()
+
+    full = denoise(oracle, sampling_scheduler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
+                   "cpu", 10, 1.0)
+    n_full, seen[:] = len(seen), []
+    part = denoise(oracle, sampling_scheduler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
+                   "cpu", 10, 1.0, init=init, strength=0.4)
+    assert n_full == 10 and len(seen) == 4 and seen == sorted(seen, reverse=True) and max(seen) < 500
+    assert torch.allclose(full, init, atol=1e-3) and torch.allclose(part, init, atol=1e-3)
+    with pytest.raises(ValueError, match="strength"):
+        denoise(oracle, sampling_scheduler(scheduler, train), init.shape, None, "cpu", 10, 1.0, strength=0.5)
+    with pytest.raises(ValueError, match="strength"):
+        denoise(oracle, sampling_scheduler(scheduler, train), init.shape, None, "cpu", 10, 1.0, init=init,
+                strength=0.0)

@@ -92,3 +92,22 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path, synth_
 def test_shipped_training_configs_resolve(scale, stage):
     cfg = load_run_config(f"{scale}/train_{stage}.yaml")
     assert cfg.stage == stage and isinstance(cfg.model, dict) and cfg.model.get("scheduler")
+
+
+def test_init_from_warm_starts_from_a_saved_stage_and_refuses_another_architecture(tmp_path, synth_market):
+    torch.set_num_threads(1)
+    first = train(_cfg(tmp_path / "a", synth_market, "prior", "train.max_steps=2"), progress=False)
+    # lr 0: the warm-started weights come through the step unchanged, so they must equal the saved ones.
+    warm = train(_cfg(tmp_path / "b", synth_market, "prior", "train.max_steps=1", "train.lr=0",
+                      f"train.init_from={first}"), progress=False)
+    a, b = load_file(str(first / "prior.safetensors")), load_file(str(warm / "prior.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cold = train(_cfg(tmp_path / "c", synth_market, "prior", "train.max_steps=1", "train.lr=0"), progress=False)
+    c = load_file(str(cold / "prior.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    from pcdms_aug.errors import DataError
+    other = tmp_path / "prior_1layer.yaml"
+    other.write_text(f"_base_: {ROOT / 'configs/tiny/prior.yaml'}\nprior: {{layers: 1}}\n")
+    with pytest.raises(DataError, match="does not match this config"):
+        train(_cfg(tmp_path / "d", synth_market, "prior", "train.max_steps=1", f"model={other}",
+                   f"train.init_from={first}"), progress=False)

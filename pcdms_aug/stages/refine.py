@@ -50,9 +50,11 @@ class RefineStage(Stage):
 
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
-               guidance_scale: float = 2.0, scheduler: str = "unipc") -> torch.Tensor:
+               guidance_scale: float = 2.0, scheduler: str = "unipc", strength: float = 1.0) -> torch.Tensor:
         """Final images (B, 3, H, W) in [-1, 1] at the stage's size from coarse ones (any size, [-1, 1]).
-        Guidance contrasts with the source features at zero; the coarse image stays."""
+        Guidance contrasts with the source features at zero; the coarse image stays. ``strength`` 1 starts
+        from pure noise (upstream); below 1 from the coarse image noised part of the way (img2img), which
+        runs ``steps * strength`` denoiser calls and keeps the coarse layout."""
         dino = source["dino"]
         self.check_inputs(coarse_image=coarse)
         if dino.shape[0] != coarse.shape[0]:
@@ -66,7 +68,8 @@ class RefineStage(Stage):
             return self._model(x, t, cond, self.image_proj(dino))
 
         sched = sampling_scheduler(scheduler, self.scheduler)
-        z = denoise(fn, sched, cond.shape, generator, dino.device, num_inference_steps, guidance_scale, cond.dtype)
+        z = denoise(fn, sched, cond.shape, generator, dino.device, num_inference_steps, guidance_scale, cond.dtype,
+                    init=cond, strength=strength)
         return self.codec.decode(z)
 
     def preview(self, batch, num_inference_steps=20, generator=None):
