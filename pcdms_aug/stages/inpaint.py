@@ -129,11 +129,40 @@ class InpaintStage(Stage):
                                    torch.cat([pose_feats, pose_feats]), self._tokens(d2, e2), e2)
             return self._model(x, t, mask, masked, pose_feats, self._tokens(dino, embed), embed)
 
+        if self.cfg.get("loss_region", "canvas") == "target":
+            fn = self._known_half_fixed(fn, masked)
         sched = sampling_scheduler(scheduler, self.scheduler)
         z = denoise(fn, sched, masked.shape, generator, src.device, num_inference_steps, guidance_scale,
                     masked.dtype)
         canvas = self.codec.decode(z)
         return canvas[..., canvas.shape[-1] // 2:]
+
+    def _known_half_fixed(self, fn, masked):
+        """A stage trained on the target half only never learned to predict the source half; left to its own
+        predictions, that half of the noisy canvas drifts away from anything seen in training (a noised
+        source) and the target half, which reads it, degrades. So the source half of every prediction is
+        replaced by what predicts the true source latent at that timestep: the known half then follows the
+        noised source exactly as in training."""
+        half = masked.shape[-1] // 2
+        known = masked[..., :half]
+        kind = self.scheduler.config.prediction_type
+        alphas = self.scheduler.alphas_cumprod
+
+        def fixed(x, t, doubled):
+            pred = fn(x, t, doubled).clone()
+            x0 = torch.cat([known, known]) if doubled else known
+            a = alphas[int(t)].to(device=x.device, dtype=x.dtype)
+            xt = x[..., :half]
+            if kind == "sample":
+                pred[..., :half] = x0
+            elif kind == "epsilon":
+                pred[..., :half] = (xt - a.sqrt() * x0) / (1 - a).sqrt()
+            else:  # v_prediction: v = sqrt(a) eps - sqrt(1-a) x0, eps from x_t and x0
+                eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
+                pred[..., :half] = a.sqrt() * eps - (1 - a).sqrt() * x0
+            return pred
+
+        return fixed
 
     def preview(self, batch, num_inference_steps=20, generator=None):
         src = self.encode_source(batch["source_image"])
