@@ -353,3 +353,36 @@ def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
     with pytest.raises(ValueError, match="strength"):
         denoise(oracle, sampling_scheduler(scheduler, train), init.shape, None, "cpu", 10, 1.0, init=init,
                 strength=0.0)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages, guidance):
+    """loss_region: target leaves the source half unlearned; sampling must hold it on the true source (else
+    the noisy canvas the UNet reads drifts from what training showed it)."""
+    stage = stages["inpaint"]
+    assert stage.cfg["loss_region"] == "target"
+    batch = make_batch(2, seed=5)
+    seen = {}
+    decode = stage.codec.decode
+    stage.codec.decode = lambda z: seen.setdefault("z", z) is not None and decode(z)
+    try:
+        sample(stage, batch, torch.Generator().manual_seed(0), steps=3, guidance=guidance, scheduler="ddim")
+    finally:
+        del stage.codec.decode
+    _, masked = stage._known(stage.resize(batch["source_image"]))
+    half = masked.shape[-1] // 2
+    assert torch.allclose(seen["z"][..., :half], masked[..., :half], atol=1e-4)
+    # epsilon and v parameterisations of the same replacement imply the same clean source half
+    x = torch.randn_like(masked)
+    for kind in ("epsilon", "v_prediction"):
+        stage.scheduler.register_to_config(prediction_type=kind)
+        try:
+            pred = stage._known_half_fixed(lambda x, t, d: torch.zeros_like(x), masked)(x, torch.tensor(300), False)
+        finally:
+            stage.scheduler.register_to_config(prediction_type="sample")
+        a = stage.scheduler.alphas_cumprod[300]
+        if kind == "epsilon":
+            x0 = (x[..., :half] - (1 - a).sqrt() * pred[..., :half]) / a.sqrt()
+        else:
+            x0 = a.sqrt() * x[..., :half] - (1 - a).sqrt() * pred[..., :half]
+        assert torch.allclose(x0, masked[..., :half], atol=1e-4)
