@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU:
-# synthetic Market-1501 -> stage 1 and stage 2 (in parallel, one thread each) -> stage-2 outputs on training
-# pairs -> stage 3 -> one pipeline folder. Every step resumes where it stopped when run again.
+# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU, in two phases (each session had a
+# budget of minutes on two shared cores, so phase 2 continues phase 1 rather than starting over):
+#   phase 1: synthetic Market-1501 -> stage 1 and stage 2 (in parallel, one thread each) -> stage-2 outputs on
+#            800 training pairs -> stage 3 -> $RUNS/phase1 (fp16; the weights shipped in session 1)
+#   phase 2: stage 1 (+3000 steps) and stage 2 (+3500) warm-started from phase 1 -> stage-2 outputs of phase 1
+#            (fixed source-half sampling) on 1600 pairs -> stage 3 (+1000) -> pcdms_aug/weights/tiny
+# Every step resumes where it stopped when run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 DATA=${DATA:-data/synthetic}
 RUNS=${RUNS:-runs/tiny}
+RUNS2=${RUNS2:-runs/tiny2}
 # One OpenMP thread per process: two trainings share the two cores without spinning against each other.
 export OMP_NUM_THREADS=1
 mkdir -p "$RUNS"
@@ -29,11 +34,35 @@ pcdms-aug train tiny/train_refine.yaml "${common[@]}" data.refine_inputs="$RUNS/
   train.out="$RUNS/refine" > "$RUNS/refine.log" 2>&1
 python - "$RUNS" <<'PY'
 import sys
+import torch
+from pcdms_aug.pipeline import PCDMsPipeline
+runs = sys.argv[1]
+stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
+# Trained components in fp16 keep the shipped files under 25 MB; frozen random encoders stay fp32.
+PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase1", trainable_dtype=torch.float16)
+PY
+
+# ------------------------------------------------------------------------------------------ phase 2
+mkdir -p "$RUNS2"
+warm=(train.init_from="$RUNS/phase1")
+pcdms-aug train tiny/train_prior.yaml "${common[@]}" "${warm[@]}" train.out="$RUNS2/prior" train.max_steps=3000 \
+  train.sample_every=0 > "$RUNS2/prior.log" 2>&1 &
+prior_pid=$!
+pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
+  --weights "$RUNS/phase1" --out "$RUNS2/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
+  > "$RUNS2/refine_inputs.log" 2>&1
+pcdms-aug train tiny/train_refine.yaml "${common[@]}" "${warm[@]}" data.refine_inputs="$RUNS2/refine_inputs" \
+  train.out="$RUNS2/refine" train.max_steps=1000 train.sample_every=1000 > "$RUNS2/refine.log" 2>&1 &
+refine_pid=$!
+pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$RUNS2/inpaint" train.max_steps=3500 \
+  train.sample_every=1000 > "$RUNS2/inpaint.log" 2>&1
+wait "$prior_pid" "$refine_pid"
+python - "$RUNS2" <<'PY'
+import sys
+import torch
 from pcdms_aug.pipeline import PCDMsPipeline, WEIGHTS_ROOT
 runs = sys.argv[1]
 stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
-import torch
-# Trained components in fp16 keep the shipped files under 25 MB; frozen random encoders stay fp32.
 PCDMsPipeline.from_stages(stages).save_pretrained(WEIGHTS_ROOT / "tiny", trainable_dtype=torch.float16)
 print("wrote", WEIGHTS_ROOT / "tiny")
 PY
