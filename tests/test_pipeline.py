@@ -242,3 +242,26 @@ def test_shipped_tiny_weights_load_and_generate():
     out = pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                output_type="np")
     assert out.images.shape == (1, 128, 64, 3) and out.images.std() > 5
+
+
+def test_refine_strength_comes_from_the_config_and_shortens_stage_3(pipe, monkeypatch):
+    calls = []
+    unet = pipe.stages["refine"].unet
+    handle = unet.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        kw = dict(num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np")
+        full = pipe(_image(0), _pose(0), [_pose(1)], refine_strength=1.0, **kw)
+        n_full, calls[:] = len(calls), []
+        kw["generator"] = torch.Generator().manual_seed(0)
+        half = pipe(_image(0), _pose(0), [_pose(1)], refine_strength=0.5, **kw)
+        n_half, calls[:] = len(calls), []
+        monkeypatch.setitem(pipe.config.setdefault("sampling", {}), "refine_strength", 0.5)
+        kw["generator"] = torch.Generator().manual_seed(0)
+        default = pipe(_image(0), _pose(0), [_pose(1)], **kw)
+    finally:
+        handle.remove()
+    assert (n_full, n_half) == (4, 2) and len(calls) == 2
+    assert np.array_equal(default.images, half.images) and not np.array_equal(full.images, half.images)
+    assert np.array_equal(full.coarse_images, half.coarse_images)
+    with pytest.raises(ValueError, match="refine_strength"):
+        pipe(_image(0), _pose(0), [_pose(1)], refine_strength=0.0)
