@@ -110,7 +110,8 @@ def configure(parser):
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
     parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default="unipc", choices=["ddim", "unipc", "dpmsolver++"])
-    parser.add_argument("--guidance", type=float, default=None, help="one scale for every stage (default: the pipeline's own per stage)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="one scale for every stage (default: the pipeline's own per stage)")
     parser.add_argument("--refine-strength", type=float, default=None,
                         help="stage 3 starts from the coarse image noised this far (1: from noise; default: the "
                              "pipeline's own)")

@@ -144,22 +144,20 @@ class InpaintStage(Stage):
         replaced by what predicts the true source latent at that timestep: the known half then follows the
         noised source exactly as in training."""
         half = masked.shape[-1] // 2
-        known = masked[..., :half]
+        known = {False: masked[..., :half], True: torch.cat([masked[..., :half]] * 2)}  # built once, not per step
         kind = self.scheduler.config.prediction_type
         alphas = self.scheduler.alphas_cumprod
 
         def fixed(x, t, doubled):
             pred = fn(x, t, doubled).clone()
-            x0 = torch.cat([known, known]) if doubled else known
-            a = alphas[int(t)].to(device=x.device, dtype=x.dtype)
-            xt = x[..., :half]
+            x0 = known[doubled]
             if kind == "sample":
                 pred[..., :half] = x0
-            elif kind == "epsilon":
-                pred[..., :half] = (xt - a.sqrt() * x0) / (1 - a).sqrt()
-            else:  # v_prediction: v = sqrt(a) eps - sqrt(1-a) x0, eps from x_t and x0
-                eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
-                pred[..., :half] = a.sqrt() * eps - (1 - a).sqrt() * x0
+                return pred
+            a = alphas[int(t)].to(device=x.device, dtype=x.dtype)
+            eps = (x[..., :half] - a.sqrt() * x0) / (1 - a).sqrt()
+            # epsilon: the noise that takes x0 to x_t; v = sqrt(a) eps - sqrt(1-a) x0
+            pred[..., :half] = eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
             return pred
 
         return fixed
