@@ -60,14 +60,31 @@ def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
 
 
 def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: torch.Tensor | None = None, timesteps: Sequence[int] | None = None,
+                   start: torch.Tensor | None = None, start_prob: float = 0.0) -> torch.Tensor:
     """One loss for every stage (improved-diffusion's ``training_losses``): noise ``x0`` at a random timestep,
-    call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names."""
+    call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names.
+
+    ``timesteps`` = (lo, hi): draw t from [lo, hi) only. A stage that is sampled only from a partly noised
+    image (stage 3 as img2img) spends its capacity where it is used, as SDXL's refiner is trained on the
+    first 200 noise levels. ``start`` and ``start_prob``: for that share of the batch x_t noises ``start``
+    (e.g. the coarse stage-2 image) instead of ``x0``, while the target stays ``x0``; img2img sampling
+    begins from a noised coarse image, never from a noised truth, and this teaches the model that case."""
     b = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=gdev).to(x0.device)
+    n_train = scheduler.config.num_train_timesteps
+    lo, hi = (0, n_train) if timesteps is None else (int(timesteps[0]), int(timesteps[1]))
+    if not 0 <= lo < hi <= n_train:
+        raise ValueError(f"training timesteps must satisfy 0 <= lo < hi <= {n_train}, got [{lo}, {hi})")
+    t = torch.randint(lo, hi, (b,), generator=generator, device=gdev).to(x0.device)
     noise = noise_like(x0, generator, noise_offset)
-    xt = scheduler.add_noise(x0, noise, t)
+    origin = x0
+    if start is not None and start_prob > 0:
+        if start.shape != x0.shape:
+            raise ValueError(f"start {tuple(start.shape)} does not match x0 {tuple(x0.shape)}")
+        use = rand((b,), generator, x0.device) < start_prob
+        origin = torch.where(use.view(-1, *([1] * (x0.dim() - 1))), start, x0)
+    xt = scheduler.add_noise(origin, noise, t)
     pred = model_fn(xt, t)
     kind = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": x0}.get(kind)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config import build, load_config, resolve_config_path, to_dict
+from .config import apply_overrides, build, load_config, resolve_config_path, to_dict
 from .errors import DataError
 from .io import atomic_write_text
 from .runtime import Runtime, barrier, init_runtime
@@ -72,11 +72,15 @@ class RunConfig:
 
 
 def load_run_config(path, overrides=()) -> RunConfig:
+    """``overrides`` may reach into the stage's model config too (``model.noise_offset=0.05``), also where the
+    run config names it by path."""
     path = resolve_config_path(path)
-    raw = load_config(path, overrides)
+    model_over = [o for o in overrides if o.strip().startswith("model.")]
+    raw = load_config(path, [o for o in overrides if o not in model_over])
     cfg = build(RunConfig, raw, where=str(path))
     if isinstance(cfg.model, str):
         cfg.model = load_config(cfg.model if Path(cfg.model).is_file() else path.parent / cfg.model)
+    cfg.model = apply_overrides(cfg.model, [o.strip()[len("model."):] for o in model_over])
     if cfg.stage not in ("prior", "inpaint", "refine"):
         raise DataError(f"stage must be prior, inpaint or refine, got {cfg.stage!r}", path)
     return cfg

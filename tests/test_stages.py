@@ -386,3 +386,55 @@ def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages,
         else:
             x0 = a.sqrt() * x[..., :half] - (1 - a).sqrt() * pred[..., :half]
         assert torch.allclose(x0, masked[..., :half], atol=1e-4)
+
+
+def test_training_timesteps_and_start_image_shape_what_the_loss_sees():
+    from diffusers import DDPMScheduler
+
+    from pcdms_aug.diffusion import diffusion_loss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample")
+    x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    start = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    def model(xt, t):
+        seen.update(xt=xt, t=t)
+        return torch.zeros_like(xt)
+
+    def run(**kw):
+        return diffusion_loss(model, sched, x0, torch.Generator().manual_seed(2), **kw)
+
+    base = run()
+    t_all = seen["t"]
+    assert t_all.max() >= 300  # the default range is the whole schedule
+    assert torch.equal(run(start=start, start_prob=0.0), base)  # off: the same draws as before
+    run(timesteps=[100, 300])
+    assert 100 <= int(seen["t"].min()) and int(seen["t"].max()) < 300
+    run(timesteps=[0, 1], start=start, start_prob=1.0)
+    assert torch.allclose(seen["xt"], start, atol=0.1) and not torch.allclose(seen["xt"], x0, atol=0.5)
+    run(timesteps=[0, 1], start=start, start_prob=0.5)
+    from_start = (seen["xt"] - start).flatten(1).abs().amax(1) < 0.1
+    from_truth = (seen["xt"] - x0).flatten(1).abs().amax(1) < 0.1
+    assert torch.all(from_start ^ from_truth) and 16 < int(from_start.sum()) < 48
+    for bad in ([300, 100], [-1, 10], [0, 1001]):
+        with pytest.raises(ValueError, match="timesteps"):
+            run(timesteps=bad)
+
+
+def test_refine_stage_trains_from_the_noised_coarse_image_when_configured():
+    cfg = load_config("tiny/refine.yaml")
+    cfg.update(train_timesteps=[0, 1], train_coarse_start=1.0)
+    stage = build_stage("refine", cfg, seed=3)
+    batch = make_batch(b=2)
+    seen = {}
+    hook = stage.unet.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    try:
+        stage.training_loss(batch, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    c = stage.codec.channels
+    xt, cond = seen["x"][:, :c], seen["x"][:, c:]
+    assert torch.allclose(xt, cond, atol=0.1)  # t = 0 and every sample started from the coarse image
+    truth = stage.codec.encode(stage.resize(batch["target_image"]))
+    assert not torch.allclose(xt, truth, atol=0.5)

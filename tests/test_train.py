@@ -111,3 +111,11 @@ def test_init_from_warm_starts_from_a_saved_stage_and_refuses_another_architectu
     with pytest.raises(DataError, match="does not match this config"):
         train(_cfg(tmp_path / "d", synth_market, "prior", "train.max_steps=1", f"model={other}",
                    f"train.init_from={first}"), progress=False)
+
+
+def test_overrides_reach_the_model_config_named_by_path():
+    cfg = load_run_config("tiny/train_refine.yaml", ["model.train_timesteps=[0, 300]", "model.drop.joint=0.2",
+                                                     "train.lr=1e-5"])
+    assert cfg.model["train_timesteps"] == [0, 300] and cfg.model["drop"]["joint"] == 0.2
+    assert cfg.model["drop"]["source_features"] == 0.1 and cfg.model["scheduler"]  # the rest of the file stays
+    assert cfg.train.lr == 1e-5

@@ -36,8 +36,10 @@ class RefineStage(Stage):
                          encoder_hidden_states=tokens).sample
 
     def training_loss(self, batch, generator=None):
-        """Epsilon-MSE on the target latents given the coarse stage-2 image; source features dropped to
-        zeros per ``drop``."""
+        """MSE (the scheduler's prediction type) on the target latents given the coarse stage-2 image; source
+        features dropped to zeros per ``drop``. Optional, for img2img use (``sampling.refine_strength`` < 1):
+        ``train_timesteps: [lo, hi]`` and ``train_coarse_start`` (the share of the batch whose x_t noises the
+        coarse image instead of the truth); see :func:`diffusion_loss`."""
         src, tgt, coarse = self.batch_inputs(batch, "source_image", "target_image", "coarse_image")
         with torch.no_grad():
             dino = self.dino(self.resize(src))
@@ -46,7 +48,8 @@ class RefineStage(Stage):
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         tokens = self.image_proj(apply_drop(dino, masks["source_features"]))
         return diffusion_loss(lambda xt, t: self._model(xt, t, cond, tokens), self.scheduler, x0, generator,
-                              float(self.cfg.get("noise_offset", 0.0)))
+                              float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
+                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)))
 
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
