@@ -75,6 +75,17 @@ def _per_stage(value, default: dict, what: str, cast) -> dict:
     return {n: cast(value) for n in ORDER}
 
 
+def resolve_weights(directory: str | Path) -> Path:
+    """The folder a weights argument names: ``"tiny"`` is the shipped tiny weights, anything else a path."""
+    if str(directory) != "tiny":
+        return Path(directory)
+    directory = WEIGHTS_ROOT / "tiny"
+    if not (directory / "pipeline.yaml").is_file():
+        raise DataError("the shipped tiny weights are missing from this installation (scripts/train_tiny.sh "
+                        "trains them on the synthetic Market-1501 and writes them here)", directory)
+    return directory
+
+
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
@@ -128,12 +139,7 @@ class PCDMsPipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "PCDMsPipeline":
         """A folder written by :meth:`save_pretrained`; ``"tiny"`` is the shipped tiny weights."""
-        if str(directory) == "tiny":
-            directory = WEIGHTS_ROOT / "tiny"
-            if not (directory / "pipeline.yaml").is_file():
-                raise DataError("the shipped tiny weights are missing from this installation (scripts/train_tiny.sh "
-                                "trains them on the synthetic Market-1501 and writes them here)", directory)
-        directory = Path(directory)
+        directory = resolve_weights(directory)
         if not directory.is_dir():
             raise DataError("pipeline folder not found", directory)
         cfg = cls._read_meta(directory)

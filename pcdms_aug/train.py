@@ -222,10 +222,10 @@ def make_dataset(cfg: RunConfig):
 def _warm_start(stage, name: str, source: str) -> None:
     """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
     first mismatching tensors)."""
-    from .pipeline import WEIGHTS_ROOT
+    from .pipeline import resolve_weights
     from .stages import stage_class
 
-    folder = WEIGHTS_ROOT / "tiny" if source == "tiny" else Path(source)
+    folder = resolve_weights(source)
     if (folder / name / "config.json").is_file():
         folder = folder / name
     saved = stage_class(name).from_pretrained(folder)

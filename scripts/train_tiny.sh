@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU, in two phases (each session had a
-# budget of minutes on two shared cores, so phase 2 continues phase 1 rather than starting over):
+# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU, in three phases (each session had a
+# budget of minutes on two shared cores, so each phase continues the last rather than starting over):
 #   phase 1: synthetic Market-1501 -> stage 1 and stage 2 (in parallel, one thread each) -> stage-2 outputs on
 #            800 training pairs -> stage 3 -> $RUNS/phase1 (fp16; the weights shipped in session 1)
 #   phase 2: stage 1 (+3000 steps) and stage 2 (+3500) warm-started from phase 1 -> stage-2 outputs of phase 1
-#            (fixed source-half sampling) on 1600 pairs -> stage 3 (+1000) -> pcdms_aug/weights/tiny
+#            (fixed source-half sampling) on 1600 pairs -> stage 3 (+1000) -> $RUNS2/phase2
+#   phase 3: stage-2 outputs of phase 2 on 1600 pairs -> stage 3 (+REFINE3_STEPS) for img2img -> pcdms_aug/weights/tiny
 # Every step resumes where it stopped when run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,12 +58,36 @@ refine_pid=$!
 pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$RUNS2/inpaint" train.max_steps=3500 \
   train.sample_every=1000 > "$RUNS2/inpaint.log" 2>&1
 wait "$prior_pid" "$refine_pid"
+
+# ------------------------------------------------------------------------------------------ phase 3
+# Stage 3 only, for its img2img use (sampling.refine_strength 0.2): stage-2 outputs of the phase-2 weights on
+# 1600 pairs, then the refiner warm-started from phase 2, trained on the low-noise quarter of the schedule,
+# with half of each batch noised from the coarse image instead of the truth (the state img2img sampling
+# starts from). Prior and inpaint are phase 2's.
+RUNS3=${RUNS3:-runs/tiny3}
+mkdir -p "$RUNS3"
 python - "$RUNS2" <<'PY'
 import sys
 import torch
-from pcdms_aug.pipeline import PCDMsPipeline, WEIGHTS_ROOT
+from pcdms_aug.pipeline import PCDMsPipeline
 runs = sys.argv[1]
 stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
+# The weights shipped in session 2.
+PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase2", trainable_dtype=torch.float16)
+PY
+pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
+  --weights "$RUNS2/phase2" --out "$RUNS3/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
+  > "$RUNS3/refine_inputs.log" 2>&1
+pcdms-aug train tiny/train_refine.yaml "${common[@]}" train.init_from="$RUNS2/phase2" \
+  data.refine_inputs="$RUNS3/refine_inputs" train.out="$RUNS3/refine" train.max_steps=REFINE3_STEPS \
+  train.lr=1e-4 train.warmup_steps=50 train.sample_every=0 "model.train_timesteps=[0, 250]" \
+  model.train_coarse_start=0.5 > "$RUNS3/refine.log" 2>&1
+python - "$RUNS2" "$RUNS3" <<'PY'
+import sys
+import torch
+from pcdms_aug.pipeline import PCDMsPipeline, WEIGHTS_ROOT
+runs2, runs3 = sys.argv[1:]
+stages = {"prior": f"{runs2}/prior/final", "inpaint": f"{runs2}/inpaint/final", "refine": f"{runs3}/refine/final"}
 PCDMsPipeline.from_stages(stages).save_pretrained(WEIGHTS_ROOT / "tiny", trainable_dtype=torch.float16)
 print("wrote", WEIGHTS_ROOT / "tiny")
 PY
