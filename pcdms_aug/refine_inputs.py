@@ -16,7 +16,8 @@ def configure(parser):
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png and pairs.csv")
     parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the training pairs")
     parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
-    parser.add_argument("--scheduler", default="unipc", choices=["ddim", "unipc", "dpmsolver++"])
+    parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
+                        help="default: the pipeline's own")
     parser.add_argument("--guidance", type=float, default=None, help="default: the pipeline's own")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

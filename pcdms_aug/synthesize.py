@@ -44,7 +44,7 @@ def load_pipeline(weights: str, device: str = "auto", dtype: str | None = None):
 def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
                out_dir: Path, *, batch: int = 8, steps: int | dict | None = None,
                guidance: float | dict | None = None, refine_strength: float | None = None,
-               scheduler: str = "unipc", seed: int = 0, stages=("prior", "inpaint", "refine"),
+               scheduler: str | None = None, seed: int = 0, stages=("prior", "inpaint", "refine"),
                write: str = "final", rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
 
@@ -109,7 +109,8 @@ def configure(parser):
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
     parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
-    parser.add_argument("--scheduler", default="unipc", choices=["ddim", "unipc", "dpmsolver++"])
+    parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
+                        help="default: the pipeline's own")
     parser.add_argument("--guidance", type=float, default=None,
                         help="one scale for every stage (default: the pipeline's own per stage)")
     parser.add_argument("--refine-strength", type=float, default=None,

@@ -5,7 +5,7 @@
 #            800 training pairs -> stage 3 -> $RUNS/phase1 (fp16; the weights shipped in session 1)
 #   phase 2: stage 1 (+3000 steps) and stage 2 (+3500) warm-started from phase 1 -> stage-2 outputs of phase 1
 #            (fixed source-half sampling) on 1600 pairs -> stage 3 (+1000) -> $RUNS2/phase2
-#   phase 3: stage-2 outputs of phase 2 on 1600 pairs -> stage 3 (+REFINE3_STEPS) for img2img -> pcdms_aug/weights/tiny
+#   phase 3: stage-2 outputs of phase 2 on 1600 pairs -> stage 3 (+800) for img2img -> pcdms_aug/weights/tiny
 # Every step resumes where it stopped when run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +30,8 @@ runs = sys.argv[1]
 PCDMsPipeline.from_stages({"prior": f"{runs}/prior/final", "inpaint": f"{runs}/inpaint/final"}).save_pretrained(f"{runs}/stage12")
 PY
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
-  --weights "$RUNS/stage12" --out "$RUNS/refine_inputs" --max-pairs 800 --steps 10 --guidance 1.0 > "$RUNS/refine_inputs.log" 2>&1
+  --weights "$RUNS/stage12" --out "$RUNS/refine_inputs" --max-pairs 800 --steps 10 --guidance 1.0 \
+  --scheduler unipc > "$RUNS/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" data.refine_inputs="$RUNS/refine_inputs" \
   train.out="$RUNS/refine" > "$RUNS/refine.log" 2>&1
 python - "$RUNS" <<'PY'
@@ -51,7 +52,7 @@ pcdms-aug train tiny/train_prior.yaml "${common[@]}" "${warm[@]}" train.out="$RU
 prior_pid=$!
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
   --weights "$RUNS/phase1" --out "$RUNS2/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
-  > "$RUNS2/refine_inputs.log" 2>&1
+  --scheduler unipc > "$RUNS2/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" "${warm[@]}" data.refine_inputs="$RUNS2/refine_inputs" \
   train.out="$RUNS2/refine" train.max_steps=1000 train.sample_every=1000 > "$RUNS2/refine.log" 2>&1 &
 refine_pid=$!
@@ -60,10 +61,10 @@ pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$
 wait "$prior_pid" "$refine_pid"
 
 # ------------------------------------------------------------------------------------------ phase 3
-# Stage 3 only, for its img2img use (sampling.refine_strength 0.2): stage-2 outputs of the phase-2 weights on
-# 1600 pairs, then the refiner warm-started from phase 2, trained on the low-noise quarter of the schedule,
-# with half of each batch noised from the coarse image instead of the truth (the state img2img sampling
-# starts from). Prior and inpaint are phase 2's.
+# Stage 3 only, for its img2img use (sampling.refine_strength 0.2, DDIM): stage-2 outputs of the phase-2
+# weights (10 DDIM steps) on 1600 pairs, then the refiner warm-started from phase 2 and trained on the
+# low-noise quarter of the schedule only, where img2img samples it (as SDXL's refiner). Prior and inpaint are
+# phase 2's.
 RUNS3=${RUNS3:-runs/tiny3}
 mkdir -p "$RUNS3"
 python - "$RUNS2" <<'PY'
@@ -77,11 +78,11 @@ PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase2", trainable_dt
 PY
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
   --weights "$RUNS2/phase2" --out "$RUNS3/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
-  > "$RUNS3/refine_inputs.log" 2>&1
+  --scheduler ddim > "$RUNS3/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" train.init_from="$RUNS2/phase2" \
-  data.refine_inputs="$RUNS3/refine_inputs" train.out="$RUNS3/refine" train.max_steps=REFINE3_STEPS \
+  data.refine_inputs="$RUNS3/refine_inputs" train.out="$RUNS3/refine" train.max_steps=800 \
   train.lr=1e-4 train.warmup_steps=50 train.sample_every=0 "model.train_timesteps=[0, 250]" \
-  model.train_coarse_start=0.5 > "$RUNS3/refine.log" 2>&1
+  > "$RUNS3/refine.log" 2>&1
 python - "$RUNS2" "$RUNS3" <<'PY'
 import sys
 import torch

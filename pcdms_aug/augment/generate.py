@@ -43,9 +43,9 @@ class GenerateConfig:
     policy: str = "random"  # random | canonical | coverage
     split: str | None = None  # low-data subset (reid.splits JSON): its images are the sources and the pose pool
     batch: int = 8  # views per forward pass (fixed groups of the plan; part of the settings)
-    steps: Any = 20  # a number or {prior: n, inpaint: n, refine: n}
+    steps: Any = None  # a number or {prior: n, inpaint: n, refine: n}; None: the pipeline's own
     guidance: Any = None  # a number or per stage; None: the pipeline's own defaults
-    scheduler: str = "unipc"
+    scheduler: str | None = None  # None: the pipeline's own
     stages: tuple = ("prior", "inpaint", "refine")
     seed: int = 0
     device: str = "auto"
