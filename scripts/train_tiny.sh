@@ -61,10 +61,10 @@ pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$
 wait "$prior_pid" "$refine_pid"
 
 # ------------------------------------------------------------------------------------------ phase 3
-# Stage 3 only, for its img2img use (sampling.refine_strength 0.2, DDIM): stage-2 outputs of the phase-2
-# weights (10 DDIM steps) on 1600 pairs, then the refiner warm-started from phase 2 and trained on the
-# low-noise quarter of the schedule only, where img2img samples it (as SDXL's refiner). Prior and inpaint are
-# phase 2's.
+# Stage 3 only, for its img2img use (sampling.refine_strength 0.2): stage-2 outputs of the phase-2 weights
+# (10 UniPC steps, like phases 1 and 2) on 1600 pairs, then the refiner warm-started from phase 2 and trained on
+# the low-noise quarter of the schedule only, where img2img samples it (as SDXL's refiner). Prior and inpaint
+# are phase 2's. The pipeline now samples with DDIM; stage-3 inputs from DDIM were not tried yet.
 RUNS3=${RUNS3:-runs/tiny3}
 mkdir -p "$RUNS3"
 python - "$RUNS2" <<'PY'
@@ -78,7 +78,7 @@ PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase2", trainable_dt
 PY
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
   --weights "$RUNS2/phase2" --out "$RUNS3/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
-  --scheduler ddim > "$RUNS3/refine_inputs.log" 2>&1
+  --scheduler unipc > "$RUNS3/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" train.init_from="$RUNS2/phase2" \
   data.refine_inputs="$RUNS3/refine_inputs" train.out="$RUNS3/refine" train.max_steps=800 \
   train.lr=1e-4 train.warmup_steps=50 train.sample_every=0 "model.train_timesteps=[0, 250]" \

@@ -438,3 +438,19 @@ def test_refine_stage_trains_from_the_noised_coarse_image_when_configured():
     assert torch.allclose(xt, cond, atol=0.1)  # t = 0 and every sample started from the coarse image
     truth = stage.codec.encode(stage.resize(batch["target_image"]))
     assert not torch.allclose(xt, truth, atol=0.5)
+
+
+def test_refine_warns_when_img2img_starts_above_its_trained_noise_levels():
+    import warnings
+
+    cfg = load_config("tiny/refine.yaml")
+    cfg.update(train_timesteps=[0, 250])
+    stage = build_stage("refine", cfg, seed=3)
+    batch = make_batch(b=1)
+    src = stage.encode_source(batch["source_image"])
+    with pytest.warns(UserWarning, match=r"trained on t in \[0, 250\)"):
+        stage.sample(src, batch["coarse_image"], num_inference_steps=2, strength=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage.sample(src, batch["coarse_image"], num_inference_steps=5, strength=0.2)
+    assert not [w for w in caught if "trained on t" in str(w.message)]

@@ -4,6 +4,8 @@ UNet input = noisy target (C) + the coarse image (C); cross-attention on project
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
@@ -63,6 +65,12 @@ class RefineStage(Stage):
         if dino.shape[0] != coarse.shape[0]:
             raise ValueError(f"refine: {dino.shape[0]} encoded sources for {coarse.shape[0]} coarse images")
         cond = self.codec.encode(self.resize(coarse.to(device=dino.device, dtype=dino.dtype)))
+        trained = self.cfg.get("train_timesteps")
+        if trained and strength * self.scheduler.config.num_train_timesteps > float(trained[1]) + 1:
+            warnings.warn(f"refine: strength {strength} starts at noise levels up to "
+                          f"{strength * self.scheduler.config.num_train_timesteps:.0f}, but this stage was trained "
+                          f"on t in [{trained[0]}, {trained[1]}) only; use a strength <= "
+                          f"{float(trained[1]) / self.scheduler.config.num_train_timesteps:g}", stacklevel=2)
 
         def fn(x, t, doubled):
             if doubled:
