@@ -63,7 +63,11 @@ def run(args):
         pipe = load_pipeline(args.weights)
 
     import reid
-    reid_cfg = {"root": str(data), "dataset": "synthetic", "fractions": [args.fraction],
+    from .config import load_config
+
+    # The re-ID model and schedule are configs/tiny/reid.yaml's, as for `pcdms-aug reid-experiment tiny/reid.yaml`.
+    reid_cfg = {**load_config("tiny/reid.yaml"),
+                "root": str(data), "dataset": "synthetic", "fractions": [args.fraction],
                 "seeds": list(args.seeds), "variants": ["baseline", "augmented"], "out_dir": str(out / "reid"),
                 "epochs": args.epochs, "generated_dir": str(out / "generated" / "f{fraction}_s{seed}")}
     with _part("low-data subsets", timings):
