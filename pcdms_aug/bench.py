@@ -166,7 +166,7 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         raise DataError(f"--pairs must be at least 1, got {pairs}")
     stages = tuple(n for n in ORDER if n in pipe.stages)
     samp = pipe.config.get("sampling") or {}
-    scheduler = scheduler or samp.get("scheduler", "unipc")
+    scheduler = scheduler or pipe.scheduler
     batch = int(batch or pipe.config.get("batch_size", 16))
     inputs = make_inputs(pairs, views, pipe.image_size, seed)
     if warmup:  # first calls pay for lazy initialisation and allocator growth; not part of the rate

@@ -100,7 +100,7 @@ def run(args):
         _contact_sheet(pairs[:8], ds, poses, out)
         shutil.copyfile(out / "reid" / "results.csv", out / "results.csv")
         timings["total"] = time.perf_counter() - t_all
-        _report(out, args, df, metrics, timings, format_table, pipe.config.get("sampling") or {})
+        _report(out, args, df, metrics, timings, format_table, pipe.scheduler)
     print(f"[demo] done in {timings['total']:.0f} s")
     print(f"[demo] report: {out / 'report.md'}\n[demo] results: {out / 'results.csv'}")
     return 0
@@ -123,13 +123,13 @@ def _contact_sheet(pairs, ds, poses, out: Path) -> None:
     atomic_save_image(out / "contact_sheet.png", sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST))
 
 
-def _report(out: Path, args, df, metrics, timings, format_table, pipe_sampling: dict) -> None:
+def _report(out: Path, args, df, metrics, timings, format_table, scheduler: str) -> None:
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""
     lines = [
         "# pcdms-aug demo report", "",
         f"Synthetic Market-1501 ({args.train_ids} training / {args.test_ids} test identities), shipped tiny "
         f"weights, {args.steps} denoising steps per stage "
-        f"({(pipe_sampling.get('scheduler') or 'unipc').upper()}). Re-ID: osnet_x0_25 from scratch, "
+        f"({scheduler.upper()}). Re-ID: osnet_x0_25 from scratch, "
         f"{args.epochs} epochs, {int(args.fraction * 100)}% of the real training images, "
         f"{args.views} generated view(s) per kept image, seeds {', '.join(map(str, args.seeds))}.",
         "These numbers are measured on the synthetic set by this run; they are not Market-1501 numbers.", "",

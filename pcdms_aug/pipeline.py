@@ -33,6 +33,7 @@ from .stages import STAGES, Stage, stage_class
 ORDER = ("prior", "inpaint", "refine")
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 DEFAULT_STEPS = 20
+DEFAULT_SCHEDULER = "unipc"  # where a pipeline config names none
 DEFAULT_GUIDANCE = {"prior": 1.0, "inpaint": 2.0, "refine": 2.0}  # upstream: no guidance in stage 1
 
 
@@ -208,6 +209,11 @@ class PCDMsPipeline:
         return self
 
     @property
+    def scheduler(self) -> str:
+        """The sampler this pipeline uses unless a call names another."""
+        return (self.config.get("sampling") or {}).get("scheduler") or DEFAULT_SCHEDULER
+
+    @property
     def device(self) -> torch.device:
         return next(iter(self.stages.values())).device
 
@@ -340,7 +346,7 @@ class PCDMsPipeline:
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
         samp = self.config.get("sampling") or {}
-        sched = scheduler or samp.get("scheduler", "unipc")
+        sched = scheduler or self.scheduler
         if sched not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {sched!r}; use one of {', '.join(SCHEDULERS)}")
         steps = _per_stage(num_inference_steps, {n: (samp.get("steps") or {}).get(n, DEFAULT_STEPS) for n in ORDER},

@@ -65,12 +65,11 @@ class RefineStage(Stage):
         if dino.shape[0] != coarse.shape[0]:
             raise ValueError(f"refine: {dino.shape[0]} encoded sources for {coarse.shape[0]} coarse images")
         cond = self.codec.encode(self.resize(coarse.to(device=dino.device, dtype=dino.dtype)))
-        trained = self.cfg.get("train_timesteps")
-        if trained and strength * self.scheduler.config.num_train_timesteps > float(trained[1]) + 1:
-            warnings.warn(f"refine: strength {strength} starts at noise levels up to "
-                          f"{strength * self.scheduler.config.num_train_timesteps:.0f}, but this stage was trained "
-                          f"on t in [{trained[0]}, {trained[1]}) only; use a strength <= "
-                          f"{float(trained[1]) / self.scheduler.config.num_train_timesteps:g}", stacklevel=2)
+        trained, n_train = self.cfg.get("train_timesteps"), self.scheduler.config.num_train_timesteps
+        if trained and strength * n_train > float(trained[1]) + 1:
+            warnings.warn(f"refine: strength {strength} starts at noise levels up to {strength * n_train:.0f}, but "
+                          f"this stage was trained on t in [{trained[0]}, {trained[1]}) only; use a strength <= "
+                          f"{float(trained[1]) / n_train:g}", stacklevel=2)
 
         def fn(x, t, doubled):
             if doubled:
