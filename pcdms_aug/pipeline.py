@@ -87,6 +87,15 @@ def resolve_weights(directory: str | Path) -> Path:
     return directory
 
 
+def stage_folder(source: str | Path, name: str) -> Path:
+    """The folder of one stage: ``source`` is a stage folder (``OUT/final`` of ``pcdms-aug train``) or a pipeline
+    folder (``"tiny"`` too) whose ``<name>/`` holds it."""
+    folder = resolve_weights(source)
+    if (folder / name / "config.json").is_file():
+        return folder / name
+    return folder
+
+
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages

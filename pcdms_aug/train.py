@@ -222,12 +222,10 @@ def make_dataset(cfg: RunConfig):
 def _warm_start(stage, name: str, source: str) -> None:
     """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
     first mismatching tensors)."""
-    from .pipeline import resolve_weights
+    from .pipeline import stage_folder
     from .stages import stage_class
 
-    folder = resolve_weights(source)
-    if (folder / name / "config.json").is_file():
-        folder = folder / name
+    folder = stage_folder(source, name)
     saved = stage_class(name).from_pretrained(folder)
     mine, theirs = stage.state_dict(), saved.state_dict()
     bad = sorted(k for k in mine.keys() | theirs.keys()

@@ -265,3 +265,35 @@ def test_refine_strength_comes_from_the_config_and_shortens_stage_3(pipe, monkey
     assert np.array_equal(full.coarse_images, half.coarse_images)
     with pytest.raises(ValueError, match="refine_strength"):
         pipe(_image(0), _pose(0), [_pose(1)], refine_strength=0.0)
+
+
+def test_assemble_command(pipe, tmp_path, capsys):
+    """`pcdms-aug assemble`: stage folders (a saved pipeline's or OUT/final) -> one loadable pipeline folder with
+    the sampling defaults of a pipeline YAML plus overrides; images equal to the source pipeline's."""
+    from pcdms_aug.cli import main
+
+    pipe.save_pretrained(tmp_path / "p")
+    final = tmp_path / "refine_run" / "final"
+    pipe.stages["refine"].save_pretrained(final)
+    out = tmp_path / "asm"
+    assert main(["assemble", "--prior", str(tmp_path / "p"), "--inpaint", str(tmp_path / "p" / "inpaint"),
+                 "--refine", str(final), "--out", str(out), "sampling.refine_strength=0.3"]) == 0
+    assert "refine <- " in capsys.readouterr().out
+    back = PCDMsPipeline.from_pretrained(out)
+    assert back.config["sampling"]["refine_strength"] == 0.3 and set(back.stages) == {"prior", "inpaint", "refine"}
+    kw = dict(num_inference_steps=STEPS, output_type="np", refine_strength=0.5)
+    a = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), **kw)
+    b = back(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), **kw)
+    assert np.array_equal(a.images, b.images)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left behind
+    # refused, naming the folder: a non-empty OUT, a stage folder of the wrong kind
+    assert main(["assemble", "--inpaint", str(tmp_path / "p"), "--out", str(out)]) == 2
+    assert str(out) in capsys.readouterr().err
+    assert main(["assemble", "--inpaint", str(final), "--out", str(tmp_path / "asm2")]) == 2
+    err = capsys.readouterr().err
+    assert "holds stage 'refine', not 'inpaint'" in err and str(final) in err
+    assert not (tmp_path / "asm2").exists()
+    # stage 2 alone
+    assert main(["assemble", "--inpaint", str(tmp_path / "p"), "--out", str(tmp_path / "asm3"),
+                 "--dtype", "fp16"]) == 0
+    assert set(PCDMsPipeline.from_pretrained(tmp_path / "asm3").stages) == {"inpaint"}
