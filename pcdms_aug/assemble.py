@@ -1,10 +1,10 @@
 """`pcdms-aug assemble`: one pipeline folder (what every ``--weights`` reads) from separately trained stages."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .errors import DataError
+from .io import atomic_dir
 
 DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
@@ -39,14 +39,9 @@ def run(args):
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     pipe = PCDMsPipeline.from_stages(folders, cfg)
     dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
-    # Written beside and renamed into place: an interrupted run leaves no half pipeline under OUT.
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, trainable_dtype=dtype)
-    PCDMsPipeline.from_pretrained(tmp)  # what was written loads, before it takes the name
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:  # an interrupted run leaves no half pipeline under OUT
+        pipe.save_pretrained(tmp, trainable_dtype=dtype)
+        PCDMsPipeline.from_pretrained(tmp)  # what was written loads, before it takes the name
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"[assemble] {out}: {', '.join(f'{n} <- {f}' for n, f in folders.items())}; "
           f"sampling {pipe.config.get('sampling')}; {size / 2**20:.1f} MB")

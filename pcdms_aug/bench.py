@@ -160,7 +160,7 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
     """One timed generation of ``pairs`` images; the report :func:`run` prints."""
     import torch
 
-    from .pipeline import ORDER
+    from .pipeline import DEFAULT_STEPS, ORDER
 
     if pairs < 1:
         raise DataError(f"--pairs must be at least 1, got {pairs}")
@@ -193,7 +193,7 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
     ms = {k: 1000 * parts.get(k, 0.0) / pairs for k in PARTS}
     ms["other"] = max(0.0, 1000 * wall / pairs - sum(ms.values()))
     ms["total"] = 1000 * wall / pairs
-    steps_used = {n: int(steps) if steps else int((samp.get("steps") or {}).get(n, 20)) for n in stages}
+    steps_used = {n: int(steps) if steps else int((samp.get("steps") or {}).get(n, DEFAULT_STEPS)) for n in stages}
     return {
         "mode": "naive" if naive else "batched",
         "pairs": pairs, "sources": len(inputs["sources"]), "batch": 1 if naive else batch,

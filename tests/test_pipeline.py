@@ -297,3 +297,27 @@ def test_assemble_command(pipe, tmp_path, capsys):
     assert main(["assemble", "--inpaint", str(tmp_path / "p"), "--out", str(tmp_path / "asm3"),
                  "--dtype", "fp16"]) == 0
     assert set(PCDMsPipeline.from_pretrained(tmp_path / "asm3").stages) == {"inpaint"}
+
+
+def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path):
+    """The one folder-replacing rule (stage and assembled pipeline folders): a failure inside leaves the old
+    folder as it was and no temporary folder; a full disk is a DataError naming the folder."""
+    import errno
+
+    from pcdms_aug.io import atomic_dir
+
+    target = tmp_path / "w"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    with pytest.raises(DataError, match="no space left") as info:
+        with atomic_dir(target):
+            raise OSError(errno.ENOSPC, "full")
+    assert str(target) in str(info.value)
+    assert (target / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["w"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
+from ..io import atomic_dir
 
 FROZEN = ("clip", "dino", "codec")
 
@@ -108,28 +107,18 @@ class Stage(nn.Module):
         import yaml
         from safetensors.torch import save_model
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         cfg = json.loads(json.dumps({"stage": self.name, **self.cfg}, default=list))
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        (tmp / "stage.yaml").write_text(f"# resolved config of the {self.name} stage (config.json is what loads)\n"
-                                        + yaml.safe_dump(cfg, sort_keys=False))
-        for name, module in self._saved_components().items():
-            if trainable_dtype is not None and name not in FROZEN:
-                from safetensors.torch import save_file
-                state = {k: v.detach().to(trainable_dtype).contiguous() for k, v in module.state_dict().items()}
-                save_file(state, str(tmp / f"{name}.safetensors"))
-            else:
-                save_model(module, str(tmp / f"{name}.safetensors"))
-        old = directory.parent / f".{directory.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(directory) as tmp:
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+            (tmp / "stage.yaml").write_text(f"# resolved config of the {self.name} stage (config.json is what "
+                                            "loads)\n" + yaml.safe_dump(cfg, sort_keys=False))
+            for name, module in self._saved_components().items():
+                if trainable_dtype is not None and name not in FROZEN:
+                    from safetensors.torch import save_file
+                    state = {k: v.detach().to(trainable_dtype).contiguous() for k, v in module.state_dict().items()}
+                    save_file(state, str(tmp / f"{name}.safetensors"))
+                else:
+                    save_model(module, str(tmp / f"{name}.safetensors"))
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict:
