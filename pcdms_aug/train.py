@@ -219,21 +219,37 @@ def make_dataset(cfg: RunConfig):
                        refine_inputs_dir=refine)
 
 
-def _warm_start(stage, name: str, source: str) -> None:
+def _widened(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """A convolution that takes more input channels than the saved one and is otherwise the same."""
+    return (mine.dim() == 4 and theirs.dim() == 4 and mine.shape[1] > theirs.shape[1]
+            and mine.shape[:1] + mine.shape[2:] == theirs.shape[:1] + theirs.shape[2:])
+
+
+def _warm_start(stage, name: str, source: str) -> list[str]:
     """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
-    first mismatching tensors)."""
+    first mismatching tensors). A convolution given more input channels than the saved one (e.g. a UNet's
+    conv_in with a new conditioning image) keeps the saved weights and starts the new channels at zero, as SD's
+    inpainting UNet was started from SD: the warm-started model then computes exactly what the saved one did.
+    Returns the names of such widened tensors."""
     from .pipeline import stage_folder
     from .stages import stage_class
 
     folder = stage_folder(source, name)
     saved = stage_class(name).from_pretrained(folder)
     mine, theirs = stage.state_dict(), saved.state_dict()
+    widened = sorted(k for k in mine.keys() & theirs.keys() if _widened(mine[k], theirs[k]))
     bad = sorted(k for k in mine.keys() | theirs.keys()
-                 if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+                 if k not in widened and (k not in mine or k not in theirs or mine[k].shape != theirs[k].shape))
     if bad:
         raise DataError(f"train.init_from: the saved {name} stage does not match this config "
                         f"({len(bad)} tensors differ, e.g. {', '.join(bad[:3])})", folder)
-    stage.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+    state = {k: v.to(mine[k].dtype) for k, v in theirs.items()}
+    for k in widened:
+        w = torch.zeros_like(mine[k])
+        w[:, :theirs[k].shape[1]] = theirs[k]
+        state[k] = w
+    stage.load_state_dict(state)
+    return widened
 
 
 def _to_device(batch, device):
@@ -258,9 +274,10 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
 
     stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
     if tc.init_from and not list_checkpoints(out):
-        _warm_start(stage, cfg.stage, tc.init_from)
+        widened = _warm_start(stage, cfg.stage, tc.init_from)
         if rt.is_main:
-            log.info("initialised %s from %s", cfg.stage, tc.init_from)
+            log.info("initialised %s from %s%s", cfg.stage, tc.init_from,
+                     f" (new input channels at zero in {', '.join(widened)})" if widened else "")
     stage = stage.to(rt.device)
     params = list(stage.trainable_parameters())
     if not params:

@@ -119,3 +119,32 @@ def test_overrides_reach_the_model_config_named_by_path():
     assert cfg.model["train_timesteps"] == [0, 300] and cfg.model["drop"]["joint"] == 0.2
     assert cfg.model["drop"]["source_features"] == 0.1 and cfg.model["scheduler"]  # the rest of the file stays
     assert cfg.train.lr == 1e-5
+
+
+def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_zero_new_channels():
+    """The widened conv_in starts at zero on the source channels, so the warm-started refiner samples exactly
+    what the shipped one does; trained, the source channels matter (and guidance on them runs)."""
+    from pcdms_aug.config import load_config
+    from pcdms_aug.pipeline import stage_folder
+    from pcdms_aug.stages import build_stage, stage_class
+    from pcdms_aug.train import _warm_start
+
+    torch.set_num_threads(1)
+    cfg = load_config(ROOT / "configs/tiny/refine.yaml")
+    cfg["source_image_input"] = True
+    stage = build_stage("refine", cfg, seed=0)
+    assert _warm_start(stage, "refine", "tiny") == ["unet.conv_in.weight"]
+    shipped = stage_class("refine").from_pretrained(stage_folder("tiny", "refine"))
+    g = torch.Generator().manual_seed(0)
+    src, coarse = torch.rand(2, 3, 128, 64, generator=g) * 2 - 1, torch.rand(2, 3, 64, 32, generator=g) * 2 - 1
+    outs = [s.sample(s.encode_source(src), coarse, torch.Generator().manual_seed(1), 2, 2.0, "ddim", 0.5)
+            for s in (stage, shipped)]
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    with torch.no_grad():
+        stage.unet.conv_in.weight[:, -stage.codec.channels:].normal_(0, 0.1, generator=g)
+    moved = stage.sample(stage.encode_source(src), coarse, torch.Generator().manual_seed(1), 2, 2.0, "ddim", 0.5)
+    assert not torch.allclose(moved, outs[1], atol=1e-3)
+    loss = stage.training_loss({"source_image": src, "target_image": src, "coarse_image": coarse},
+                               torch.Generator().manual_seed(2))
+    loss.backward()
+    assert torch.isfinite(loss) and stage.unet.conv_in.weight.grad[:, -stage.codec.channels:].abs().sum() > 0

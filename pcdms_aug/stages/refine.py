@@ -1,6 +1,10 @@
 """Stage 3, refining: the final target image from the coarse stage-2 image and the source's local features.
 
 UNet input = noisy target (C) + the coarse image (C); cross-attention on projected DINOv2(source) tokens; no pose.
+``source_image_input: true`` adds the source image itself as C more input channels (dropped with the source
+features). Off at paper scale (DESIGN: 8 channels); on for the tiny stage, whose random frozen DINOv2 stand-in
+carries no colour a tiny UNet learns to read, while a person is upright and centred in both crops, so a pixel of
+the source mostly shows the body part the same pixel of the target does.
 """
 from __future__ import annotations
 
@@ -25,13 +29,21 @@ class RefineStage(Stage):
         self.dino = self.frozen("dino")
         self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.unet = build_unet(cfg["unet"], cfg, 2 * c, c, load_weights=load_weights)
+        self.source_input = bool(cfg.get("source_image_input", False))
+        self.unet = build_unet(cfg["unet"], cfg, (3 if self.source_input else 2) * c, c, load_weights=load_weights)
         p = cfg.get("projection", {})
         self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), self.unet.config.cross_attention_dim)
         self.scheduler = training_scheduler(cfg["scheduler"])
 
     def encode_source(self, images: torch.Tensor) -> dict:
-        return {"dino": self.dino(self.resize(images))}
+        out = {"dino": self.dino(self.resize(images))}
+        if self.source_input:
+            out["latent"] = self.codec.encode(self.resize(images))
+        return out
+
+    def _cond(self, coarse_latent: torch.Tensor, source_latent: torch.Tensor | None) -> torch.Tensor:
+        """The UNet's extra input channels: the coarse latent, then the source's where the config asks."""
+        return coarse_latent if source_latent is None else torch.cat([coarse_latent, source_latent], 1)
 
     def _model(self, x, t, cond, tokens):
         return self.unet(torch.cat([x, cond], 1), t.expand(x.shape[0]).to(x.device),
@@ -47,9 +59,13 @@ class RefineStage(Stage):
             dino = self.dino(self.resize(src))
             x0 = self.codec.encode(self.resize(tgt))
             cond = self.codec.encode(self.resize(coarse))
+            src_latent = self.codec.encode(self.resize(src)) if self.source_input else None
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         tokens = self.image_proj(apply_drop(dino, masks["source_features"]))
-        return diffusion_loss(lambda xt, t: self._model(xt, t, cond, tokens), self.scheduler, x0, generator,
+        if src_latent is not None:
+            src_latent = apply_drop(src_latent, masks["source_features"])
+        inputs = self._cond(cond, src_latent)
+        return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
                               start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)))
 
@@ -71,11 +87,16 @@ class RefineStage(Stage):
                           f"this stage was trained on t in [{trained[0]}, {trained[1]}) only; use a strength <= "
                           f"{float(trained[1]) / n_train:g}", stacklevel=2)
 
+        src_latent = source["latent"].to(cond.dtype) if self.source_input else None
+        inputs = self._cond(cond, src_latent)
+
         def fn(x, t, doubled):
             if doubled:
                 (d2,) = cfg_double(dino)
-                return self._model(x, t, torch.cat([cond, cond]), self.image_proj(d2))
-            return self._model(x, t, cond, self.image_proj(dino))
+                both = torch.cat([cond, cond]) if src_latent is None else \
+                    self._cond(torch.cat([cond, cond]), *cfg_double(src_latent))
+                return self._model(x, t, both, self.image_proj(d2))
+            return self._model(x, t, inputs, self.image_proj(dino))
 
         sched = sampling_scheduler(scheduler, self.scheduler)
         z = denoise(fn, sched, cond.shape, generator, dino.device, num_inference_steps, guidance_scale, cond.dtype,
