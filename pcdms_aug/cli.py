@@ -15,6 +15,7 @@ COMMANDS = {
     "inspect": ("pcdms_aug.doctor", "check a Market-1501-layout dataset and its annotations"),
     "render-pose": ("pcdms_aug.viz", "draw poses (or skeletons over images) and contact sheets as PNG"),
     "train": ("pcdms_aug.train", "train one stage (prior, inpaint or refine)"),
+    "export-checkpoint": ("pcdms_aug.export", "a stage folder (EMA weights) from a training checkpoint"),
     "assemble": ("pcdms_aug.assemble", "one pipeline folder from separately trained stage folders"),
     "make-refine-inputs": ("pcdms_aug.refine_inputs", "run a trained stage 2 over the training pairs"),
     "synthesize-pairs": ("pcdms_aug.synthesize", "generate the target image of every pair of a pairs CSV"),

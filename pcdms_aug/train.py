@@ -403,7 +403,7 @@ def _export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) ->
     ema.store(params)
     ema.copy_to(params)
     try:
-        tmp = final.parent / ".final.tmp"
+        tmp = final.parent / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         stage.save_pretrained(tmp)
         atomic_write_text(tmp / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
@@ -413,6 +413,32 @@ def _export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) ->
         os.replace(tmp, final)
     finally:
         ema.restore(params)
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """A stage folder (as OUT/final: EMA weights, our format) from ``OUT/checkpoint-<step>/`` of a run, so an
+    intermediate step can be assembled and measured while the run goes on."""
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_model
+
+    from .stages import build_stage
+
+    ckpt, out = Path(checkpoint), Path(out)
+    for name in ("model.safetensors", "state.pt", "config.yaml"):
+        if not (ckpt / name).is_file():
+            raise DataError(f"not a training checkpoint: no {name} (expected OUT/checkpoint-<step>/)", ckpt)
+    if out.exists() and any(out.iterdir()):
+        raise DataError("export target exists and is not empty", out)
+    cfg = load_run_config(ckpt / "config.yaml")
+    stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
+    load_model(stage, str(ckpt / "model.safetensors"))
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    params = list(stage.trainable_parameters())
+    ema = EMAModel(params, decay=cfg.train.ema_decay)
+    ema.load_state_dict(state["ema"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export_final(stage, ema, params, out, cfg, int(state["step"]))
+    return out
 
 
 def _save_preview(stage, ema, params, dataset, path: Path, tc: TrainConfig, rt: Runtime) -> None:

@@ -52,6 +52,18 @@ def test_warmup_takes_effect(tmp_path, synth_market):
     assert 0 < lr <= cfg.train.lr * 2 / 100 + 1e-12
 
 
+def test_export_checkpoint_gives_the_ema_weights_final_has(tmp_path, synth_market, capsys):
+    final = train(_cfg(tmp_path / "run", synth_market, "prior", "train.max_steps=2"), progress=False)
+    assert main(["export-checkpoint", str(tmp_path / "run" / "checkpoint-2"), "--out", str(tmp_path / "x")]) == 0
+    a, b = load_file(str(final / "prior.safetensors")), load_file(str(tmp_path / "x" / "prior.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # EMA, not the raw weights of the step
+    raw = _weights(tmp_path / "run" / "checkpoint-2")
+    assert any(not torch.equal(raw[k], b[k.split(".", 1)[1]]) for k in raw if k.split(".", 1)[1] in b)
+    assert main(["export-checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "y")]) == 2
+    assert "no model.safetensors" in capsys.readouterr().err
+
+
 def test_inpaint_trains_and_writes_a_preview(tmp_path, synth_market):
     torch.set_num_threads(1)
     cfg = _cfg(tmp_path, synth_market, "inpaint", "train.max_steps=2", "train.sample_every=2",
