@@ -1,7 +1,7 @@
 """What the three stages share: noising with an offset, the loss, condition drops, schedulers and CFG."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,8 @@ def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
 
 def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
                    weight: torch.Tensor | None = None, timesteps: Sequence[int] | None = None,
-                   start: torch.Tensor | None = None, start_prob: float = 0.0) -> torch.Tensor:
+                   start: torch.Tensor | None = None, start_prob: float = 0.0,
+                   x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One loss for every stage (improved-diffusion's ``training_losses``): noise ``x0`` at a random timestep,
     call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names.
 
@@ -69,7 +70,9 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
     image (stage 3 as img2img) spends its capacity where it is used, as SDXL's refiner is trained on the
     first 200 noise levels. ``start`` and ``start_prob``: for that share of the batch x_t noises ``start``
     (e.g. the coarse stage-2 image) instead of ``x0``, while the target stays ``x0``; img2img sampling
-    begins from a noised coarse image, never from a noised truth, and this teaches the model that case."""
+    begins from a noised coarse image, never from a noised truth, and this teaches the model that case.
+    ``x0_loss(pred, x0)``: a term added to the MSE for x0-prediction models (e.g. an SSIM loss, which keeps the
+    contrast an MSE-optimal prediction averages away where the target is uncertain)."""
     b = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
     n_train = scheduler.config.num_train_timesteps
@@ -92,11 +95,15 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
         target = scheduler.get_velocity(x0, noise, t)
     if target is None:
         raise ValueError(f"unsupported prediction_type {kind!r}")
+    if x0_loss is not None and kind != "sample":
+        raise ValueError(f"an x0 loss term needs prediction_type 'sample', not {kind!r}")
     err = F.mse_loss(pred.float(), target.float(), reduction="none")
     if weight is not None:
         err = err * weight
-        return err.sum() / (weight.expand_as(err).sum().clamp(min=1))
-    return err.mean()
+        loss = err.sum() / (weight.expand_as(err).sum().clamp(min=1))
+    else:
+        loss = err.mean()
+    return loss if x0_loss is None else loss + x0_loss(pred.float(), x0.float())
 
 
 def drop_masks(names: Sequence[str], probs: dict, batch: int, generator, device) -> dict[str, torch.Tensor]:

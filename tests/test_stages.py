@@ -454,3 +454,27 @@ def test_refine_warns_when_img2img_starts_above_its_trained_noise_levels():
         warnings.simplefilter("always")
         stage.sample(src, batch["coarse_image"], num_inference_steps=5, strength=0.2)
     assert not [w for w in caught if "trained on t" in str(w.message)]
+
+
+def test_refine_ssim_loss_adds_one_minus_ssim_of_the_decoded_x0_prediction():
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    cfg = load_config("tiny/refine.yaml")
+    batch = make_batch(b=2)
+    plain = build_stage("refine", cfg, seed=3)
+    seen = {}
+    hook = plain.unet.register_forward_hook(lambda m, args, out: seen.update(pred=out.sample.detach()))
+    base = plain.training_loss(batch, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    cfg.update(ssim_loss=0.5)
+    with_ssim = build_stage("refine", cfg, seed=3)
+    loss = with_ssim.training_loss(batch, generator=torch.Generator().manual_seed(0))
+    truth = plain.codec.encode(plain.resize(batch["target_image"]))
+    expect = 0.5 * (1 - ssim(plain.codec.decode(seen["pred"]), plain.codec.decode(truth), gaussian_kernel=True,
+                             sigma=1.2, kernel_size=9, data_range=2.0))
+    assert torch.allclose(loss - base, expect, atol=1e-5) and float(expect) > 0.01
+    loss.backward()
+    assert with_ssim.unet.conv_in.weight.grad.abs().sum() > 0
+    cfg["scheduler"] = {**cfg["scheduler"], "prediction_type": "epsilon"}
+    with pytest.raises(ValueError, match="x0 loss"):
+        build_stage("refine", cfg, seed=3).training_loss(batch, generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,7 @@
 """Stage 3, refining: the final target image from the coarse stage-2 image and the source's local features.
 
 UNet input = noisy target (C) + the coarse image (C); cross-attention on projected DINOv2(source) tokens; no pose.
+``ssim_loss: w`` adds w * (1 - SSIM) of the decoded x0 prediction to the MSE (x0-prediction only).
 ``source_image_input: true`` adds the source image itself as C more input channels (dropped with the source
 features). Off at paper scale (DESIGN: 8 channels); on for the tiny stage, whose random frozen DINOv2 stand-in
 carries no colour a tiny UNet learns to read, while a person is upright and centred in both crops, so a pixel of
@@ -65,9 +66,18 @@ class RefineStage(Stage):
         if src_latent is not None:
             src_latent = apply_drop(src_latent, masks["source_features"])
         inputs = self._cond(cond, src_latent)
+        w = float(self.cfg.get("ssim_loss", 0.0))
+        extra = (lambda pred, truth: w * self._ssim_loss(pred, truth)) if w > 0 else None
         return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
-                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)))
+                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)), x0_loss=extra)
+
+    def _ssim_loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """1 - SSIM of the decoded x0 prediction, with the evaluation's Gaussian window (sigma 1.2, 9 taps)."""
+        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+        a, b = self.codec.decode(pred), self.codec.decode(truth)
+        return 1 - ssim(a, b, gaussian_kernel=True, sigma=1.2, kernel_size=9, data_range=2.0)
 
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
