@@ -427,8 +427,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     for name in ("model.safetensors", "state.pt", "config.yaml"):
         if not (ckpt / name).is_file():
             raise DataError(f"not a training checkpoint: no {name} (expected OUT/checkpoint-<step>/)", ckpt)
-    if out.exists() and any(out.iterdir()):
-        raise DataError("export target exists and is not empty", out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError("export target exists and is not an empty folder", out)
     cfg = load_run_config(ckpt / "config.yaml")
     stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
     load_model(stage, str(ckpt / "model.safetensors"))

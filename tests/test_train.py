@@ -62,6 +62,9 @@ def test_export_checkpoint_gives_the_ema_weights_final_has(tmp_path, synth_marke
     assert any(not torch.equal(raw[k], b[k.split(".", 1)[1]]) for k in raw if k.split(".", 1)[1] in b)
     assert main(["export-checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "y")]) == 2
     assert "no model.safetensors" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["export-checkpoint", str(tmp_path / "run" / "checkpoint-2"), "--out", str(tmp_path / "file")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
 
 
 def test_inpaint_trains_and_writes_a_preview(tmp_path, synth_market):
