@@ -154,6 +154,18 @@ def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep
     return final
 
 
+def load_checkpoint(path: Path, stage, ema, device="cpu") -> dict:
+    """Model and EMA weights of ``save_checkpoint``'s folder into ``stage`` and ``ema``; returns the rest of
+    its state (step, optimizer, scheduler, rng)."""
+    from safetensors.torch import load_model
+
+    load_model(stage, str(path / "model.safetensors"), device=str(device))
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    ema.load_state_dict(state["ema"])
+    ema.to(device)
+    return state
+
+
 def _rng_state() -> dict:
     import random
 
@@ -295,13 +307,9 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
         return out / "final"
     if ckpts:
         step, path = ckpts[-1]
-        from safetensors.torch import load_model
-        load_model(stage, str(path / "model.safetensors"), device=str(rt.device))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        state = load_checkpoint(path, stage, ema, rt.device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        ema.to(rt.device)
         _set_rng_state(state["rng"])
         if rt.is_main:
             log.info("resuming from %s (step %d of %d)", path, step, tc.max_steps)
@@ -419,7 +427,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """A stage folder (as OUT/final: EMA weights, our format) from ``OUT/checkpoint-<step>/`` of a run, so an
     intermediate step can be assembled and measured while the run goes on."""
     from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_model
 
     from .stages import build_stage
 
@@ -431,11 +438,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         raise DataError("export target exists and is not an empty folder", out)
     cfg = load_run_config(ckpt / "config.yaml")
     stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
-    load_model(stage, str(ckpt / "model.safetensors"))
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
     params = list(stage.trainable_parameters())
     ema = EMAModel(params, decay=cfg.train.ema_decay)
-    ema.load_state_dict(state["ema"])
+    state = load_checkpoint(ckpt, stage, ema)
     out.parent.mkdir(parents=True, exist_ok=True)
     _export_final(stage, ema, params, out, cfg, int(state["step"]))
     return out
