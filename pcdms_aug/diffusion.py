@@ -141,13 +141,23 @@ def cfg_combine(pred: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance: float,
-            dtype=torch.float32, init: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+            dtype=torch.float32, init: torch.Tensor | None = None, strength: float = 1.0,
+            init_noise: float = 1.0) -> torch.Tensor:
     """The explicit sampling loop: ``model_fn(x, t, do_cfg)`` returns the prediction for x (doubled inside
     when guidance is on). With ``init`` and ``strength`` < 1 it starts, as diffusers' img2img pipelines do,
     from ``init`` noised to the level of the schedule's last ``round(steps * strength)`` steps and runs only
-    those: the sample keeps the layout of ``init`` and is refined rather than drawn anew."""
+    those: the sample keeps the layout of ``init`` and is refined rather than drawn anew.
+
+    ``init_noise`` scales the noise of that start: 1 draws x_t from q(x_t | init) as img2img does; 0 starts
+    from its mean sqrt(alpha_bar_t) * init, so the sample is a deterministic function of ``init``. With no
+    drawn noise the denoiser has no random texture to turn into detail, which is what a refiner that must stay
+    faithful to its input wants (see README, stage 3)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if not 0.0 <= init_noise <= 1.0:
+        raise ValueError(f"init_noise must be in [0, 1], got {init_noise}")
+    if init_noise != 1.0 and strength >= 1.0:
+        raise ValueError("init_noise below 1 needs strength < 1 (a start from an init image)")
     if strength < 1.0 and init is None:
         raise ValueError("strength < 1 needs an init image to start from")
     scheduler.set_timesteps(steps, device=device)
@@ -159,7 +169,7 @@ def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance:
         timesteps = timesteps[begin:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
-        x = scheduler.add_noise(init.to(device, dtype), noise, timesteps[:1].repeat(shape[0]))
+        x = scheduler.add_noise(init.to(device, dtype), noise * init_noise, timesteps[:1].repeat(shape[0]))
     else:
         x = noise * scheduler.init_noise_sigma
     do_cfg = guidance is not None and guidance != 1.0

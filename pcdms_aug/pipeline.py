@@ -331,7 +331,8 @@ class PCDMsPipeline:
     def __call__(self, source_images, source_poses, target_poses, num_inference_steps=None,
                  guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
                  output_type: str = "pil", target_embeds: torch.Tensor | None = None,
-                 batch_size: int | None = None, refine_strength: float | None = None) -> PCDMsOutput:
+                 batch_size: int | None = None, refine_strength: float | None = None,
+                 refine_noise: float | None = None) -> PCDMsOutput:
         """Generate the target of every (source, target pose) pair.
 
         ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays, a tensor in
@@ -343,7 +344,9 @@ class PCDMsPipeline:
         without refine the final images are the coarse ones. ``output_type``: pil, np (uint8) or pt (float
         (N, 3, H, W) in [-1, 1] on the CPU). ``refine_strength`` (default: the config's
         ``sampling.refine_strength``, else 1 = upstream's start from noise): below 1, stage 3 starts from the
-        coarse image noised part of the way and runs ``steps * strength`` steps (img2img).
+        coarse image noised part of the way and runs ``steps * strength`` steps (img2img). ``refine_noise``
+        (default: ``sampling.refine_noise``, else 1): the scale of that noise; 0 starts stage 3 from the noised
+        image's mean, so the final image is a deterministic function of the coarse one.
         """
         stages = (stages,) if isinstance(stages, str) else tuple(stages)
         bad = [s for s in stages if s not in ORDER]
@@ -365,6 +368,12 @@ class PCDMsPipeline:
         strength = float(samp.get("refine_strength", 1.0) if refine_strength is None else refine_strength)
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"refine_strength must be in (0, 1], got {strength}")
+        init_noise = float(samp.get("refine_noise", 1.0) if refine_noise is None else refine_noise)
+        if not 0.0 <= init_noise <= 1.0:
+            raise ValueError(f"refine_noise must be in [0, 1], got {init_noise}")
+        if init_noise != 1.0 and strength >= 1.0 and "refine" in stages:
+            raise ValueError(f"refine_noise {init_noise} needs refine_strength < 1: from noise there is no coarse "
+                             "image to start from")
         for n in stages:
             if steps[n] < 1:
                 raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")
@@ -441,7 +450,7 @@ class PCDMsPipeline:
             if "refine" in stages:
                 t0 = time.perf_counter()
                 final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
-                                                     sched, strength=strength)
+                                                     sched, strength=strength, noise=init_noise)
                 timings["refine"] += time.perf_counter() - t0
             finals.append(self._resize(final, size))
             coarses.append(self._resize(coarse, size))

@@ -44,7 +44,8 @@ def load_pipeline(weights: str, device: str = "auto", dtype: str | None = None):
 def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
                out_dir: Path, *, batch: int = 8, steps: int | dict | None = None,
                guidance: float | dict | None = None, refine_strength: float | None = None,
-               scheduler: str | None = None, seed: int = 0, stages=("prior", "inpaint", "refine"),
+               refine_noise: float | None = None, scheduler: str | None = None, seed: int = 0,
+               stages=("prior", "inpaint", "refine"),
                write: str = "final", rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
 
@@ -74,7 +75,8 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
         gens = [torch.Generator().manual_seed(item_seed(seed, f, t)) for f, t in chunk]
         result = pipe(srcs, [poses[f] for f, _ in chunk], [poses[t] for _, t in chunk],
                       num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                      generator=gens, stages=stages, refine_strength=refine_strength)
+                      generator=gens, stages=stages, refine_strength=refine_strength,
+                      refine_noise=refine_noise)
         images = result.coarse_images if write == "coarse" else result.images
         for (f, t), im in zip(chunk, images):
             atomic_save_image(out_dir / generated_name(f, t), im)
@@ -116,6 +118,8 @@ def configure(parser):
     parser.add_argument("--refine-strength", type=float, default=None,
                         help="stage 3 starts from the coarse image noised this far (1: from noise; default: the "
                              "pipeline's own)")
+    parser.add_argument("--refine-noise", type=float, default=None,
+                        help="scale of that noise, 0 to 1 (0: a deterministic start; default: the pipeline's own)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", default="prior,inpaint,refine",
@@ -138,6 +142,7 @@ def run(args):
     pipe = load_pipeline(args.weights, rt.device)
     counts = synthesize(pipe, pairs, dataset, poses, Path(args.out), batch=args.batch, steps=args.steps,
                         guidance=args.guidance, refine_strength=args.refine_strength,
+                        refine_noise=args.refine_noise,
                         scheduler=args.scheduler, seed=args.seed,
                         stages=tuple(s.strip() for s in args.stages.split(",")), rank=rt.rank,
                         world=rt.world_size, progress=rt.is_main)

@@ -267,6 +267,27 @@ def test_refine_strength_comes_from_the_config_and_shortens_stage_3(pipe, monkey
         pipe(_image(0), _pose(0), [_pose(1)], refine_strength=0.0)
 
 
+def test_refine_noise_zero_makes_stage_3_a_function_of_the_coarse_image(pipe, monkeypatch):
+    kw = dict(num_inference_steps=4, output_type="np", refine_strength=0.5)
+    a = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(0), refine_noise=0.0, **kw)
+    b = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(0), refine_noise=1.0, **kw)
+    assert np.array_equal(a.coarse_images, b.coarse_images) and not np.array_equal(a.images, b.images)
+    # same coarse image, other stage-3 noise: the noise-free start gives the same final image
+    refine = pipe.stages["refine"]
+    src = refine.encode_source(torch.from_numpy(np.array(_image(0))).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    coarse = torch.from_numpy(a.coarse_images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    outs = [refine.sample(src, coarse, torch.Generator().manual_seed(s), 4, 1.0, "ddim", strength=0.5, noise=0.0)
+            for s in (0, 1)]
+    assert torch.equal(outs[0], outs[1])
+    monkeypatch.setitem(pipe.config.setdefault("sampling", {}), "refine_noise", 0.0)
+    c = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(0), **kw)
+    assert np.array_equal(c.images, a.images)
+    with pytest.raises(ValueError, match="refine_noise"):
+        pipe(_image(0), _pose(0), [_pose(1)], refine_noise=-0.1)
+    with pytest.raises(ValueError, match="needs refine_strength < 1"):
+        pipe(_image(0), _pose(0), [_pose(1)], refine_strength=1.0, refine_noise=0.0)
+
+
 def test_assemble_command(pipe, tmp_path, capsys):
     """`pcdms-aug assemble`: stage folders (a saved pipeline's or OUT/final) -> one loadable pipeline folder with
     the sampling defaults of a pipeline YAML plus overrides; images equal to the source pipeline's."""

@@ -355,6 +355,42 @@ def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
                 strength=0.0)
 
 
+def test_img2img_init_noise_scales_the_start_noise_and_zero_is_deterministic():
+    from diffusers import DDPMScheduler
+
+    from pcdms_aug.diffusion import denoise, sampling_scheduler
+
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
+                          clip_sample=False)
+    init = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    starts = []
+
+    def first_x(x, t, doubled):  # records its inputs; an x0-model that predicts its input unscaled
+        starts.append(x.clone())
+        return x / train.alphas_cumprod[int(t)].sqrt()
+
+    def run(seed, noise):
+        starts.clear()
+        out = denoise(first_x, sampling_scheduler("ddim", train), init.shape, torch.Generator().manual_seed(seed),
+                      "cpu", 10, 1.0, init=init, strength=0.3, init_noise=noise)
+        return starts[0], out
+
+    t0 = 200  # DDIM 10 steps, strength 0.3: the start is the level of the last 3 steps, 200 / 100 / 0
+    mean = train.alphas_cumprod[t0].sqrt() * init
+    s0a, o0a = run(0, 0.0)
+    s0b, o0b = run(1, 0.0)
+    assert torch.allclose(s0a, mean, atol=1e-6) and torch.equal(o0a, o0b)  # no drawn noise: the seed is moot
+    s1, o1 = run(0, 1.0)
+    sh, _ = run(0, 0.5)
+    assert torch.allclose(sh - mean, (s1 - mean) * 0.5, atol=1e-5)
+    assert not torch.allclose(o1, o0a, atol=1e-3)
+    with pytest.raises(ValueError, match="init_noise"):
+        denoise(first_x, sampling_scheduler("ddim", train), init.shape, None, "cpu", 10, 1.0, init=init,
+                strength=0.3, init_noise=1.5)
+    with pytest.raises(ValueError, match="init_noise below 1 needs strength < 1"):
+        denoise(first_x, sampling_scheduler("ddim", train), init.shape, None, "cpu", 10, 1.0, init_noise=0.0)
+
+
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages, guidance):
     """loss_region: target leaves the source half unlearned; sampling must hold it on the true source (else

@@ -81,11 +81,13 @@ class RefineStage(Stage):
 
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
-               guidance_scale: float = 2.0, scheduler: str = "unipc", strength: float = 1.0) -> torch.Tensor:
+               guidance_scale: float = 2.0, scheduler: str = "unipc", strength: float = 1.0,
+               noise: float = 1.0) -> torch.Tensor:
         """Final images (B, 3, H, W) in [-1, 1] at the stage's size from coarse ones (any size, [-1, 1]).
         Guidance contrasts with the source features at zero; the coarse image stays. ``strength`` 1 starts
         from pure noise (upstream); below 1 from the coarse image noised part of the way (img2img), which
-        runs ``steps * strength`` denoiser calls and keeps the coarse layout."""
+        runs ``steps * strength`` denoiser calls and keeps the coarse layout. ``noise`` scales the noise of that
+        start (1: img2img; 0: the noised image's mean, deterministic; ``denoise``'s ``init_noise``)."""
         dino = source["dino"]
         self.check_inputs(coarse_image=coarse)
         if dino.shape[0] != coarse.shape[0]:
@@ -110,7 +112,7 @@ class RefineStage(Stage):
 
         sched = sampling_scheduler(scheduler, self.scheduler)
         z = denoise(fn, sched, cond.shape, generator, dino.device, num_inference_steps, guidance_scale, cond.dtype,
-                    init=cond, strength=strength)
+                    init=cond, strength=strength, init_noise=noise)
         return self.codec.decode(z)
 
     def preview(self, batch, num_inference_steps=20, generator=None):
