@@ -33,7 +33,8 @@ def configure(parser):
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of real training images kept")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--views", type=int, default=1, help="generated views per real training image")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps per stage")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps of every stage (default: the weights' own per stage)")
     parser.add_argument("--metric-pairs", type=int, default=120, help="test pairs scored by the synthesis metrics")
     parser.add_argument("--epochs", type=int, default=8, help="re-ID training epochs")
     parser.add_argument("--train-ids", type=int, default=60)
@@ -100,7 +101,7 @@ def run(args):
         _contact_sheet(pairs[:8], ds, poses, out)
         shutil.copyfile(out / "reid" / "results.csv", out / "results.csv")
         timings["total"] = time.perf_counter() - t_all
-        _report(out, args, df, metrics, timings, format_table, pipe.scheduler)
+        _report(out, args, df, metrics, timings, format_table, pipe)
     print(f"[demo] done in {timings['total']:.0f} s")
     print(f"[demo] report: {out / 'report.md'}\n[demo] results: {out / 'results.csv'}")
     return 0
@@ -123,13 +124,25 @@ def _contact_sheet(pairs, ds, poses, out: Path) -> None:
     atomic_save_image(out / "contact_sheet.png", sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST))
 
 
-def _report(out: Path, args, df, metrics, timings, format_table, scheduler: str) -> None:
+def _steps_text(steps, pipe) -> str:
+    if steps is not None:
+        return f"{steps} denoising steps per stage"
+    samp = pipe.config.get("sampling") or {}
+    own = samp.get("steps") or {}
+    text = "denoising steps " + " / ".join(f"{n} {own[n]}" for n in ("prior", "inpaint", "refine") if n in own)
+    if "refine_strength" in samp:
+        text += f", stage 3 from the coarse image at strength {samp['refine_strength']:g}"
+        text += f" with noise scale {samp.get('refine_noise', 1.0):g}"
+    return text
+
+
+def _report(out: Path, args, df, metrics, timings, format_table, pipe) -> None:
+    scheduler = pipe.scheduler
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""
     lines = [
         "# pcdms-aug demo report", "",
         f"Synthetic Market-1501 ({args.train_ids} training / {args.test_ids} test identities), shipped tiny "
-        f"weights, {args.steps} denoising steps per stage "
-        f"({scheduler.upper()}). Re-ID: osnet_x0_25 from scratch, "
+        f"weights, {_steps_text(args.steps, pipe)} ({scheduler.upper()}). Re-ID: osnet_x0_25 from scratch, "
         f"{args.epochs} epochs, {int(args.fraction * 100)}% of the real training images, "
         f"{args.views} generated view(s) per kept image, seeds {', '.join(map(str, args.seeds))}.",
         "These numbers are measured on the synthetic set by this run; they are not Market-1501 numbers.", "",

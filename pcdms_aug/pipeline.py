@@ -371,9 +371,12 @@ class PCDMsPipeline:
         init_noise = float(samp.get("refine_noise", 1.0) if refine_noise is None else refine_noise)
         if not 0.0 <= init_noise <= 1.0:
             raise ValueError(f"refine_noise must be in [0, 1], got {init_noise}")
-        if init_noise != 1.0 and strength >= 1.0 and "refine" in stages:
-            raise ValueError(f"refine_noise {init_noise} needs refine_strength < 1: from noise there is no coarse "
-                             "image to start from")
+        if strength >= 1.0:
+            # The config's refine_noise belongs to its img2img start; a start from noise has no coarse image.
+            if refine_noise is not None and init_noise != 1.0 and "refine" in stages:
+                raise ValueError(f"refine_noise {init_noise} needs refine_strength < 1: from noise there is no "
+                                 "coarse image to start from")
+            init_noise = 1.0
         for n in stages:
             if steps[n] < 1:
                 raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")

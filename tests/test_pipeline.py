@@ -286,6 +286,11 @@ def test_refine_noise_zero_makes_stage_3_a_function_of_the_coarse_image(pipe, mo
         pipe(_image(0), _pose(0), [_pose(1)], refine_noise=-0.1)
     with pytest.raises(ValueError, match="needs refine_strength < 1"):
         pipe(_image(0), _pose(0), [_pose(1)], refine_strength=1.0, refine_noise=0.0)
+    # the config's refine_noise is its img2img start's: a call from noise (strength 1) is not refused
+    kw["refine_strength"] = 1.0
+    d = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(0), **kw)
+    e = pipe(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(0), refine_noise=1.0, **kw)
+    assert np.array_equal(d.images, e.images)
 
 
 def test_assemble_command(pipe, tmp_path, capsys):
