@@ -61,7 +61,7 @@ pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$
 wait "$prior_pid" "$refine_pid"
 
 # ------------------------------------------------------------------------------------------ phase 3
-# Stage 3 only, for its img2img use (sampling.refine_strength 0.2): stage-2 outputs of the phase-2 weights
+# Stage 3 only, for its img2img use (then sampling.refine_strength 0.2; now 0.25 from a noise-free start): stage-2 outputs of the phase-2 weights
 # (10 UniPC steps, like phases 1 and 2) on 1600 pairs, then the refiner warm-started from phase 2 and trained on
 # the low-noise quarter of the schedule only, where img2img samples it (as SDXL's refiner). Prior and inpaint
 # are phase 2's. The pipeline now samples with DDIM; stage-3 inputs from DDIM were not tried yet.

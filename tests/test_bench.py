@@ -25,7 +25,7 @@ def test_report(pipe, naive):
     assert all(v > 0 for k, v in r["ms_per_image"].items() if k != "other")
     assert 0 < r["denoiser_fraction"] < 1
     # every step of every stage calls its denoiser once per batch: 2 steps, one batch of 2 or two of 1; stage 3
-    # runs round(2 * refine_strength) of its steps (img2img from the coarse image; tiny config: 0.2 -> 1 step)
+    # runs round(2 * refine_strength) of its steps (img2img from the coarse image; tiny config: 0.25 -> 1 step)
     batches = 1 if not naive else 2
     refine_steps = max(1, round(2 * pipe.config["sampling"].get("refine_strength", 1.0)))
     assert r["denoiser_calls"] == {"prior": 2 * batches, "inpaint": 2 * batches, "refine": refine_steps * batches}
