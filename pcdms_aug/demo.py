@@ -110,17 +110,9 @@ def run(args):
 def _contact_sheet(pairs, ds, poses, out: Path) -> None:
     from PIL import Image
 
-    from .data.market import load_image
-    from .synthesize import generated_name
-    from .viz import contact_sheet, pose_tile
+    from .viz import pair_sheet
 
-    rows = []
-    for frm, to in pairs:
-        rows.append([load_image(ds.path_of(frm)), pose_tile(poses[to]),
-                     Image.open(out / "synthesis" / "coarse" / generated_name(frm, to)),
-                     Image.open(out / "synthesis" / "final" / generated_name(frm, to)),
-                     load_image(ds.path_of(to))])
-    sheet = contact_sheet(rows, col_labels=["source", "pose", "coarse", "final", "truth"])
+    sheet = pair_sheet(pairs, ds, poses, {n: out / "synthesis" / n for n in ("coarse", "final")})
     atomic_save_image(out / "contact_sheet.png", sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST))
 
 

@@ -54,6 +54,18 @@ def contact_sheet(rows: Sequence[Sequence], col_labels: Sequence[str] | None = N
     return sheet
 
 
+def pair_sheet(pairs: Sequence[tuple[str, str]], dataset, poses, columns: dict[str, str | Path]) -> Image.Image:
+    """One row per (from, to) pair: source, target pose, one column per ``{label: folder of
+    <from>_to_<to>.png}`` (what ``synthesize-pairs`` writes), then the ground truth."""
+    from .data.market import load_image
+    from .metrics.evaluate import generated_name
+
+    rows = [[load_image(dataset.path_of(f)), pose_tile(poses[t])] +
+            [Image.open(Path(d) / generated_name(f, t)) for d in columns.values()] + [load_image(dataset.path_of(t))]
+            for f, t in pairs]
+    return contact_sheet(rows, col_labels=["source", "pose", *columns, "truth"])
+
+
 def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Image | None = None) -> np.ndarray:
     """A pose drawn on black, or over ``image`` (resized to ``size``) when one is given."""
     size = size or (pose.size if image is None else (image.height, image.width))

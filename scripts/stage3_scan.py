@@ -57,7 +57,7 @@ def main(pairs_csv, dataset, stage2_dir, weights, *specs):
         tokens = refine.image_proj(refine.encode_source(src)["dino"])
         cond = refine.codec.encode(refine.resize(coarse))
     for spec in specs:
-        kw = {k: ast.literal_eval(v) for k, v in (p.split("=", 1) for p in _split(spec))}
+        kw = _spec(spec)
         save = kw.pop("save", None)
         images = run(refine, cond, tokens, **kw)
         if save:
@@ -69,18 +69,10 @@ def main(pairs_csv, dataset, stage2_dir, weights, *specs):
         print(f"{spec}\tSSIM {s:.4f}\tPSNR {p:.2f}", flush=True)
 
 
-def _split(spec):
-    """'ts=[1,2],tau=0' -> ['ts=[1,2]', 'tau=0'] (commas inside brackets stay)."""
-    parts, depth, cur = [], 0, ""
-    for ch in spec:
-        depth += ch in "[("
-        depth -= ch in "])"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return parts + [cur] if cur else parts
+def _spec(text: str) -> dict:
+    """'ts=[200,100,0],tau=0' -> {'ts': [200, 100, 0], 'tau': 0} (keyword literals only)."""
+    call = ast.parse(f"f({text})", mode="eval").body
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
 
 
 if __name__ == "__main__":
