@@ -61,7 +61,7 @@ def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
 
 def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
                    weight: torch.Tensor | None = None, timesteps: Sequence[int] | None = None,
-                   start: torch.Tensor | None = None, start_prob: float = 0.0,
+                   start: torch.Tensor | None = None, start_prob: float = 0.0, start_noise: float = 1.0,
                    x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One loss for every stage (improved-diffusion's ``training_losses``): noise ``x0`` at a random timestep,
     call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names.
@@ -71,6 +71,8 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
     first 200 noise levels. ``start`` and ``start_prob``: for that share of the batch x_t noises ``start``
     (e.g. the coarse stage-2 image) instead of ``x0``, while the target stays ``x0``; img2img sampling
     begins from a noised coarse image, never from a noised truth, and this teaches the model that case.
+    ``start_noise`` scales the noise of those samples as ``denoise``'s ``init_noise`` scales the sampler's start
+    (0: x_t is the mean of q(x_t | start), the noise-free start stage 3 samples from).
     ``x0_loss(pred, x0)``: a term added to the MSE for x0-prediction models (e.g. an SSIM loss, which keeps the
     contrast an MSE-optimal prediction averages away where the target is uncertain)."""
     b = x0.shape[0]
@@ -86,7 +88,10 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
         if start.shape != x0.shape:
             raise ValueError(f"start {tuple(start.shape)} does not match x0 {tuple(x0.shape)}")
         use = rand((b,), generator, x0.device) < start_prob
-        origin = torch.where(use.view(-1, *([1] * (x0.dim() - 1))), start, x0)
+        use = use.view(-1, *([1] * (x0.dim() - 1)))
+        origin = torch.where(use, start, x0)
+        if start_noise != 1.0:
+            noise = torch.where(use, start_noise * noise, noise)
     xt = scheduler.add_noise(origin, noise, t)
     pred = model_fn(xt, t)
     kind = scheduler.config.prediction_type

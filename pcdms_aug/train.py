@@ -242,26 +242,29 @@ def _warm_start(stage, name: str, source: str) -> list[str]:
     first mismatching tensors). A convolution given more input channels than the saved one (e.g. a UNet's
     conv_in with a new conditioning image) keeps the saved weights and starts the new channels at zero, as SD's
     inpainting UNet was started from SD: the warm-started model then computes exactly what the saved one did.
-    Returns the names of such widened tensors."""
+    Components the saved stage lacks entirely (e.g. stage 3's discriminator) keep their initialisation.
+    Returns the names of the widened tensors and of those new components."""
     from .pipeline import stage_folder
     from .stages import stage_class
 
     folder = stage_folder(source, name)
     saved = stage_class(name).from_pretrained(folder)
     mine, theirs = stage.state_dict(), saved.state_dict()
+    fresh = {k for k in mine if k.split(".", 1)[0] not in {n.split(".", 1)[0] for n in theirs}}
     widened = sorted(k for k in mine.keys() & theirs.keys() if _widened(mine[k], theirs[k]))
-    bad = sorted(k for k in mine.keys() | theirs.keys()
+    bad = sorted(k for k in (mine.keys() - fresh) | theirs.keys()
                  if k not in widened and (k not in mine or k not in theirs or mine[k].shape != theirs[k].shape))
     if bad:
         raise DataError(f"train.init_from: the saved {name} stage does not match this config "
                         f"({len(bad)} tensors differ, e.g. {', '.join(bad[:3])})", folder)
     state = {k: v.to(mine[k].dtype) for k, v in theirs.items()}
+    state.update({k: mine[k] for k in fresh})
     for k in widened:
         w = torch.zeros_like(mine[k])
         w[:, :theirs[k].shape[1]] = theirs[k]
         state[k] = w
     stage.load_state_dict(state)
-    return widened
+    return widened, sorted({k.split(".", 1)[0] for k in fresh})
 
 
 def _to_device(batch, device):
@@ -286,10 +289,11 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
 
     stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
     if tc.init_from and not list_checkpoints(out):
-        widened = _warm_start(stage, cfg.stage, tc.init_from)
+        widened, fresh = _warm_start(stage, cfg.stage, tc.init_from)
         if rt.is_main:
-            log.info("initialised %s from %s%s", cfg.stage, tc.init_from,
-                     f" (new input channels at zero in {', '.join(widened)})" if widened else "")
+            log.info("initialised %s from %s%s%s", cfg.stage, tc.init_from,
+                     f" (new input channels at zero in {', '.join(widened)})" if widened else "",
+                     f" (new components, not in the saved stage: {', '.join(fresh)})" if fresh else "")
     stage = stage.to(rt.device)
     params = list(stage.trainable_parameters())
     if not params:
@@ -380,7 +384,12 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
             writer.add_scalar("samples_per_second", rate, step)
             if grad_norm is not None:
                 writer.add_scalar("grad_norm", float(grad_norm), step)
-            log.info("step %d loss %.5f lr %.3e %.1f samples/s", step, total, scheduler.get_last_lr()[0], rate)
+            # A loss of several terms (stage 3's adversarial one) names them; rank 0's last micro-batch.
+            terms = getattr(stage, "loss_terms", {})
+            for name, value in terms.items():
+                writer.add_scalar(f"loss_terms/{name}", value, step)
+            log.info("step %d loss %.5f lr %.3e %.1f samples/s%s", step, total, scheduler.get_last_lr()[0], rate,
+                     "".join(f" {k} {v:.4f}" for k, v in terms.items()))
         if rt.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == tc.max_steps):
             _save_preview(stage, ema, params, dataset, out / "samples" / f"step-{step:06d}.png", tc, rt)
         if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or step == tc.max_steps):

@@ -456,6 +456,14 @@ def test_training_timesteps_and_start_image_shape_what_the_loss_sees():
     for bad in ([300, 100], [-1, 10], [0, 1001]):
         with pytest.raises(ValueError, match="timesteps"):
             run(timesteps=bad)
+    # start_noise 0: x_t is exactly the mean of q(x_t | start), the noise-free start stage 3 samples from
+    run(timesteps=[500, 501], start=start, start_prob=1.0, start_noise=0.0)
+    a = sched.alphas_cumprod[500]
+    assert torch.allclose(seen["xt"], a.sqrt() * start, atol=1e-6)
+    run(timesteps=[500, 501], start=start, start_prob=1.0, start_noise=0.5)
+    half = seen["xt"] - a.sqrt() * start
+    run(timesteps=[500, 501], start=start, start_prob=1.0)
+    assert torch.allclose(half, 0.5 * (seen["xt"] - a.sqrt() * start), atol=1e-5)
 
 
 def test_refine_stage_trains_from_the_noised_coarse_image_when_configured():
@@ -514,3 +522,45 @@ def test_refine_ssim_loss_adds_one_minus_ssim_of_the_decoded_x0_prediction():
     cfg["scheduler"] = {**cfg["scheduler"], "prediction_type": "epsilon"}
     with pytest.raises(ValueError, match="x0 loss"):
         build_stage("refine", cfg, seed=3).training_loss(batch, generator=torch.Generator().manual_seed(0))
+
+
+def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_against_each_other():
+    """One scalar, one optimizer: the discriminator's gradients come from its hinge loss alone (the same whatever
+    the generator weight), the denoiser's from the MSE plus weight x the generator term (so they move with it)."""
+    cfg = load_config("tiny/refine.yaml")
+    batch = make_batch(b=2)
+    grads = {}
+    for w in (0.0, 0.1, 10.0):
+        cfg.update(adversarial={"weight": w, "channels": [8, 16]})
+        stage = build_stage("refine", cfg, seed=3)
+        loss = stage.training_loss(batch, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        terms = stage.loss_terms  # what the training log names, beside the total
+        assert set(terms) == {"discriminator", "generator", "mse"} and terms["discriminator"] > 0
+        assert float(loss) == pytest.approx(terms["mse"] + terms["discriminator"] + w * terms["generator"], rel=1e-4)
+        grads[w] = (torch.cat([p.grad.flatten() for p in stage.discriminator.parameters()]),
+                    stage.unet.conv_in.weight.grad.clone())
+    assert grads[0.0][0].abs().sum() > 0
+    assert torch.allclose(grads[0.1][0], grads[0.0][0]) and torch.allclose(grads[10.0][0], grads[0.0][0])
+    moved = [float((grads[w][1] - grads[0.0][1]).norm()) for w in (0.1, 10.0)]
+    assert 0 < moved[0] and moved[1] == pytest.approx(100 * moved[0], rel=1e-3)
+    cfg.pop("adversarial")
+    assert not hasattr(build_stage("refine", cfg, seed=3), "discriminator")
+
+
+def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm_starting(tmp_path):
+    from pcdms_aug.pipeline import stage_folder
+    from pcdms_aug.stages import stage_class
+    from pcdms_aug.train import _warm_start
+
+    cfg = load_config("tiny/refine.yaml")
+    cfg.update(adversarial={"weight": 0.1, "channels": [8, 16]})
+    stage = build_stage("refine", cfg, seed=0)
+    fresh = {k: v.clone() for k, v in stage.discriminator.state_dict().items()}
+    assert _warm_start(stage, "refine", "tiny") == ([], ["discriminator"])
+    shipped = stage_class("refine").from_pretrained(stage_folder("tiny", "refine"))
+    assert all(torch.equal(v, shipped.unet.state_dict()[k].float()) for k, v in stage.unet.state_dict().items())
+    assert all(torch.equal(v, fresh[k]) for k, v in stage.discriminator.state_dict().items())
+    stage.save_pretrained(tmp_path / "r")
+    again = stage_class("refine").from_pretrained(tmp_path / "r")
+    assert all(torch.equal(v, again.discriminator.state_dict()[k]) for k, v in fresh.items())

@@ -148,7 +148,7 @@ def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_z
     cfg = load_config(ROOT / "configs/tiny/refine.yaml")
     cfg["source_image_input"] = True
     stage = build_stage("refine", cfg, seed=0)
-    assert _warm_start(stage, "refine", "tiny") == ["unet.conv_in.weight"]
+    assert _warm_start(stage, "refine", "tiny") == (["unet.conv_in.weight"], [])
     shipped = stage_class("refine").from_pretrained(stage_folder("tiny", "refine"))
     g = torch.Generator().manual_seed(0)
     src, coarse = torch.rand(2, 3, 128, 64, generator=g) * 2 - 1, torch.rand(2, 3, 64, 32, generator=g) * 2 - 1

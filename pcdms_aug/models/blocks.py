@@ -1,4 +1,5 @@
-"""Small trainable modules of PCDMs: the prior transformer, the pose encoder and the image-token projection."""
+"""Small trainable modules of PCDMs: the prior transformer, the pose encoder, the image-token projection, and the
+patch discriminator of stage 3's optional adversarial term."""
 from __future__ import annotations
 
 import torch
@@ -133,3 +134,23 @@ class ImageProjection(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)
+
+
+class PatchDiscriminator(nn.Module):
+    """pix2pix's PatchGAN without normalisation: strided 4x4 convolutions with LeakyReLU to one real/fake logit
+    per patch (about 22 pixels square with three layers). No BatchNorm, so the logits of a sample do not depend
+    on its batch (DDP shards, gradient accumulation) and the module has no running state."""
+
+    def __init__(self, channels=(32, 64, 128), in_channels: int = 3):
+        super().__init__()
+        self.config = dict(channels=list(channels), in_channels=in_channels)
+        layers, c = [], in_channels
+        for i, width in enumerate(channels):
+            layers += [nn.Conv2d(c, width, 4, stride=2 if i < len(channels) - 1 else 1, padding=1),
+                       nn.LeakyReLU(0.2)]
+            c = width
+        layers.append(nn.Conv2d(c, 1, 4, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)

@@ -6,16 +6,20 @@ UNet input = noisy target (C) + the coarse image (C); cross-attention on project
 features). Off at paper scale (DESIGN: 8 channels); on for the tiny stage, whose random frozen DINOv2 stand-in
 carries no colour a tiny UNet learns to read, while a person is upright and centred in both crops, so a pixel of
 the source mostly shows the body part the same pixel of the target does.
+``adversarial: {weight: w, channels: [...]}`` adds a patch discriminator on the decoded x0 prediction against the
+true target (hinge loss) and w times its generator term: the MSE-optimal x0 prediction averages away the
+texture it cannot place, and the re-ID features FID is measured on notice (README, stage 3).
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
-from ..models.blocks import ImageProjection
+from ..models.blocks import ImageProjection, PatchDiscriminator
 from ..models.unet import build_unet
 from .base import Stage, to_uint8
 
@@ -35,6 +39,10 @@ class RefineStage(Stage):
         p = cfg.get("projection", {})
         self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), self.unet.config.cross_attention_dim)
         self.scheduler = training_scheduler(cfg["scheduler"])
+        adv = cfg.get("adversarial")
+        if adv:
+            # Trained with the rest, but never used to sample; saved with the stage so a run can continue.
+            self.discriminator = PatchDiscriminator(adv.get("channels", (32, 64, 128)))
 
     def encode_source(self, images: torch.Tensor) -> dict:
         out = {"dino": self.dino(self.resize(images))}
@@ -54,7 +62,9 @@ class RefineStage(Stage):
         """MSE (the scheduler's prediction type) on the target latents given the coarse stage-2 image; source
         features dropped to zeros per ``drop``. Optional, for img2img use (``sampling.refine_strength`` < 1):
         ``train_timesteps: [lo, hi]`` and ``train_coarse_start`` (the share of the batch whose x_t noises the
-        coarse image instead of the truth); see :func:`diffusion_loss`."""
+        coarse image instead of the truth) with ``train_coarse_noise`` (its noise scale; 0 = the noise-free start
+        of ``sampling.refine_noise: 0``); see :func:`diffusion_loss`. ``ssim_loss`` and ``adversarial`` add
+        terms on the x0 prediction."""
         src, tgt, coarse = self.batch_inputs(batch, "source_image", "target_image", "coarse_image")
         with torch.no_grad():
             dino = self.dino(self.resize(src))
@@ -66,11 +76,33 @@ class RefineStage(Stage):
         if src_latent is not None:
             src_latent = apply_drop(src_latent, masks["source_features"])
         inputs = self._cond(cond, src_latent)
+        terms = []
         w = float(self.cfg.get("ssim_loss", 0.0))
-        extra = (lambda pred, truth: w * self._ssim_loss(pred, truth)) if w > 0 else None
+        if w > 0:
+            terms.append(lambda pred, truth: w * self._ssim_loss(pred, truth))
+        if self.cfg.get("adversarial"):
+            terms.append(self._adversarial_loss)
+        extra = (lambda pred, truth: sum(f(pred, truth) for f in terms)) if terms else None
         return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
-                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)), x0_loss=extra)
+                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)),
+                              start_noise=float(self.cfg.get("train_coarse_noise", 1.0)), x0_loss=extra)
+
+    def _adversarial_loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Hinge GAN terms in one scalar, so the one optimizer of the training loop serves both players: the
+        discriminator's loss on truth vs the detached prediction (its gradients reach only the discriminator),
+        plus w times the generator's -D(prediction) evaluated with the discriminator's weights detached (its
+        gradients reach only the denoiser). No alternating steps, no second optimizer or checkpoint format."""
+        from torch.func import functional_call
+
+        d = self.discriminator
+        fake, real = self.codec.decode(pred), self.codec.decode(truth)
+        d_loss = F.relu(1 - d(real)).mean() + F.relu(1 + d(fake.detach())).mean()
+        frozen = {k: v.detach() for k, v in d.named_parameters()}
+        g_loss = -functional_call(d, frozen, (fake,)).mean()
+        self.loss_terms = {"discriminator": float(d_loss.detach()), "generator": float(g_loss.detach()),
+                           "mse": float(F.mse_loss(pred.detach(), truth))}
+        return d_loss + float(self.cfg["adversarial"]["weight"]) * g_loss
 
     def _ssim_loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """1 - SSIM of the decoded x0 prediction, with the evaluation's Gaussian window (sigma 1.2, 9 taps)."""
