@@ -315,13 +315,15 @@ def test_cli_json_end_to_end(case, weights, capsys):
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert {"generated", "copy_source", "refused", "n_pairs", "labels"} <= set(printed)
+    assert {"generated", "copy_source", "ground_truth", "refused", "n_pairs", "labels"} <= set(printed)
     assert printed["n_pairs"] == N_PAIRS and printed["n_missing"] == 0
     assert printed["protocol"]["size"] == [128, 64]
     gen, src = printed["generated"], printed["copy_source"]
     for row in (gen, src):
         assert set(row) == {"ssim", "psnr", "lpips", "fid", "fid_reid", "n_pairs"}
         assert row["fid"] is None and row["lpips"] is not None and row["fid_reid"] is not None
+    assert set(printed["ground_truth"]) == {"fid", "fid_reid", "n_pairs"}
+    assert printed["ground_truth"]["fid_reid"] > 0  # the true targets against training images of other people
     # noisy copies of the targets beat copying the source on every computed metric
     assert gen["ssim"] > src["ssim"] and gen["psnr"] > src["psnr"] and gen["lpips"] < src["lpips"]
     assert "fid.inception_weights is not set" in printed["refused"]["fid"]
@@ -345,6 +347,7 @@ def test_exact_copies_give_perfect_scores_and_table(case, weights, tmp_path):
 
     table = format_table(r)
     assert "| generated " in table and "| copy-source " in table and "refused" in table and "inf" in table
+    assert "| ground truth" not in table  # it has FIDs only, and both are disabled here
 
 
 def test_missing_generated_image_is_named(case, weights, tmp_path, capsys):
@@ -411,3 +414,44 @@ def test_fid_needs_two_pairs_and_the_rest_still_runs(case, weights):
     r = compute_metrics(case["pairs"][:1], case["gen"], case["root"], cfg, progress=False)
     assert "at least 2 evaluated pairs" in r["refused"]["fid_reid"] and r["generated"]["fid_reid"] is None
     assert r["n_pairs"] == 1 and 0 < r["generated"]["ssim"] < 1
+
+
+def test_ground_truth_row_targets_reference_and_bootstrap(case, weights):
+    """The ground-truth row is the generated row of a perfect generator; against the targets it is 0 and a noisy
+    generator is above it; the bootstrap gives every FID a spread, the same for the same seed."""
+    from pcdms_aug.metrics import format_table
+
+    exact = case["dir"] / "exact_targets"
+    exact.mkdir(exist_ok=True)
+    for frm, to in case["pairs"]:
+        shutil.copyfile(case["ds"].path_of(to), exact / generated_name(frm, to))
+    cfg = {"lpips": {"enabled": False}, "fid": {"enabled": False}, "batch_size": 4,
+           "fid_reid": {"weights": str(weights["reid"])}}
+    r = compute_metrics(case["pairs"], exact, case["root"], cfg, progress=False)
+    assert r["generated"]["fid_reid"] == pytest.approx(r["ground_truth"]["fid_reid"], rel=1e-9)
+    assert r["protocol"]["reference"] == {"fid_reid": "train"}
+
+    cfg["fid_reid"]["reference"] = "targets"
+    cfg["fid_bootstrap"] = 6
+    r = compute_metrics(case["pairs"], case["gen"], case["root"], cfg, progress=False)
+    n_targets = len({to for _, to in case["pairs"]})
+    assert f"the {n_targets} distinct true targets" in r["labels"]["fid_reid"]
+    if n_targets == N_PAIRS:
+        assert r["ground_truth"]["fid_reid"] == pytest.approx(0.0, abs=1e-4)
+    assert r["generated"]["fid_reid"] > r["ground_truth"]["fid_reid"] + 1e-3
+    for row in ("generated", "copy_source", "ground_truth"):
+        assert r[row]["fid_reid_sd"] > 0
+    assert sum("fid_reid: generated - copy-source" in n and "over 6 resamples" in n for n in r["notes"]) == 1
+    again = compute_metrics(case["pairs"], case["gen"], case["root"], cfg, progress=False)
+    assert again["generated"]["fid_reid_sd"] == r["generated"]["fid_reid_sd"]
+    table = format_table(r)
+    gt_line = next(line for line in table.splitlines() if line.startswith("| ground truth"))
+    assert gt_line.split("|")[2].strip() == "-" and "±" in gt_line and "refused" in gt_line  # fid disabled
+
+
+@pytest.mark.parametrize("override, message", [({"fid_reid": {"reference": "gallery"}}, "fid_reid.reference"),
+                                               ({"fid": {"reference": 1}}, "fid.reference"),
+                                               ({"fid_bootstrap": -1}, "fid_bootstrap")])
+def test_bad_reference_or_bootstrap_is_named(case, override, message):
+    with pytest.raises(DataError, match=message):
+        compute_metrics(case["pairs"], case["gen"], case["root"], override, progress=False)

@@ -1,4 +1,5 @@
-"""`pcdms-aug metrics`: a table (or JSON) of SSIM, PSNR, LPIPS, FID, FID-reid for generated and copy-source."""
+"""`pcdms-aug metrics`: a table (or JSON) of SSIM, PSNR, LPIPS, FID, FID-reid for generated and copy-source, and
+the FIDs of the ground truth."""
 from __future__ import annotations
 
 import json
@@ -11,30 +12,38 @@ from .evaluate import as_config, compute_metrics
 
 COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("fid", "FID", "fid"), ("fid_reid", "FID-reid", "fid"))
-ROW_NAMES = (("generated", "generated"), ("copy_source", "copy-source"))
+ROW_NAMES = (("generated", "generated"), ("copy_source", "copy-source"), ("ground_truth", "ground truth"))
+ABSENT = object()
 
 
-def _cell(value, fmt: str) -> str:
+def _cell(value, fmt: str, sd=None) -> str:
+    if value is ABSENT:
+        return "-"
     if value is None:
         return "refused"
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     if fmt == "fid":  # FIDs on other features live on other scales: keep 4 significant digits when small
-        return f"{value:.3f}" if abs(value) >= 1 else f"{value:.4g}"
+        text = f"{value:.3f}" if abs(value) >= 1 else f"{value:.4g}"
+        return text if sd is None else f"{text} ± {sd:.3f}"
     return fmt.format(value)
 
 
 def format_table(result: dict) -> str:
-    """A markdown table (rows: generated, copy-source), then what each column is, refusals and notes."""
+    """A markdown table (rows: generated, copy-source, ground truth; "-" where a row has no such metric, "± sd"
+    where FIDs were bootstrapped), then what each row and column is, refusals and notes."""
     head = ["row"] + [title for _, title, _ in COLUMNS] + ["n_pairs"]
-    body = [[name] + [_cell(result[key].get(k), fmt) for k, _, fmt in COLUMNS] + [str(result[key]["n_pairs"])]
-            for key, name in ROW_NAMES]
+    # The ground-truth row holds FIDs only: left out where none was computed.
+    rows = [(key, name) for key, name in ROW_NAMES if key in result
+            and (key != "ground_truth" or any(result[key].get(k) is not None for k in ("fid", "fid_reid")))]
+    body = [[name] + [_cell(result[key].get(k, ABSENT), fmt, result[key].get(f"{k}_sd")) for k, _, fmt in COLUMNS]
+            + [str(result[key]["n_pairs"])] for key, name in rows]
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in body]
     labels = result["labels"]
     out.append("")
-    for key, name in ROW_NAMES:
+    for key, name in rows:
         out.append(f"{name}: {labels[key]}")
     for k, title, _ in COLUMNS:
         text = f"{title}: {labels.get(k, k)}"

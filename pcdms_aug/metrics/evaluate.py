@@ -1,7 +1,12 @@
 """Generated target images against ground truth over a pairs CSV: SSIM, PSNR, LPIPS, FID, FID on re-ID features.
 
 Every metric is also computed for the copy-source row (each target replaced by its source image), the floor a
-generator has to beat. Metrics whose weights are absent are refused with the reason; the others still run.
+generator has to beat, and the FIDs for the ground-truth row (each generated image replaced by its true target):
+what a perfect generator scores. Against training images of other identities a perfect generator does not beat
+copy-the-source (both are real images of the test identities), so an FID below the ground truth's is no gain.
+``reference: targets`` measures an FID against the pairs' true targets instead (a perfect generator: 0), and
+``fid_bootstrap: N`` adds the spread of every FID over N resamples. Metrics whose weights are absent are refused
+with the reason; the others still run.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ from .pixels import psnr, ssim_upstream
 
 log = logging.getLogger(__name__)
 
-ROWS = ("generated", "copy_source")
+ROWS = ("generated", "copy_source", "ground_truth")
 METRICS = ("ssim", "psnr", "lpips", "fid", "fid_reid")
+REFERENCES = ("train", "targets")
 ORACLE_LABEL = "oracle best-of-{k} (uses ground truth; not available for augmentation)"
 
 
@@ -47,6 +53,7 @@ class FIDConfig:
     enabled: bool = True
     inception_weights: str | None = None  # torchvision inception_v3_google-*.pth or pytorch-fid pt_inception-*.pth
     max_reference: int | None = None      # at most this many training images (seeded sample); null: all
+    reference: str = "train"              # train: the training images; targets: the pairs' true targets
 
 
 @dataclass
@@ -56,6 +63,7 @@ class ReidFIDConfig:
     weights: str | None = None            # torchreid checkpoint of that architecture
     height: int = 128
     width: int = 64
+    reference: str = "train"              # as FIDConfig.reference (max_reference is fid's, shared)
 
 
 @dataclass
@@ -63,6 +71,7 @@ class MetricsConfig:
     batch_size: int = 32
     device: str = "auto"
     seed: int = 0
+    fid_bootstrap: int = 0                # resamples for the spread (sd) of each FID; 0: none
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
     fid_reid: ReidFIDConfig = field(default_factory=ReidFIDConfig)
@@ -73,6 +82,11 @@ class MetricsConfig:
         mr = self.fid.max_reference
         if mr is not None and (not isinstance(mr, int) or mr < 2):
             raise DataError(f"fid.max_reference must be null or an integer >= 2, got {mr!r}")
+        for key, c in (("fid", self.fid), ("fid_reid", self.fid_reid)):
+            if c.reference not in REFERENCES:
+                raise DataError(f"{key}.reference must be one of {', '.join(REFERENCES)}, got {c.reference!r}")
+        if not isinstance(self.fid_bootstrap, int) or isinstance(self.fid_bootstrap, bool) or self.fid_bootstrap < 0:
+            raise DataError(f"fid_bootstrap must be a non-negative integer, got {self.fid_bootstrap!r}")
 
 
 def as_config(config) -> MetricsConfig:
@@ -242,17 +256,26 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
         "n_pairs": "pairs evaluated",
         "generated": ORACLE_LABEL.format(k=best_of) if best_of else "generated images",
         "copy_source": "each target replaced by its source image (the floor to beat)",
+        "ground_truth": "each generated image replaced by its true target: the FIDs a perfect generator gets "
+                        "(its pixel metrics are trivially perfect and not shown)",
     })
     fid_keys = [k for k in ("fid", "fid_reid") if k in nets]
+    reference = {"fid": cfg.fid.reference, "fid_reid": cfg.fid_reid.reference}
     ref = [im.path for im in dataset.train]
     if cfg.fid.max_reference is not None and len(ref) > cfg.fid.max_reference:
         ref = sorted(random.Random(cfg.seed).sample(ref, cfg.fid.max_reference))
-    if fid_keys and min(len(keep), len(ref)) < 2:
-        for k in fid_keys:
-            refused[k] = (f"needs at least 2 evaluated pairs and 2 training images, got {len(keep)} and "
-                          f"{len(ref)}")
+    # The distinct true targets, as positions in ``keep`` order (a target of several pairs counts once).
+    first = {}
+    for pos, i in enumerate(keep):
+        first.setdefault(targets[i], pos)
+    target_pos = sorted(first.values())
+    for k in list(fid_keys):
+        n_ref_k = len(ref) if reference[k] == "train" else len(target_pos)
+        if min(len(keep), n_ref_k) < 2:
+            what = "training images" if reference[k] == "train" else "distinct targets"
+            refused[k] = f"needs at least 2 evaluated pairs and 2 {what}, got {len(keep)} and {n_ref_k}"
             del nets[k]
-        fid_keys = []
+            fid_keys.remove(k)
 
     loader = _Loader()
     acc = {row: {"ssim": [], "psnr": [], "lpips": []} for row in ROWS}
@@ -262,7 +285,7 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
     bs = cfg.batch_size
     with torch.no_grad():
         for start in tqdm(range(0, len(keep), bs), desc="metrics: pairs", unit="batch", disable=not progress):
-            batch = {"gt": [], "generated": [], "copy_source": []}
+            batch = {"gt": [], "generated": [], "copy_source": [], "ground_truth": []}
             for i in keep[start:start + bs]:
                 gt = loader(targets[i], "ground-truth")
                 src = loader(sources[i], "source")
@@ -277,6 +300,7 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
                 batch["gt"].append(gt)
                 batch["generated"].append(gen)
                 batch["copy_source"].append(src)
+                batch["ground_truth"].append(gt)
                 for row, pred in (("generated", gen), ("copy_source", src)):
                     acc[row]["ssim"].append(ssim_upstream(gt, pred))
                     acc[row]["psnr"].append(psnr(gt, pred))
@@ -284,38 +308,49 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
                 continue
             gt_t = _tensor(batch["gt"], device)
             for row in ROWS:
-                x = _tensor(batch[row], device)
-                if "lpips" in nets:
+                x = gt_t if row == "ground_truth" else _tensor(batch[row], device)
+                if "lpips" in nets and row != "ground_truth":
                     acc[row]["lpips"].extend(nets["lpips"](scale(x), scale(gt_t)).cpu().tolist())
                 for k in fid_keys:
                     feats[row][k].append(nets[k](x).cpu().double().numpy())
 
-    n_ref = len(ref) if fid_keys else 0
-    ref_feats = {k: [] for k in fid_keys}
-    if fid_keys:
+    feats = {row: {k: np.concatenate(v) for k, v in per.items()} for row, per in feats.items()}
+    train_keys = [k for k in fid_keys if reference[k] == "train"]
+    n_ref = len(ref) if train_keys else 0
+    ref_feats = {k: [] for k in train_keys}
+    if train_keys:
         with torch.no_grad():
             for start in tqdm(range(0, n_ref, bs), desc="metrics: training images", unit="batch",
                               disable=not progress):
                 x = _tensor([loader(p, "training") for p in ref[start:start + bs]], device)
-                for k in fid_keys:
+                for k in train_keys:
                     ref_feats[k].append(nets[k](x).cpu().double().numpy())
-        for k in fid_keys:
-            labels[k] = labels[k].replace("training images", f"{n_ref} training images")
-            if min(len(keep), n_ref) <= ref_feats[k][0].shape[1]:
-                notes.append(f"{k}: {len(keep)} generated / {n_ref} training images for "
-                             f"{ref_feats[k][0].shape[1]}-d features: the covariances are rank-deficient and the "
-                             "value is biased upward; compare FIDs only at equal image counts")
+    ref_feats = {k: np.concatenate(v) for k, v in ref_feats.items()}
+    for k in fid_keys:
+        if reference[k] == "targets":
+            ref_feats[k] = feats["ground_truth"][k][target_pos]
+            what = f"the {len(target_pos)} distinct true targets of the evaluated pairs"
+        else:
+            what = f"{n_ref} training images"
+        labels[k] = labels[k].replace("training images", what)
+        n, d = min(len(keep), len(ref_feats[k])), ref_feats[k].shape[1]
+        if n <= d:
+            notes.append(f"{k}: {len(keep)} generated / {len(ref_feats[k])} reference images for {d}-d features: "
+                         "the covariances are rank-deficient and the value is biased upward; compare FIDs only "
+                         "at equal image counts")
 
     result: dict = {row: {} for row in ROWS}
     for row in ROWS:
         r = result[row]
-        r["ssim"] = float(np.mean(acc[row]["ssim"]))
-        r["psnr"] = float(np.mean(acc[row]["psnr"]))
-        r["lpips"] = float(np.mean(acc[row]["lpips"])) if "lpips" in nets else None
+        if row != "ground_truth":
+            r["ssim"] = float(np.mean(acc[row]["ssim"]))
+            r["psnr"] = float(np.mean(acc[row]["psnr"]))
+            r["lpips"] = float(np.mean(acc[row]["lpips"])) if "lpips" in nets else None
         for k in ("fid", "fid_reid"):
-            r[k] = (frechet_distance_of(np.concatenate(feats[row][k]), np.concatenate(ref_feats[k]))
-                    if k in fid_keys else None)
+            r[k] = frechet_distance_of(feats[row][k], ref_feats[k]) if k in fid_keys else None
         r["n_pairs"] = len(keep)
+    if cfg.fid_bootstrap and fid_keys:
+        notes.extend(_bootstrap(result, feats, ref_feats, fid_keys, cfg.fid_bootstrap, cfg.seed, progress))
     if any(math.isinf(v) for v in acc["generated"]["psnr"] + acc["copy_source"]["psnr"]):
         notes.append("PSNR is inf where a prediction equals its ground truth exactly")
     notes.extend(loader.notes())
@@ -325,12 +360,43 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
     return {
         "generated": result["generated"],
         "copy_source": result["copy_source"],
+        "ground_truth": result["ground_truth"],
         "refused": refused,
         "n_pairs": len(keep),
         "n_missing": len(missing),
         "labels": labels,
         "notes": notes,
         "protocol": {"size": list(loader.size), "n_reference": n_ref, "best_of": best_of, "device": device,
+                     "reference": {k: reference[k] for k in fid_keys}, "fid_bootstrap": cfg.fid_bootstrap,
                      "pairs": None if pairs_path is None else str(pairs_path),
                      "generated_dir": str(gen_dir), "dataset": str(dataset.root)},
     }
+
+
+def _bootstrap(result: dict, feats: dict, ref_feats: dict, keys: list[str], n: int, seed: int,
+               progress: bool) -> list[str]:
+    """Adds ``<key>_sd`` to every row: the spread of its FID over ``n`` resamples (with replacement) of the
+    evaluated pairs and, independently, of the reference images; and returns notes with the spread of the
+    differences generated - copy-source and generated - ground truth over the same resamples (the same pairs
+    in every row, so what the rows share cancels)."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    n_pairs = len(next(iter(feats["generated"].values())))
+    draws = {row: {k: [] for k in keys} for row in ROWS}
+    for _ in tqdm(range(n), desc="metrics: FID bootstrap", unit="resample", disable=not progress):
+        idx = rng.integers(0, n_pairs, n_pairs)
+        for k in keys:
+            ref = ref_feats[k][rng.integers(0, len(ref_feats[k]), len(ref_feats[k]))]
+            for row in ROWS:
+                draws[row][k].append(frechet_distance_of(feats[row][k][idx], ref))
+    notes = []
+    for k in keys:
+        for row in ROWS:
+            result[row][f"{k}_sd"] = float(np.std(draws[row][k], ddof=1)) if n > 1 else 0.0
+        gen = np.asarray(draws["generated"][k])
+        for other, name in (("copy_source", "copy-source"), ("ground_truth", "ground truth")):
+            d = gen - np.asarray(draws[other][k])
+            notes.append(f"{k}: generated - {name} = {result['generated'][k] - result[other][k]:+.3f}, "
+                         f"bootstrap sd {np.std(d, ddof=1) if n > 1 else 0.0:.3f} over {n} resamples")
+    return notes
