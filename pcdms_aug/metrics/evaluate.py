@@ -63,14 +63,15 @@ class ReidFIDConfig:
     weights: str | None = None            # torchreid checkpoint of that architecture
     height: int = 128
     width: int = 64
-    reference: str = "train"              # as FIDConfig.reference (max_reference is fid's, shared)
+    reference: str = "train"              # as FIDConfig.reference (fid.max_reference caps both)
+
 
 
 @dataclass
 class MetricsConfig:
     batch_size: int = 32
     device: str = "auto"
-    seed: int = 0
+    seed: int = 0                         # fid.max_reference's sample and the bootstrap
     fid_bootstrap: int = 0                # resamples for the spread (sd) of each FID; 0: none
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
