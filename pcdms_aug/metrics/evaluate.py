@@ -66,7 +66,6 @@ class ReidFIDConfig:
     reference: str = "train"              # as FIDConfig.reference (fid.max_reference caps both)
 
 
-
 @dataclass
 class MetricsConfig:
     batch_size: int = 32
@@ -286,7 +285,7 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
     bs = cfg.batch_size
     with torch.no_grad():
         for start in tqdm(range(0, len(keep), bs), desc="metrics: pairs", unit="batch", disable=not progress):
-            batch = {"gt": [], "generated": [], "copy_source": [], "ground_truth": []}
+            batch = {"gt": [], "generated": [], "copy_source": []}
             for i in keep[start:start + bs]:
                 gt = loader(targets[i], "ground-truth")
                 src = loader(sources[i], "source")
@@ -301,7 +300,6 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
                 batch["gt"].append(gt)
                 batch["generated"].append(gen)
                 batch["copy_source"].append(src)
-                batch["ground_truth"].append(gt)
                 for row, pred in (("generated", gen), ("copy_source", src)):
                     acc[row]["ssim"].append(ssim_upstream(gt, pred))
                     acc[row]["psnr"].append(psnr(gt, pred))
