@@ -7,12 +7,10 @@ processes with grad_accum=1.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import os
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from .config import apply_overrides, build, load_config, resolve_config_path, to_dict
 from .errors import DataError
 from .io import atomic_write_text
+from .resume import check_folder, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .runtime import Runtime, barrier, init_runtime
 
 log = logging.getLogger("pcdms_aug.train")
@@ -120,71 +119,6 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 def micro_generator(seed: int, step: int, micro: int, device: str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4099 + micro)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    if not out.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and
-             (p / "state.pt").is_file()]
-    return sorted(found)
-
-
-def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep: int, cfg: RunConfig) -> Path:
-    """Everything needed to resume, written into a hidden folder and renamed into place in one step."""
-    from safetensors.torch import save_model
-
-    final = out / f"checkpoint-{step}"
-    tmp = out / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(stage, str(tmp / "model.safetensors"))
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(_yaml(cfg))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(out)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, stage, ema, device="cpu") -> dict:
-    """Model and EMA weights of ``save_checkpoint``'s folder into ``stage`` and ``ema``; returns the rest of
-    its state (step, optimizer, scheduler, rng)."""
-    from safetensors.torch import load_model
-
-    load_model(stage, str(path / "model.safetensors"), device=str(device))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    ema.load_state_dict(state["ema"])
-    ema.to(device)
-    return state
-
-
-def _rng_state() -> dict:
-    import random
-
-    import numpy as np
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _yaml(cfg: RunConfig) -> str:
@@ -288,9 +222,10 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
     barrier()
 
     stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
-    if tc.init_from and not list_checkpoints(out):
+    # Checkpoints hold the trainable weights only: a resumed run takes its frozen parts from init_from again.
+    if tc.init_from:
         widened, fresh = _warm_start(stage, cfg.stage, tc.init_from)
-        if rt.is_main:
+        if rt.is_main and not list_checkpoints(out):
             log.info("initialised %s from %s%s%s", cfg.stage, tc.init_from,
                      f" (new input channels at zero in {', '.join(widened)})" if widened else "",
                      f" (new components, not in the saved stage: {', '.join(fresh)})" if fresh else "")
@@ -314,7 +249,7 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
         state = load_checkpoint(path, stage, ema, rt.device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if rt.is_main:
             log.info("resuming from %s (step %d of %d)", path, step, tc.max_steps)
             print(f"[train] resuming from {path} (step {step} of {tc.max_steps})", flush=True)
@@ -350,7 +285,7 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
             batch = _to_device(next(it), rt.device)
             gen = micro_generator(tc.seed, step, rt.rank * tc.grad_accum + k, rt.device)
             sync = k == tc.grad_accum - 1 or not rt.distributed
-            ctx = model.no_sync() if not sync else _nullcontext()
+            ctx = model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, torch.autocast(rt.device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=use_amp):
                 loss = model(batch, gen) / tc.grad_accum
             scaler.scale(loss).backward()
@@ -394,7 +329,7 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
             _save_preview(stage, ema, params, dataset, out / "samples" / f"step-{step:06d}.png", tc, rt)
         if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or step == tc.max_steps):
             if rt.is_main:
-                save_checkpoint(out, step, stage, optimizer, scheduler, ema, tc.keep_checkpoints, cfg)
+                save_checkpoint(out, step, stage, optimizer, scheduler, ema, tc.keep_checkpoints, _yaml(cfg))
             barrier()
     bar.close()
     final = out / "final"
@@ -407,27 +342,14 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
     return final
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def _export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) -> None:
     """OUT/final in our format, with the EMA weights (what inference should use)."""
     ema.store(params)
     ema.copy_to(params)
     try:
-        tmp = final.parent / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        stage.save_pretrained(tmp)
-        atomic_write_text(tmp / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
-                                                             "ema_decay": cfg.train.ema_decay}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        stage.save_pretrained(final)
+        atomic_write_text(final / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
+                                                              "ema_decay": cfg.train.ema_decay}, indent=2))
     finally:
         ema.restore(params)
 
@@ -440,13 +362,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     from .stages import build_stage
 
     ckpt, out = Path(checkpoint), Path(out)
-    for name in ("model.safetensors", "state.pt", "config.yaml"):
-        if not (ckpt / name).is_file():
-            raise DataError(f"not a training checkpoint: no {name} (expected OUT/checkpoint-<step>/)", ckpt)
+    check_folder(ckpt)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError("export target exists and is not an empty folder", out)
     cfg = load_run_config(ckpt / "config.yaml")
     stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
+    if cfg.train.init_from:
+        _warm_start(stage, cfg.stage, cfg.train.init_from)
     params = list(stage.trainable_parameters())
     ema = EMAModel(params, decay=cfg.train.ema_decay)
     state = load_checkpoint(ckpt, stage, ema)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from pcdms_aug.cli import main
+from pcdms_aug.resume import read_state
 from pcdms_aug.train import list_checkpoints, load_run_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def _cfg(tmp_path, synth_market, stage="prior", *extra):
 
 
 def _weights(path):
-    return load_file(str(path / "model.safetensors"))
+    return load_file(str(path / "trainable.safetensors"))
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, synth_market, capsys):
@@ -47,7 +48,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, synth_m
 def test_warmup_takes_effect(tmp_path, synth_market):
     cfg = _cfg(tmp_path, synth_market, "prior", "train.max_steps=2", "train.warmup_steps=100")
     train(cfg, progress=False)
-    state = torch.load(tmp_path / "checkpoint-2" / "state.pt", weights_only=False)
+    state = read_state(tmp_path / "checkpoint-2")
     lr = state["optimizer"]["param_groups"][0]["lr"]
     assert 0 < lr <= cfg.train.lr * 2 / 100 + 1e-12
 
@@ -61,7 +62,7 @@ def test_export_checkpoint_gives_the_ema_weights_final_has(tmp_path, synth_marke
     raw = _weights(tmp_path / "run" / "checkpoint-2")
     assert any(not torch.equal(raw[k], b[k.split(".", 1)[1]]) for k in raw if k.split(".", 1)[1] in b)
     assert main(["export-checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "y")]) == 2
-    assert "no model.safetensors" in capsys.readouterr().err
+    assert "no trainable.safetensors" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["export-checkpoint", str(tmp_path / "run" / "checkpoint-2"), "--out", str(tmp_path / "file")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
@@ -163,3 +164,32 @@ def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_z
                                torch.Generator().manual_seed(2))
     loss.backward()
     assert torch.isfinite(loss) and stage.unet.conv_in.weight.grad[:, -stage.codec.channels:].abs().sum() > 0
+
+
+def test_a_checkpoint_holds_only_trainable_state_and_plain_data(tmp_path, synth_market):
+    train(_cfg(tmp_path, synth_market, "inpaint", "train.max_steps=2"), progress=False)
+    ckpt = tmp_path / "checkpoint-2"
+    comps = {k.split(".", 1)[0] for k in _weights(ckpt)}
+    assert comps and not comps & {"clip", "dino", "codec"}
+    assert set(load_file(str(ckpt / "ema.safetensors"))) <= set(_weights(ckpt))
+    state = torch.load(ckpt / "state.pt", weights_only=True)  # plain data: loads without any allowed global
+    assert state["step"] == 2 and state["ema"]["optimization_step"] == 2
+
+
+def test_a_checkpoint_whose_state_runs_code_is_refused_and_runs_nothing(tmp_path, synth_market, capsys):
+    train(_cfg(tmp_path / "run", synth_market, "prior", "train.max_steps=2"), progress=False)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = torch.load(tmp_path / "run" / "checkpoint-2" / "state.pt", weights_only=True)
+    torch.save({**state, "x": Payload()}, tmp_path / "run" / "checkpoint-2" / "state.pt")
+    assert main(["export-checkpoint", str(tmp_path / "run" / "checkpoint-2"), "--out", str(tmp_path / "x")]) == 2
+    assert "refused" in capsys.readouterr().err and not marker.exists()
+    # resuming reads the same file: refused too, nothing runs, the run's files stay
+    cfg = _cfg(tmp_path / "run", synth_market, "prior", "train.max_steps=4")
+    with pytest.raises(Exception, match="refused"):
+        train(cfg, progress=False)
+    assert not marker.exists() and (tmp_path / "run" / "checkpoint-2" / "state.pt").is_file()
