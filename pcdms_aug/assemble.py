@@ -1,6 +1,11 @@
-"""`pcdms-aug assemble`: one pipeline folder (what every ``--weights`` reads) from separately trained stages."""
+"""`pcdms-aug assemble`: one pipeline folder (what every ``--weights`` reads) from separately trained stages.
+
+Sampling defaults come from the stages' own scale: stages in SD's VAE latent space (paper configs) get
+``paper/pipeline.yaml``'s, the others ``tiny/pipeline.yaml``'s; the working size is always the stages' own.
+A ``--config`` whose image size or scale disagrees with the stages is refused, not applied."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from .errors import DataError
@@ -17,18 +22,53 @@ def configure(parser):
     parser.add_argument("--inpaint", required=True, help=where.format("inpaint"))
     parser.add_argument("--refine", help=where.format("refine") + "; without it the coarse image is the output")
     parser.add_argument("--out", required=True, help="new pipeline folder (refused if it exists and is not empty)")
-    parser.add_argument("--config", default="tiny/pipeline.yaml",
-                        help="pipeline YAML with the sampling defaults to store (default: tiny/pipeline.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="pipeline YAML with the sampling defaults to store (default: the stages' own scale: "
+                             "paper/pipeline.yaml for VAE-latent stages, else tiny/pipeline.yaml)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
                         help="store the trained weights in this type (frozen encoders keep theirs)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="changes to the stored config, e.g. sampling.refine_strength=0.3")
 
 
+def stage_scale(folders: dict[str, Path]) -> tuple[str, list]:
+    """('paper' | 'tiny', image size) of the stage folders; a DataError if they disagree."""
+    from .stages import Stage
+
+    scales, sizes = {}, {}
+    for name, folder in folders.items():
+        cfg = Stage.read_config(folder)
+        scales[name] = "paper" if (cfg.get("codec") or {}).get("type") == "vae" else "tiny"
+        sizes[name] = list(cfg.get("image_size", [128, 64]))
+    if len(set(scales.values())) > 1:
+        raise DataError(f"the stages are of different scales ({scales}); assemble stages trained together")
+    image_sizes = {n: s for n, s in sizes.items() if n != "prior"}  # the prior works on embeddings only
+    if len({tuple(s) for s in image_sizes.values()}) > 1:
+        raise DataError(f"the stages were trained at different image sizes ({image_sizes})")
+    size = next(iter(image_sizes.values()), sizes.get("prior"))
+    return next(iter(scales.values())), size
+
+
+def pipeline_config(folders: dict[str, Path], config: str | None, overrides) -> dict:
+    from .config import apply_overrides, load_config, resolve_config_path
+    from .pipeline import check_pipeline_config
+
+    scale, size = stage_scale(folders)
+    path = resolve_config_path(config or f"{scale}/pipeline.yaml")
+    cfg = load_config(path)
+    if config is not None and list(cfg.get("image_size", size)) != size:
+        raise DataError(f"image_size {cfg['image_size']} of this config is not the stages' {size} "
+                        f"({scale} scale); leave out --config to take the stages' defaults", path)
+    cfg["image_size"] = size
+    check_pipeline_config(cfg, str(path))
+    cfg = apply_overrides(cfg, overrides)
+    check_pipeline_config(cfg, "the key=value overrides")
+    return cfg
+
+
 def run(args):
     import torch
 
-    from .config import load_config, resolve_config_path
     from .pipeline import PCDMsPipeline, stage_folder
 
     out = Path(args.out)
@@ -36,13 +76,18 @@ def run(args):
         raise DataError("exists and is not empty; assemble writes a new pipeline folder", out)
     given = {n: getattr(args, n) for n in ("prior", "inpaint", "refine") if getattr(args, n)}
     folders = {n: stage_folder(v, n) for n, v in given.items()}
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    cfg = pipeline_config(folders, args.config, args.overrides)  # refused before any weights are read
     pipe = PCDMsPipeline.from_stages(folders, cfg)
     dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
     with atomic_dir(out) as tmp:  # an interrupted run leaves no half pipeline under OUT
         pipe.save_pretrained(tmp, trainable_dtype=dtype)
-        PCDMsPipeline.from_pretrained(tmp)  # what was written loads, before it takes the name
+        sampling = pipe.config.get("sampling")
+        # What was written must load before it takes the name; the assembled copy goes first, so the check
+        # holds one pipeline in memory, not two.
+        del pipe
+        gc.collect()
+        PCDMsPipeline.from_pretrained(tmp)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"[assemble] {out}: {', '.join(f'{n} <- {f}' for n, f in folders.items())}; "
-          f"sampling {pipe.config.get('sampling')}; {size / 2**20:.1f} MB")
+          f"image_size {cfg['image_size']}; sampling {sampling}; {size / 2**20:.1f} MB")
     return 0

@@ -96,6 +96,49 @@ def stage_folder(source: str | Path, name: str) -> Path:
     return folder
 
 
+# The keys a pipeline config may hold beside ``stages`` (what ``assemble KEY=VALUE`` may change), each with
+# its check: one place for what a valid sampling default is.
+def _steps(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(lo, hi, lo_open=False):
+    def ok(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo) \
+            and (hi is None or v <= hi)
+    return ok
+
+
+CONFIG_KEYS = {
+    "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_steps(x) for x in v),
+                   "[height, width]"),
+    "batch_size": (_steps, "an integer >= 1"),
+    "sampling.scheduler": (lambda v: v in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)),
+    **{f"sampling.steps.{n}": (_steps, "an integer >= 1") for n in ORDER},
+    **{f"sampling.guidance.{n}": (_number(0.0, None), "a number >= 0") for n in ORDER},
+    "sampling.refine_strength": (_number(0.0, 1.0, lo_open=True), "a number in (0, 1]"),
+    "sampling.refine_noise": (_number(0.0, 1.0), "a number in [0, 1]"),
+}
+
+
+def check_pipeline_config(cfg: dict, where: str = "pipeline config") -> None:
+    """A DataError naming the first unknown key or bad value of a pipeline config (``stages`` aside)."""
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if key in ("stages", "weights"):  # read by from_config (stage YAMLs, pretrained folders)
+                continue
+            if isinstance(v, dict) and key in ("sampling", "sampling.steps", "sampling.guidance"):
+                walk(v, key + ".")
+                continue
+            if key not in CONFIG_KEYS:
+                raise DataError(f"unknown key {key!r} in {where}; known: {', '.join(CONFIG_KEYS)}")
+            ok, what = CONFIG_KEYS[key]
+            if not ok(v):
+                raise DataError(f"{key}={v!r} in {where}: must be {what}")
+    walk(cfg, "")
+
+
 class PCDMsPipeline:
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
@@ -332,7 +375,7 @@ class PCDMsPipeline:
                  guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
                  output_type: str = "pil", target_embeds: torch.Tensor | None = None,
                  batch_size: int | None = None, refine_strength: float | None = None,
-                 refine_noise: float | None = None) -> PCDMsOutput:
+                 refine_noise: float | None = None, output_size: str = "source") -> PCDMsOutput:
         """Generate the target of every (source, target pose) pair.
 
         ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays, a tensor in
@@ -357,6 +400,8 @@ class PCDMsPipeline:
             raise ValueError(f"stage(s) {', '.join(missing)} not loaded in this pipeline")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
+        if output_size not in ("source", "working"):
+            raise ValueError(f"output_size must be source or working, got {output_size!r}")
         samp = self.config.get("sampling") or {}
         sched = scheduler or self.scheduler
         if sched not in SCHEDULERS:
@@ -455,8 +500,9 @@ class PCDMsPipeline:
                 final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
                                                      sched, strength=strength, noise=init_noise)
                 timings["refine"] += time.perf_counter() - t0
-            finals.append(self._resize(final, size))
-            coarses.append(self._resize(coarse, size))
+            out_size = size if output_size == "source" else self.image_size
+            finals.append(self._resize(final, out_size))
+            coarses.append(self._resize(coarse, out_size))
             if emb is not None:
                 embeds.append(emb.float().cpu())
         return PCDMsOutput(self._output(torch.cat(finals), output_type), self._output(torch.cat(coarses), output_type),

@@ -1,11 +1,22 @@
-"""`pcdms-aug make-refine-inputs`: stage 3 trains on what stage 2 produces, so run stage 2 over training pairs."""
+"""`pcdms-aug make-refine-inputs`: stage 3 trains on what stage 2 produces, so run stage 2 over training pairs.
+
+The images are written at the pipeline's working size (``image_size``, e.g. 512x256 at paper scale), the size
+stage 2 decodes and stage 3 is given at inference; ``inputs.json`` records it, and training checks it
+(:func:`check_refine_inputs`)."""
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 from .data.market import MarketDataset, make_pairs
+from .errors import DataError
+from .io import atomic_write_text
 from .pose import read_annotations, read_pairs, write_pairs
+from .runtime import add_dtype_argument
 from .synthesize import load_pipeline, synthesize
+
+INFO = "inputs.json"
 
 
 def configure(parser):
@@ -13,7 +24,7 @@ def configure(parser):
     parser.add_argument("--annotations", required=True, help="training annotation CSV")
     parser.add_argument("--weights", required=True,
                         help="pipeline folder with trained prior and inpaint stages ('tiny', a folder, or a YAML)")
-    parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png and pairs.csv")
+    parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png, pairs.csv and inputs.json")
     parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the training pairs")
     parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
@@ -22,15 +33,45 @@ def configure(parser):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    add_dtype_argument(parser)
+
+
+def check_refine_inputs(folder: str | Path, image_size) -> None:
+    """Stage 3 must train at the size it refines at: refuse inputs made at another (or of unknown) size."""
+    info = Path(folder) / INFO
+    if not info.is_file():
+        raise DataError(f"no {INFO}: made by an older make-refine-inputs (images at the source size); run "
+                        "pcdms-aug make-refine-inputs again", folder)
+    made = list(json.loads(info.read_text()).get("image_size", []))
+    if made != list(image_size):
+        raise DataError(f"stage-2 outputs are {made[0]}x{made[1]}, but data.image_size is "
+                        f"{image_size[0]}x{image_size[1]}: stage 3 trains on the size it is given at inference",
+                        info)
+
+
+def _record_size(out: Path, pipe, args) -> None:
+    info = out / INFO
+    size = list(pipe.image_size)
+    if info.is_file():
+        made = json.loads(info.read_text()).get("image_size")
+        if made != size:
+            raise DataError(f"this folder holds stage-2 outputs at {made}, the pipeline works at {size}; "
+                            "use a new --out", info)
+        return
+    atomic_write_text(info, json.dumps({"image_size": size, "weights": str(args.weights),
+                                        "steps": args.steps, "seed": args.seed}, indent=2))
 
 
 def run(args):
     from .runtime import barrier, init_runtime
 
-    rt = init_runtime(args.device, "fp32")
+    if args.batch < 1:
+        raise DataError(f"--batch must be at least 1, got {args.batch}")
+    rt = init_runtime(args.device, args.dtype)
     out = Path(args.out)
     dataset = MarketDataset(args.dataset)
     poses = read_annotations(args.annotations)
+    pipe = load_pipeline(args.weights, rt.device, args.dtype)
     pairs_file = out / "pairs.csv"
     if pairs_file.is_file():
         # The pair list is fixed by the first run, so a resumed run finishes exactly that list.
@@ -40,14 +81,16 @@ def run(args):
         pairs = make_pairs(poses, args.max_pairs, args.seed, names)
         if rt.is_main:
             write_pairs(pairs_file, pairs)
-        barrier()
-    pipe = load_pipeline(args.weights, rt.device)
-    # Stage 1 predicts the target embedding here as it will at inference, so stage 3 learns to repair
-    # exactly the images it will be given.
+    if rt.is_main:
+        _record_size(out, pipe, args)
+    barrier()
+    # Stage 1 predicts the target embedding here as it will at inference, and the images stay at the working
+    # size stage 2 decodes at, so stage 3 learns to repair exactly the images it will be given.
     stages = ("prior", "inpaint")
-    counts = synthesize(pipe, pairs, dataset, poses, out, batch=args.batch, steps=args.steps,
+    working = functools.partial(pipe, output_size="working")
+    counts = synthesize(working, pairs, dataset, poses, out, batch=args.batch, steps=args.steps,
                         guidance=args.guidance, scheduler=args.scheduler, seed=args.seed, stages=stages,
                         write="coarse", rank=rt.rank, world=rt.world_size, progress=rt.is_main)
     print(f"[make-refine-inputs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} "
-          f"finished, of {counts['pairs']} pairs -> {out}")
+          f"finished, of {counts['pairs']} pairs at {pipe.image_size[0]}x{pipe.image_size[1]} -> {out}")
     return 0

@@ -48,6 +48,16 @@ def pick_dtype(name: str | None, device: str):
     return table[name]
 
 
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+
+
+def add_dtype_argument(parser, default: str = "auto") -> None:
+    """``--dtype`` of every generating command (one help text, one set of choices)."""
+    parser.add_argument("--dtype", default=default, choices=DTYPE_CHOICES,
+                        help="weights and activations: auto = bf16 on a GPU that has it, else fp16 on GPU, fp32 on "
+                             f"CPU (default: {default})")
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

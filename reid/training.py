@@ -16,8 +16,9 @@ import torch
 from pcdms_aug.errors import DataError
 from pcdms_aug.runtime import seed_everything
 
-from .datasets import dataset_name, register, torchreid
-from .evaluation import evaluate
+from .datasets import dataset_name, register, torchreid, validation_items, validation_loader
+from .evaluation import evaluate, extract_features, rank_metrics
+from .schedule import Schedule, own_schedule, protocol, train_steps
 
 log = logging.getLogger(__name__)
 LOSSES = ("softmax", "triplet")
@@ -38,6 +39,16 @@ class TrainConfig:
     stepsize: int | list = 20
     gamma: float = 0.1
     epochs: int = 5
+    # Training length (reid.schedule): epochs by default; max_steps trains every run that many iterations with
+    # the learning rate dropping at lr_steps; converge stops on the validation mAP (max_steps or epochs cap it).
+    max_steps: int | None = None
+    lr_steps: list | None = None
+    converge: bool = False
+    eval_every: int = 50  # steps between validation evaluations (converge, and the controls' best-step choice)
+    patience: int = 3  # evaluations without a new best before a learning-rate drop, then the stop
+    plateau_drops: int = 1  # learning-rate drops (by gamma) at plateaus before the run stops at the next one
+    min_delta: float = 0.0  # a new best must beat the old one by more than this (mAP points)
+    val_images: int = 300  # held-out images of the training identities (outside the subset) to validate on
     fixbase_epoch: int = 0
     open_layers: list | None = None
     batch_size: int = 32
@@ -67,6 +78,13 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "batch_size_test", "height", "width", "max_rank"):
             if int(getattr(self, key)) < (0 if key == "epochs" else 1):
                 raise DataError(f"{key} must be positive, got {getattr(self, key)} ({where})")
+        for key in ("eval_every", "patience", "val_images"):
+            if int(getattr(self, key)) < 1:
+                raise DataError(f"{key} must be at least 1, got {getattr(self, key)} ({where})")
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise DataError(f"max_steps must be at least 1 or null, got {self.max_steps} ({where})")
+        if self.lr_steps and not self.max_steps:
+            raise DataError(f"lr_steps needs max_steps (steps are counted against it) ({where})")
         if self.loss == "triplet" and self.batch_size < self.num_instances:
             raise DataError(f"batch_size {self.batch_size} < num_instances {self.num_instances} ({where})")
 
@@ -160,29 +178,60 @@ def train_epochs(engine, cfg: TrainConfig, on_epoch=None) -> list[float]:
     return seconds
 
 
+def _validator(cfg: TrainConfig, dm, data_dir, split_file, seed: int, device: str):
+    """``model -> mAP`` on held-out images of the training identities (see datasets.validation_items)."""
+    items = validation_items(data_dir, split_file, cfg.val_images, seed)
+    loader = validation_loader(items, dm.transform_te, cfg.batch_size_test)
+
+    def validate(model) -> float:
+        feats, pids, camids = extract_features(model, loader, device)
+        try:
+            return rank_metrics(feats, pids, camids, feats, pids, camids, cfg.dist_metric, cfg.normalize_feature,
+                                cfg.max_rank)["mAP"]
+        except AssertionError:  # torchreid's ranking: no query has a match under another camera
+            raise DataError(f"the {len(items)} validation images hold no identity seen by two cameras; raise "
+                            "val_images", split_file) from None
+    return validate, len(items)
+
+
 def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: int, device: str = "cpu",
                        generated_dir: str | Path | None = None, kept_only: bool = False,
                        views_per_identity: int | None = None, split_file: str | Path | None = None,
-                       on_epoch=None) -> dict:
-    """Train one model on (split of) the dataset plus generated views and evaluate it; a flat result dict."""
+                       schedule: Schedule | None = None, repeat_to: int | None = None,
+                       views_per_image: int | None = None, on_progress=None) -> dict:
+    """Train one model on (split of) the dataset plus generated views and evaluate it; a flat result dict.
+
+    ``schedule`` replays another run's steps and learning-rate drops (a control); otherwise the run follows
+    its own schedule under the config's protocol. ``repeat_to`` repeats the real images to that many items.
+    With ``converge`` the validation mAP chooses the tested weights; only a run on its own schedule stops early.
+    """
     start = time.perf_counter()
     register(generated_dir=generated_dir, views_per_identity=views_per_identity, kept_only=kept_only,
-             split_file=split_file)
+             split_file=split_file, repeat_to=repeat_to, views_per_image=views_per_image)
     seed_everything(seed)
     dm = build_datamanager(cfg, root, dataset, device.startswith("cuda"))
     trainset = dm.train_loader.dataset
+    validate, n_val = (None, 0)
+    if cfg.converge:
+        validate, n_val = _validator(cfg, dm, trainset.data_dir, split_file, seed, device)
     # Seeded again so that a run's initial weights and batch order depend on the seed only, not on the data.
     seed_everything(seed)
     model = build_model(cfg, dm.num_train_pids, device)
     engine = build_engine(cfg, dm, model, device)
-    epoch_s = train_epochs(engine, cfg, on_epoch)
+    own = schedule is None
+    schedule = own_schedule(cfg, len(dm.train_loader)) if own else Schedule.from_dict(schedule.to_dict())
+    trained = train_steps(engine, cfg, schedule, validate, early_stop=own and cfg.converge, on_progress=on_progress)
     t_eval = time.perf_counter()
     res = evaluate(model, dm, device=device, dist_metric=cfg.dist_metric,
                    normalize_feature=cfg.normalize_feature, max_rank=cfg.max_rank)
+    res.update(trained)
     res.update({
+        "protocol": protocol(cfg) if own else f"equal_steps:{protocol(cfg)}", "schedule": schedule.to_dict(),
         "num_train_real": int(trainset.num_real_train), "num_train_generated": int(trainset.num_generated),
+        "num_train_repeated": int(trainset.num_repeated), "num_val": n_val,
         "num_train_images": len(trainset.train), "num_train_ids": int(dm.num_train_pids),
-        "epochs": cfg.epochs, "sec_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else 0.0,
+        "batches_per_epoch": len(dm.train_loader), "epochs": trained["steps"] / len(dm.train_loader),
+        "sec_per_step": trained["train_s"] / max(1, trained["steps"]),
         "eval_s": time.perf_counter() - t_eval, "wall_s": time.perf_counter() - start, "device": device,
     })
     return res

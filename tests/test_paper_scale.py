@@ -247,3 +247,80 @@ def test_paper_scale_stage_runs_one_step_under_16_gb(name):
 
 if __name__ == "__main__":
     print(json.dumps(measure(sys.argv[1])))
+
+
+# ----------------------------------------------------------------------------------- the CLI loop, paper configs
+@pytest.mark.slow  # 5.4 min on 2 shared cores (most of it generate over every synthetic training image)
+def test_paper_configs_run_the_whole_cli_loop_on_downloaded_layouts(tmp_path, synth_market, capsys):
+    """The paper configs, pointed at random-weight folders in the downloaded layouts (reduced depth, 64x32
+    images): every stage trains 2 steps and resumes, stage 2 writes stage 3's inputs, a checkpoint exports,
+    the stages assemble (sampling defaults taken from the paper stages), and generate, synthesize-pairs and
+    metrics run on the result."""
+    import shutil
+
+    from pcdms_aug.cli import main
+    from pcdms_aug.testing.paper_fixture import stage_overrides, write_folders
+
+    torch.set_num_threads(2)
+    weights = tmp_path / "weights"
+    write_folders(weights)
+    model = stage_overrides(weights, prefix="model.")
+    data = [f"data.root={synth_market}", f"data.annotations={synth_market / 'market-annotation-train.csv'}",
+            "data.image_size=[64,32]", "data.max_pairs=8", "data.num_workers=0"]
+    short = ["train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=1", "train.sample_every=0",
+             "train.log_every=1", "train.warmup_steps=1", "train.device=cpu", "train.mixed_precision='no'"]
+    runs = tmp_path / "runs"
+
+    def train(stage, *extra):
+        out = runs / stage
+        args = ["train", f"paper/train_{stage}.yaml", *data, *short, *model, f"train.out={out}", *extra]
+        assert main([*args, "--no-progress"]) == 0, capsys.readouterr().err
+        return out
+
+    for stage in ("prior", "inpaint"):
+        out = train(stage)
+        shutil.rmtree(out / "checkpoint-2"), shutil.rmtree(out / "final")
+        train(stage)  # resumes from checkpoint-1
+        assert "resuming from" in capsys.readouterr().out and (out / "final" / "config.json").is_file()
+    # stage 1 + 2 of the paper stages (assembled without refine) write stage 3's inputs at the working size
+    coarse = tmp_path / "coarse_pipe"
+    assert main(["assemble", "--prior", str(runs / "prior" / "final"), "--inpaint", str(runs / "inpaint" / "final"),
+                 "--out", str(coarse)]) == 0, capsys.readouterr().err
+    inputs = tmp_path / "refine_inputs"
+    assert main(["make-refine-inputs", "--dataset", str(synth_market), "--annotations",
+                 str(synth_market / "market-annotation-train.csv"), "--weights", str(coarse), "--out", str(inputs),
+                 "--max-pairs", "4", "--steps", "2", "--batch", "4", "--device", "cpu", "--dtype", "fp32"]) == 0
+    from PIL import Image
+    made = sorted(inputs.glob("*.png"))
+    assert len(made) == 4 and all(Image.open(p).size == (32, 64) for p in made)  # 64x32, not the source's 128x64
+    out = train("refine", f"data.refine_inputs={inputs}")
+    assert main(["export-checkpoint", str(out / "checkpoint-1"), "--out", str(tmp_path / "refine_step1")]) == 0
+
+    pipe = tmp_path / "pipeline"
+    assert main(["assemble", "--prior", str(runs / "prior" / "final"), "--inpaint", str(runs / "inpaint" / "final"),
+                 "--refine", str(tmp_path / "refine_step1"), "--out", str(pipe)]) == 0, capsys.readouterr().err
+    stored = json.loads((pipe / "pipeline.json").read_text()) if (pipe / "pipeline.json").is_file() else None
+    assert "sampling {'scheduler': 'unipc'" in capsys.readouterr().out
+    # frozen parts are referenced by their folders, not copied
+    assert not list(pipe.rglob("clip.safetensors")) and not list(pipe.rglob("dino.safetensors"))
+    del stored
+
+    gen = tmp_path / "generated"
+    assert main(["generate", "--dataset", str(synth_market), "--weights", str(pipe), "--out", str(gen),
+                 "--views", "1", "--batch", "4", "--steps", "2", "--device", "cpu", "--dtype", "fp32",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    assert list(gen.rglob("*.jpg")) or list(gen.rglob("*.png"))
+    test_pairs = synth_market / "market-pairs-test.csv"
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("".join(test_pairs.read_text().splitlines(keepends=True)[:4]))
+    synth = tmp_path / "synth"
+    assert main(["synthesize-pairs", "--pairs", str(pairs), "--dataset", str(synth_market), "--weights", str(pipe),
+                 "--out", str(synth), "--steps", "2", "--batch", "4", "--device", "cpu"]) == 0, \
+        capsys.readouterr().err
+    assert len(list(synth.glob("*.png"))) == 3
+    capsys.readouterr()
+    assert main(["metrics", "--pairs", str(pairs), "--generated", str(synth), "--dataset", str(synth_market),
+                 "--config", "tiny/metrics.yaml", "--json", "--no-progress", "lpips.enabled=false",
+                 "fid.enabled=false", "fid_reid.enabled=false"]) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_pairs"] == 3 and report["n_missing"] == 0

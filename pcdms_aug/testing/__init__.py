@@ -1,0 +1,1 @@
+"""Helpers that build local test inputs (random-weight model folders in the downloaded layouts)."""
