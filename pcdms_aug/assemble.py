@@ -1,8 +1,7 @@
 """`pcdms-aug assemble`: one pipeline folder (what every ``--weights`` reads) from separately trained stages.
 
 Sampling defaults come from the stages' own scale: stages in SD's VAE latent space (paper configs) get
-``paper/pipeline.yaml``'s, the others ``tiny/pipeline.yaml``'s; the working size is always the stages' own.
-A ``--config`` whose image size or scale disagrees with the stages is refused, not applied."""
+``paper/pipeline.yaml``'s, the others ``tiny/pipeline.yaml``'s; the working size is the largest stage's. A ``--config`` whose image size disagrees is refused, not applied."""
 from __future__ import annotations
 
 import gc
@@ -42,10 +41,9 @@ def stage_scale(folders: dict[str, Path]) -> tuple[str, list]:
         sizes[name] = list(cfg.get("image_size", [128, 64]))
     if len(set(scales.values())) > 1:
         raise DataError(f"the stages are of different scales ({scales}); assemble stages trained together")
-    image_sizes = {n: s for n, s in sizes.items() if n != "prior"}  # the prior works on embeddings only
-    if len({tuple(s) for s in image_sizes.values()}) > 1:
-        raise DataError(f"the stages were trained at different image sizes ({image_sizes})")
-    size = next(iter(image_sizes.values()), sizes.get("prior"))
+    # The pipeline works at its largest stage's size (tiny: stage 2 at 64x32 inside a 128x64 pipeline; paper:
+    # all 512x256): sources and pose images are prepared at it and each stage resizes from it as in training.
+    size = max(sizes.values(), key=lambda hw: (hw[0] * hw[1], hw))
     return next(iter(scales.values())), size
 
 

@@ -500,9 +500,8 @@ class PCDMsPipeline:
                 final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
                                                      sched, strength=strength, noise=init_noise)
                 timings["refine"] += time.perf_counter() - t0
-            out_size = size if output_size == "source" else self.image_size
-            finals.append(self._resize(final, out_size))
-            coarses.append(self._resize(coarse, out_size))
+            finals.append(self._resize(final, size if output_size == "source" else final.shape[-2:]))
+            coarses.append(self._resize(coarse, size if output_size == "source" else coarse.shape[-2:]))
             if emb is not None:
                 embeds.append(emb.float().cpu())
         return PCDMsOutput(self._output(torch.cat(finals), output_type), self._output(torch.cat(coarses), output_type),

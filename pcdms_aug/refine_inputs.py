@@ -1,8 +1,8 @@
 """`pcdms-aug make-refine-inputs`: stage 3 trains on what stage 2 produces, so run stage 2 over training pairs.
 
-The images are written at the pipeline's working size (``image_size``, e.g. 512x256 at paper scale), the size
-stage 2 decodes and stage 3 is given at inference; ``inputs.json`` records it, and training checks it
-(:func:`check_refine_inputs`)."""
+The images are written as stage 2 decodes them (its ``image_size``: 512x256 at paper scale), not resized to
+the source's size: stage 3 is given exactly that at inference. ``inputs.json`` records the size; training
+refuses a folder without it (:func:`check_refine_inputs`: made by the old, source-size command)."""
 from __future__ import annotations
 
 import functools
@@ -36,22 +36,25 @@ def configure(parser):
     add_dtype_argument(parser)
 
 
-def check_refine_inputs(folder: str | Path, image_size) -> None:
-    """Stage 3 must train at the size it refines at: refuse inputs made at another (or of unknown) size."""
+def check_refine_inputs(folder: str | Path, image_size) -> list:
+    """Stage 3 must train on what it refines at inference: stage-2 outputs at stage 2's size, loaded at
+    ``image_size`` (data.image_size) and resized by stage 3 as its input is at inference. Refuses a folder of
+    unknown size, and one made larger than the training size (it would be shrunk: not what inference gives).
+    Returns the size the images were made at."""
     info = Path(folder) / INFO
     if not info.is_file():
         raise DataError(f"no {INFO}: made by an older make-refine-inputs (images at the source size); run "
                         "pcdms-aug make-refine-inputs again", folder)
     made = list(json.loads(info.read_text()).get("image_size", []))
-    if made != list(image_size):
-        raise DataError(f"stage-2 outputs are {made[0]}x{made[1]}, but data.image_size is "
-                        f"{image_size[0]}x{image_size[1]}: stage 3 trains on the size it is given at inference",
-                        info)
+    if len(made) != 2 or made[0] > image_size[0] or made[1] > image_size[1]:
+        raise DataError(f"stage-2 outputs are {made}, larger than data.image_size {list(image_size)}: stage 3 "
+                        "would train on shrunk images; set data.image_size to the pipeline's image_size", info)
+    return made
 
 
 def _record_size(out: Path, pipe, args) -> None:
     info = out / INFO
-    size = list(pipe.image_size)
+    size = list(pipe.stages["inpaint"].image_size)
     if info.is_file():
         made = json.loads(info.read_text()).get("image_size")
         if made != size:
@@ -92,5 +95,5 @@ def run(args):
                         guidance=args.guidance, scheduler=args.scheduler, seed=args.seed, stages=stages,
                         write="coarse", rank=rt.rank, world=rt.world_size, progress=rt.is_main)
     print(f"[make-refine-inputs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} "
-          f"finished, of {counts['pairs']} pairs at {pipe.image_size[0]}x{pipe.image_size[1]} -> {out}")
+          f"finished, of {counts['pairs']} pairs at stage 2's {pipe.stages['inpaint'].image_size} -> {out}")
     return 0

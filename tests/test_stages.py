@@ -564,3 +564,56 @@ def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm
     stage.save_pretrained(tmp_path / "r")
     again = stage_class("refine").from_pretrained(tmp_path / "r")
     assert all(torch.equal(v, again.discriminator.state_dict()[k]) for k, v in fresh.items())
+
+
+def test_assemble_refuses_bad_overrides_and_a_config_of_another_scale_before_loading(tmp_path, capsys):
+    """Unknown keys and bad values of `assemble key=value` are refused at once, naming the key; a --config whose
+    image size is not the stages' is refused; without --config the stages' own scale gives the defaults."""
+    from pcdms_aug.assemble import pipeline_config, stage_scale
+    from pcdms_aug.cli import main
+    from pcdms_aug.pipeline import stage_folder
+
+    for over, key in [("sampling.refine_strength=7", "sampling.refine_strength"),
+                      ("sampling.scheduler=nonsense", "sampling.scheduler"), ("sampling.stepz.prior=3", "stepz"),
+                      ("batch_size=0", "batch_size"), ("sampling.steps.inpaint=2.5", "sampling.steps.inpaint")]:
+        rc = main(["assemble", "--inpaint", "tiny", "--out", str(tmp_path / "x"), over])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and key in err[0], (over, err)
+        assert not (tmp_path / "x").exists()
+    assert main(["assemble", "--inpaint", "tiny", "--refine", "tiny", "--out", str(tmp_path / "x"),
+                 "--config", "paper/pipeline.yaml"]) == 2
+    assert "image_size [512, 256] of this config is not the stages' [128, 64]" in capsys.readouterr().err
+    folders = {"inpaint": stage_folder("tiny", "inpaint"), "refine": stage_folder("tiny", "refine")}
+    assert stage_scale(folders) == ("tiny", [128, 64])
+    cfg = pipeline_config(folders, None, ["sampling.refine_strength=0.5"])
+    assert cfg["sampling"]["scheduler"] == "ddim" and cfg["sampling"]["refine_strength"] == 0.5
+
+
+def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
+    from pcdms_aug.refine_inputs import INFO, check_refine_inputs
+
+    with pytest.raises(DataError, match="older make-refine-inputs"):
+        check_refine_inputs(tmp_path, (128, 64))
+    (tmp_path / INFO).write_text('{"image_size": [64, 32]}')
+    assert check_refine_inputs(tmp_path, (128, 64)) == [64, 32]  # tiny: stage 2 at 64x32, stage 3 at 128x64
+    with pytest.raises(DataError, match=r"stage-2 outputs are \[64, 32\], larger than data.image_size \[32, 16\]"):
+        check_refine_inputs(tmp_path, [32, 16])
+
+
+def test_pipeline_returns_working_size_images_on_request():
+    """make-refine-inputs' images: the stages' own size, not resized back to the source's."""
+    from pcdms_aug.pipeline import PCDMsPipeline
+
+    pipe = PCDMsPipeline.from_pretrained("tiny")
+    src = torch.zeros(1, 3, 64, 32)
+    pose = np.full((18, 2), -1.0)
+    pose[[2, 5, 8, 11]] = [[10, 20], [22, 20], [12, 40], [20, 40]]
+    kw = dict(num_inference_steps=1, output_type="pt", stages=("prior", "inpaint"),
+              generator=torch.Generator().manual_seed(0))
+    assert pipe(src, [pose], [pose], **kw).coarse_images.shape == (1, 3, 64, 32)
+    # stage 2 of the tiny pipeline decodes at 64x32 inside its 128x64 pipeline
+    assert pipe(src, [pose], [pose], output_size="working", **kw).coarse_images.shape == (1, 3, 64, 32)
+    src = torch.zeros(1, 3, 256, 128)
+    assert pipe(src, [pose], [pose], output_size="working", **kw).coarse_images.shape == (1, 3, 64, 32)
+    with pytest.raises(ValueError, match="output_size"):
+        pipe(src, [pose], [pose], output_size="big", **kw)
