@@ -110,7 +110,7 @@ def _timed(acc: dict, key: str, sync):
 
 
 # ------------------------------------------------------------------------------------------------ the runs
-def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type="np", guidance=None):
+def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type="np", guidance=None, **refine):
     """Ours: each source encoded once, pairs in batches. Returns (images, {part: seconds})."""
     import torch
 
@@ -122,13 +122,13 @@ def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type
     out = pipe(enc, [inputs["source_poses"][s] for s in inputs["source_of"]], inputs["target_poses"],
                num_inference_steps=steps, guidance_scale=guidance, generator=gens, scheduler=scheduler,
                stages=stages, output_type=output_type, batch_size=batch,
-               target_embeds=_embeds(pipe, stages, len(gens)))
+               target_embeds=_embeds(pipe, stages, len(gens)), **refine)
     for k in PARTS:
         times[k] = times.get(k, 0.0) + out.timings.get(k, 0.0)
     return out.images, times
 
 
-def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np", guidance=None):
+def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np", guidance=None, **refine):
     """Upstream's pattern: one pair per call, its source encoded again each time, no batching."""
     import torch
 
@@ -138,7 +138,7 @@ def run_naive(pipe, inputs, steps, scheduler, seed, stages, output_type="np", gu
         out = pipe(inputs["sources"][s], [inputs["source_poses"][s]], [tp], num_inference_steps=steps,
                    guidance_scale=guidance, generator=[torch.Generator().manual_seed(seed + i)],
                    scheduler=scheduler, stages=stages, output_type=output_type, batch_size=1,
-                   target_embeds=_embeds(pipe, stages, 1))
+                   target_embeds=_embeds(pipe, stages, 1), **refine)
         images.extend(out.images)
         for k in PARTS:
             times[k] += out.timings.get(k, 0.0)
@@ -156,15 +156,18 @@ def _embeds(pipe, stages, n):
 
 def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, scheduler: str | None = None,
           batch: int | None = None, naive: bool = False, seed: int = 0, warmup: bool = True,
-          guidance: float | dict | None = None) -> dict:
-    """One timed generation of ``pairs`` images; the report :func:`run` prints."""
+          guidance: float | dict | None = None, stages=None, refine_strength: float | None = None,
+          refine_noise: float | None = None, autocast=None) -> dict:
+    """One timed generation of ``pairs`` images; the report :func:`run` prints. ``autocast``: a torch dtype
+    to run the forward passes in under ``torch.autocast`` (weights stay as loaded)."""
     import torch
 
     from .pipeline import DEFAULT_STEPS, ORDER
 
-    if pairs < 1:
-        raise DataError(f"--pairs must be at least 1, got {pairs}")
-    stages = tuple(n for n in ORDER if n in pipe.stages)
+    check_args(pipe, pairs=pairs, views=views, steps=steps, batch=batch, guidance=guidance, stages=stages,
+               refine_strength=refine_strength, refine_noise=refine_noise)
+    stages = tuple(n for n in ORDER if n in (stages or pipe.stages))
+    refine = {"refine_strength": refine_strength, "refine_noise": refine_noise}
     samp = pipe.config.get("sampling") or {}
     scheduler = scheduler or pipe.scheduler
     batch = int(batch or pipe.config.get("batch_size", 16))
@@ -172,7 +175,8 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
     if warmup:  # first calls pay for lazy initialisation and allocator growth; not part of the rate
         small = {k: v[:1] for k, v in inputs.items()}
         small["source_of"] = [0]
-        run_naive(pipe, small, 1, scheduler, seed, stages)
+        with _autocast(pipe, autocast):
+            run_naive(pipe, small, 1, scheduler, seed, stages, **refine)
     clock = DenoiserClock(pipe)
     dev = pipe.device
     if dev.type == "cuda":
@@ -180,10 +184,12 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         torch.cuda.reset_peak_memory_stats(dev)
     try:
         t0 = time.perf_counter()
-        if naive:
-            images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages, guidance=guidance)
-        else:
-            images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, guidance=guidance)
+        with _autocast(pipe, autocast):
+            if naive:
+                images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages, guidance=guidance, **refine)
+            else:
+                images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, guidance=guidance,
+                                            **refine)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0
@@ -199,7 +205,9 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         "pairs": pairs, "sources": len(inputs["sources"]), "batch": 1 if naive else batch,
         "steps": steps_used, "scheduler": scheduler,
         "guidance": _guidance(guidance, samp, stages),
-        "device": str(dev), "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "device": str(dev), "dtype": str(pipe.dtype).replace("torch.", ""),
+        "autocast": str(autocast).replace("torch.", "") if autocast is not None else None,
+        "threads": torch.get_num_threads(),
         "seconds": wall,
         "images_per_second": pairs / wall,
         "ms_per_image": ms,
@@ -209,6 +217,49 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         "peak_memory_mb": mem, "memory": mem_kind,
         "images": len(images),
     }
+
+
+def _autocast(pipe, dtype):
+    """Mixed precision as training runs it: weights as loaded, matmuls and convolutions in ``dtype``."""
+    import contextlib
+
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(pipe.device.type, dtype=dtype)
+
+
+def check_args(pipe, *, pairs=1, views=1, steps=None, batch=None, guidance=None, stages=None,
+               refine_strength=None, refine_noise=None) -> None:
+    """Every argument checked before anything runs: a one-line DataError naming the argument."""
+    from .pipeline import ORDER
+
+    for name, value in (("--pairs", pairs), ("--views", views), ("--steps", steps), ("--batch", batch)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise DataError(f"{name} must be an integer of at least 1, got {value}")
+    if stages is not None:
+        bad = [s for s in stages if s not in ORDER]
+        if bad or not stages:
+            raise DataError(f"--stages: unknown stage(s) {', '.join(bad) or '(none given)'}; use a comma list of "
+                            f"{', '.join(ORDER)}")
+        if "inpaint" not in stages:
+            raise DataError("--stages must include inpaint (the stage that draws the image)")
+        missing = [s for s in stages if pipe is not None and s not in pipe.stages]
+        if missing:
+            raise DataError(f"--stages: {', '.join(missing)} not in these weights (they hold "
+                            f"{', '.join(pipe.stages)})")
+    if isinstance(guidance, dict):
+        bad = [k for k in guidance if k not in ORDER]
+        if bad:
+            raise DataError(f"--guidance: unknown stage {bad[0]!r}; use {', '.join(ORDER)}")
+    values = guidance.values() if isinstance(guidance, dict) else ([] if guidance is None else [guidance])
+    if any(v < 0 for v in values):
+        raise DataError(f"--guidance must not be negative, got {guidance}")
+    if refine_strength is not None and not 0.0 < refine_strength <= 1.0:
+        raise DataError(f"--refine-strength must be in (0, 1], got {refine_strength}")
+    if refine_noise is not None and not 0.0 <= refine_noise <= 1.0:
+        raise DataError(f"--refine-noise must be in [0, 1], got {refine_noise}")
 
 
 def _guidance(guidance, samp: dict, stages) -> dict:
@@ -249,7 +300,15 @@ def configure(parser) -> None:
     mode.add_argument("--compare", action="store_true", help="run naive, then batched, and report the speed-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--dtype", help="fp32 | fp16 | bf16 | auto (default fp32 on a CPU, auto on a GPU)")
+    parser.add_argument("--stages", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                        help="comma list among prior,inpaint,refine (default: every stage of the weights)")
+    parser.add_argument("--refine-strength", type=float, help="stage 3 img2img strength in (0, 1]")
+    parser.add_argument("--refine-noise", type=float, help="stage 3 start-noise scale in [0, 1]")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="compute type (default fp32 on a CPU, auto on a GPU: bf16 where supported); fp16 "
+                             "and bf16 run under torch.autocast with the weights kept in fp32")
+    parser.add_argument("--cast", action="store_true",
+                        help="cast the weights to --dtype instead of autocast (half the weight memory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -262,7 +321,9 @@ def _line(r: dict) -> str:
 
 
 def run(args) -> int:
-    from .runtime import pick_device
+    import torch
+
+    from .runtime import pick_device, pick_dtype
     from .synthesize import load_pipeline
 
     weights = args.weights or args.config or "tiny/pipeline.yaml"
@@ -271,9 +332,15 @@ def run(args) -> int:
 
         weights = str(resolve_config_path(args.config))
     dev = pick_device(args.device)
-    pipe = load_pipeline(weights, dev, args.dtype or ("auto" if dev.startswith("cuda") else "fp32"))
+    checked = dict(pairs=args.pairs, views=args.views, steps=args.steps, batch=args.batch, guidance=args.guidance,
+                   stages=args.stages, refine_strength=args.refine_strength, refine_noise=args.refine_noise)
+    check_args(None, **checked)  # before the (paper scale: minutes of) loading
+    compute = pick_dtype(args.dtype or ("auto" if dev.startswith("cuda") else "fp32"), dev)
+    autocast = None if compute == torch.float32 or args.cast else compute
+    pipe = load_pipeline(weights, dev, "fp32" if autocast is not None else str(compute).replace("torch.", ""))
     kw = dict(pairs=args.pairs, views=args.views, steps=args.steps, scheduler=args.scheduler, batch=args.batch,
-              seed=args.seed, guidance=args.guidance)
+              seed=args.seed, guidance=args.guidance, stages=args.stages, refine_strength=args.refine_strength,
+              refine_noise=args.refine_noise, autocast=autocast)
     if args.compare:
         naive = bench(pipe, naive=True, **kw)
         fast = bench(pipe, naive=False, warmup=False, **kw)

@@ -63,3 +63,35 @@ def test_cli_json(capsys):
     assert r["denoiser_calls"] == {"prior": 1, "inpaint": 1, "refine": 1}
     assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "0"]) == 2
     assert "--pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--batch", "-1"], "--batch"), (["--views", "0"], "--views"), (["--steps", "0"], "--steps"),
+    (["--guidance", "bogus=3"], "--guidance"), (["--refine-strength", "0"], "--refine-strength"),
+    (["--refine-noise", "2"], "--refine-noise"), (["--stages", "prior,bogus"], "--stages"),
+    (["--pairs", "0"], "--pairs")])
+def test_bad_arguments_are_one_line_errors_naming_them(args, named, capsys):
+    from pcdms_aug.cli import main
+
+    assert main(["bench", "--weights", "tiny", "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
+
+
+def test_fp64_is_refused_by_the_parser(capsys):
+    from pcdms_aug.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--weights", "tiny", "--dtype", "fp64"])
+    assert "--dtype" in capsys.readouterr().err
+
+
+def test_bf16_runs_under_autocast_with_fp32_weights(capsys):
+    """Mixed precision as training: weights stay fp32, the report names the autocast type."""
+    from pcdms_aug.cli import main
+
+    assert main(["bench", "--weights", "tiny", "--device", "cpu", "--dtype", "bf16", "--pairs", "2", "--steps", "1",
+                 "--stages", "prior,inpaint", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["dtype"] == "float32" and r["autocast"] == "bfloat16" and r["images"] == 2
+    assert set(r["steps"]) == {"prior", "inpaint"}
