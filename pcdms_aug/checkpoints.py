@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -119,33 +118,14 @@ STAGE_OF_LAYOUT = {"prior": "prior", "inpaint": "inpaint", "inpaint-released": "
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def read_official(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat state dict of an official checkpoint (memory-mapped where the format allows: a 3.5 GB UNet
-    is not copied into memory to be renamed)."""
+    is not copied into memory to be renamed). Objects pickled beside the weights (DeepSpeed's training
+    arguments) are read as inert placeholders: nothing in the file runs."""
+    from .torchfile import load
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError("checkpoint file not found", path)
-
-    def load(mmap: bool):
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=not trust_pickle)
-
-    try:
-        try:
-            obj = load(True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zipfile" not in str(e):
-                raise
-            obj = load(False)  # the legacy (non-zip) format cannot be memory-mapped
-    except pickle.UnpicklingError as e:
-        lines = [ln for ln in str(e).splitlines() if "allowed global" in ln]
-        if not lines:
-            why = next((ln.strip() for ln in reversed(str(e).splitlines())
-                        if ln.strip() and "documentation" not in ln), "")
-            raise DataError(f"cannot read this as a PyTorch checkpoint ({why[:200]})", path) from None
-        raise DataError("the file holds Python objects besides tensors; if you trust where it comes from, "
-                        f"pass --trust-pickle (runs its pickled code) [{lines[0].strip()[:200]}]", path) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"cannot read this as a PyTorch checkpoint: {str(e).splitlines()[0][:300]}", path) from None
+    obj = load(path, inert_objects=True, mmap=True)
     if isinstance(obj, dict) and isinstance(obj.get("module"), dict):
         state = obj["module"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -263,8 +243,7 @@ def _sha256(path: Path) -> str:
 
 
 def import_official(checkpoint: str | Path, out: str | Path, stage: str | int,
-                    config: str | Path | dict | None = None, overrides: Sequence[str] = (),
-                    trust_pickle: bool = False):
+                    config: str | Path | dict | None = None, overrides: Sequence[str] = ()):
     """Convert an official checkpoint into a stage folder at ``out``; returns the loaded :class:`Stage`."""
     from .stages import stage_class
 
@@ -272,7 +251,7 @@ def import_official(checkpoint: str | Path, out: str | Path, stage: str | int,
     if name is None:
         raise DataError(f"--stage must be 1, 2 or 3 (prior, inpaint, refine), got {stage!r}")
     checkpoint = Path(checkpoint)
-    state = read_official(checkpoint, trust_pickle)
+    state = read_official(checkpoint)
     layout = detect_layout(name, state, checkpoint)
     cfg = official_config(name, layout, config, overrides)
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
@@ -306,12 +285,10 @@ def configure(parser) -> None:
                         help="config overrides, e.g. --set weights.sd21_base=/data/sd21 weights.dinov2=/data/dinov2")
     parser.add_argument("--config", help="stage YAML for everything the checkpoint does not hold "
                                          "(default: paper/<stage>.yaml)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow non-tensor Python objects in the file (runs its pickled code: trusted files only)")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import_official(args.checkpoint, args.out, args.stage, args.config, args.overrides, args.trust_pickle)
+    import_official(args.checkpoint, args.out, args.stage, args.config, args.overrides)
     print(f"wrote {args.out}")
     return 0

@@ -13,7 +13,6 @@ A checkpoint folder ``OUT/checkpoint-<step>/`` holds
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import shutil
@@ -85,15 +84,10 @@ def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep
 
 def read_state(path: Path) -> dict:
     """``state.pt`` of a checkpoint folder, refusing anything but plain data (nothing in it is executed)."""
+    from .torchfile import load
+
     file = Path(path) / "state.pt"
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        why = next((ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()), str(e).splitlines()[0])
-        raise DataError("refused: the training state holds Python objects besides plain data (reading it would "
-                        f"run code from the file) [{why[:200]}]", file) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"cannot read the training state: {str(e).splitlines()[0][:300]}", file) from None
+    state = load(file, what="the training state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"not a checkpoint of this version (format {FORMAT}); an older run cannot be resumed: "
                         "export its final folder or start the run again", file)

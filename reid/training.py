@@ -95,27 +95,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
     Read with ``weights_only=True`` (torch >= 2.6's default); torchreid's own checkpoints also hold numpy
     scalars, which are allowed as safe globals rather than unpickling arbitrary objects.
     """
-    import numpy as np
+    from pcdms_aug.torchfile import load, state_dict_of
 
-    safe = [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
-    try:
-        safe.append(np.core.multiarray.scalar)
-    except AttributeError:  # numpy 2 moved it
-        safe.append(np._core.multiarray.scalar)
-    try:
-        with torch.serialization.safe_globals(safe):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError("weights file not found", path) from None
-    except Exception as e:  # noqa: BLE001  unpickling errors come in many types
-        raise DataError(f"cannot read weights ({e.__class__.__name__}: {str(e).splitlines()[0]})", path) from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise DataError("weights file holds no state dict", path)
+    state = state_dict_of(load(path, what="weights"), path)
     own = model.state_dict()
     matched = {}
     for k, v in state.items():
-        k = k[7:] if k.startswith("module.") else k
         if k in own and torch.is_tensor(v) and own[k].shape == v.shape:
             matched[k] = v
     if not matched:

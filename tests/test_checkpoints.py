@@ -7,6 +7,8 @@ this file from tencent-ailab/PCDMs's layout), at small widths: the name map does
 test converts a full-size SD-2.1-base stage-2 UNet. Each import is checked tensor by tensor against the file,
 and the converted modules are run against the upstream modules on the same inputs.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -336,10 +338,14 @@ def test_reading_files(refine_file, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="cannot read"):
         read_official(tmp_path / "junk.pt")
+    # objects pickled beside the weights (DeepSpeed's arguments) are read as inert placeholders: nothing runs
     torch.save({"module": state, "args": _Opaque()}, tmp_path / "pickled.pt")
-    with pytest.raises(DataError, match="--trust-pickle"):
-        read_official(tmp_path / "pickled.pt")
-    assert read_official(tmp_path / "pickled.pt", trust_pickle=True).keys() == state.keys()
+    assert read_official(tmp_path / "pickled.pt").keys() == state.keys()
+    marker = tmp_path / "ran"
+    torch.save({"module": state, "args": _Payload(marker)}, tmp_path / "hostile.pt")
+    with pytest.raises(DataError, match="refused"):
+        read_official(tmp_path / "hostile.pt")
+    assert not marker.exists()
     torch.save({"epoch": 1}, tmp_path / "empty.pt")
     with pytest.raises(DataError, match="no weights found"):
         read_official(tmp_path / "empty.pt")
@@ -347,6 +353,14 @@ def test_reading_files(refine_file, tmp_path):
         import_official(root / "s3.pt", tmp_path / "out", 4)
     with pytest.raises(DataError, match="not a stage-1"):
         import_official(root / "s3.pt", tmp_path / "out", 1, stage_cfg("prior"))
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 class _Opaque:

@@ -22,22 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _load_checkpoint(path: Path) -> dict:
-    import numpy as np
+    from ..torchfile import load, state_dict_of
 
-    # torchreid checkpoints hold numpy scalars (rank1, ...): allow those, not arbitrary pickled objects
-    safe = [np.dtype, type(np.dtype("float64")), type(np.dtype("float32")), type(np.dtype("int64"))]
-    core = getattr(np, "_core", None) or np.core
-    safe.append(core.multiarray.scalar)
-    try:
-        with torch.serialization.safe_globals(safe):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  unpickling errors come in many types
-        raise DataError(f"cannot read the re-ID checkpoint ({e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})", path) from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise DataError("the re-ID checkpoint holds no state dict", path)
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state_dict_of(load(path, what="the re-ID checkpoint"), path)
 
 
 class ReidFeatures(nn.Module):
