@@ -15,6 +15,7 @@ class Runtime:
     rank: int
     world_size: int
     local_rank: int
+    group: bool = False  # a process group is up (torchrun: also for one process)
 
     @property
     def is_main(self) -> bool:
@@ -22,7 +23,9 @@ class Runtime:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """DDP and collectives in use: several processes, or one launched by torchrun (the multi-GPU path,
+        NCCL included, then runs on one GPU too)."""
+        return self.world_size > 1 or self.group
 
 
 def pick_device(device: str | None = None) -> str:
@@ -72,14 +75,20 @@ def dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def init_runtime(device: str | None = None, dtype: str | None = None, seed: int | None = None) -> Runtime:
-    """Set up the process: join the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    """Set up the process: join the process group under torchrun (gloo on CPU, nccl on GPU), with one
+    process too, so `torchrun --nproc_per_node 1` runs the very path of eight GPUs."""
     import torch
     import torch.distributed as dist
 
     rank, world, local = dist_env()
     dev = pick_device(device)
-    if world > 1:
+    group = world > 1 or launched_by_torchrun()
+    if group:
         if dev.startswith("cuda"):
             torch.cuda.set_device(local)
             dev = f"cuda:{local}"
@@ -87,7 +96,7 @@ def init_runtime(device: str | None = None, dtype: str | None = None, seed: int 
             dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
     if seed is not None:
         seed_everything(seed)
-    return Runtime(dev, pick_dtype(dtype, dev), rank, world, local)
+    return Runtime(dev, pick_dtype(dtype, dev), rank, world, local, group)
 
 
 def barrier() -> None:

@@ -63,6 +63,11 @@ class PriorTransformer(nn.Module):
                                   attention_bias=True) for _ in range(layers)])
         self.norm_out = nn.LayerNorm(width)
         self.proj_to_clip_embeddings = nn.Linear(width, embed_dim)
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward pass (as diffusers' models do)."""
+        self.gradient_checkpointing = True
 
     def _pose_input(self, pose: torch.Tensor) -> torch.Tensor:
         if pose.shape[-1] == self.pose_dim or not (self.pose_dim == 2 * NUM_JOINTS
@@ -86,7 +91,11 @@ class PriorTransformer(nn.Module):
         x = torch.cat([tokens, self.prd_embedding.to(tokens.dtype).expand(b, -1, -1)], dim=1)
         x = x + self.positional_embedding.to(x.dtype)
         for block in self.transformer_blocks:  # no mask: every token sees every other (bidirectional)
-            x = block(x)
+            if self.gradient_checkpointing and torch.is_grad_enabled() and self.training:
+                from torch.utils.checkpoint import checkpoint
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.proj_to_clip_embeddings(self.norm_out(x[:, -1]))
 
 

@@ -49,11 +49,26 @@ class Stage(nn.Module):
             torch.manual_seed(seed)
             stage = cls(cfg, cache=cache, load_weights=load_weights)
         del stage._cache
+        if cfg.get("gradient_checkpointing"):
+            stage.enable_gradient_checkpointing()
         for name in FROZEN:
             part = getattr(stage, name, None)
             if part is not None:
                 part.requires_grad_(False).eval()
         return stage
+
+    def enable_gradient_checkpointing(self) -> list[str]:
+        """Trade compute for memory in training: the trainable denoisers (UNet, prior transformer) recompute
+        their blocks' activations in the backward pass instead of keeping them (about 1.3x the step time;
+        the paper UNets' activations at batch 8, 512x512 canvas, drop from tens of GB to a few). Stage config
+        ``gradient_checkpointing: true`` turns it on at construction; no effect without gradients. Returns the
+        components it applies to."""
+        done = []
+        for name, module in self.components().items():
+            if name not in FROZEN and hasattr(module, "enable_gradient_checkpointing"):
+                module.enable_gradient_checkpointing()
+                done.append(name)
+        return done
 
     def components(self) -> dict[str, nn.Module]:
         return dict(self.named_children())
