@@ -153,24 +153,31 @@ def read_manifest(generated_dir: str | Path) -> list[GeneratedView]:
 
 
 def select_views(views: list[GeneratedView], *, kept_only: bool = False, views_per_identity: int | None = None,
-                 sources: set[str] | None = None, where=None) -> list[GeneratedView]:
+                 sources: set[str] | None = None, views_per_image: int | None = None,
+                 where=None) -> list[GeneratedView]:
     """Filter in manifest order: kept rows only, sources inside a subset, at most N views per identity."""
     if kept_only and views and any(v.kept is None for v in views):
         raise DataError("kept_only needs a 'kept' column in the manifest", where)
     if sources is not None and views and any(v.source is None for v in views):
         raise DataError("a split needs the manifest's 'source' column to keep only views generated from the "
                         "subset's images", where)
-    if views_per_identity is not None and int(views_per_identity) < 0:
-        raise DataError(f"views_per_identity must be >= 0, got {views_per_identity}", where)
-    out, per_pid = [], defaultdict(int)
+    for key, cap in (("views_per_identity", views_per_identity), ("views_per_image", views_per_image)):
+        if cap is not None and int(cap) < 0:
+            raise DataError(f"{key} must be >= 0, got {cap}", where)
+    if views_per_image is not None and views and any(v.source is None for v in views):
+        raise DataError("views_per_image needs the manifest's 'source' column", where)
+    out, per_pid, per_source = [], defaultdict(int), defaultdict(int)
     for v in views:
         if kept_only and not v.kept:
             continue
         if sources is not None and v.source not in sources:
             continue
+        if views_per_image is not None and per_source[v.source] >= int(views_per_image):
+            continue
         if views_per_identity is not None and per_pid[v.pid] >= int(views_per_identity):
             continue
         per_pid[v.pid] += 1
+        per_source[v.source] += 1
         out.append(v)
     return out
 
@@ -189,6 +196,8 @@ class MarketPCDMs(ImageDataset):
     views_per_identity: int | None = None
     kept_only: bool = False
     split_file: str | None = None
+    repeat_to: int | None = None  # the duplicated control: real images repeated to this many training items
+    views_per_image: int | None = None
 
     def __init__(self, root="", generated_dir=_UNSET, views_per_identity=_UNSET, kept_only=_UNSET,
                  split_file=_UNSET, **kwargs):
@@ -215,13 +224,15 @@ class MarketPCDMs(ImageDataset):
         if not real:
             raise DataError("no training images", self.data_dir)
         pid2label = {pid: i for i, pid in enumerate(sorted({it.name.pid for it in real}))}
-        train = [(str(it.path), pid2label[it.name.pid], it.name.camid - 1) for it in real]
+        train = repeat_items([(str(it.path), pid2label[it.name.pid], it.name.camid - 1) for it in real],
+                             self.repeat_to)
 
         views: list[GeneratedView] = []
         if generated_dir:
             manifest = Path(generated_dir) / MANIFEST
             views = select_views(read_manifest(generated_dir), kept_only=bool(kept_only),
-                                 views_per_identity=views_per_identity, sources=subset, where=manifest)
+                                 views_per_identity=views_per_identity, views_per_image=self.views_per_image,
+                                 sources=subset, where=manifest)
             for v in views:
                 if v.pid not in pid2label:
                     raise DataError(f"generated view of identity {v.pid:04d}, which has no real training image "
@@ -232,10 +243,20 @@ class MarketPCDMs(ImageDataset):
             return [(str(it.path), it.name.pid, it.name.camid - 1) for it in items if it.name.pid != JUNK_PID]
 
         self.num_real_train = len(real)
+        self.num_repeated = len(train) - len(real) - len(views)
         self.num_generated = len(views)
         self.generated_paths = frozenset(str(v.path) for v in views)
         self.pid2label = pid2label
         super().__init__(train, test_list(market.query), test_list(market.gallery), **kwargs)
+
+
+def repeat_items(items: list, count: int | None) -> list:
+    """``items`` repeated whole as often as fits in ``count``, the remainder evenly spaced over the list."""
+    if not count or count <= len(items):
+        return list(items)
+    whole, rest = divmod(int(count), len(items))
+    step = len(items) / rest if rest else 0
+    return list(items) * whole + [items[int(i * step)] for i in range(rest)]
 
 
 _BOUND: dict[str, type] = {}
@@ -250,7 +271,8 @@ def _factory(name: str):
 
 
 def register(generated_dir: str | Path | None = None, views_per_identity: int | None = None,
-             kept_only: bool = False, split_file: str | Path | None = None) -> dict[str, type]:
+             kept_only: bool = False, split_file: str | Path | None = None,
+             repeat_to: int | None = None, views_per_image: int | None = None) -> dict[str, type]:
     """Register (or re-bind) ``market1501_pcdms`` and ``synthetic_market1501_pcdms`` with torchreid.
 
     Safe to call any number of times; the last call's choices are used by datasets built afterwards
@@ -258,7 +280,9 @@ def register(generated_dir: str | Path | None = None, views_per_identity: int | 
     """
     opts = {"generated_dir": None if generated_dir is None else str(generated_dir),
             "views_per_identity": None if views_per_identity is None else int(views_per_identity),
-            "kept_only": bool(kept_only), "split_file": None if split_file is None else str(split_file)}
+            "kept_only": bool(kept_only), "split_file": None if split_file is None else str(split_file),
+            "repeat_to": None if repeat_to is None else int(repeat_to),
+            "views_per_image": None if views_per_image is None else int(views_per_image)}
     for name, dirs in DATASET_DIRS.items():
         first = name not in _BOUND
         _BOUND[name] = type(f"MarketPCDMs_{name}", (MarketPCDMs,), {"dataset_dirs": dirs, **opts})
@@ -268,3 +292,33 @@ def register(generated_dir: str | Path | None = None, views_per_identity: int | 
             except ValueError:
                 pass  # registered by an earlier import of this module (a reload); its factory reads our _BOUND
     return dict(_BOUND)
+
+
+def validation_items(data_dir: str | Path, split_file: str | Path | None, count: int, seed: int) -> list[tuple]:
+    """Held-out images of the training identities: ``count`` training images outside the subset (seeded).
+
+    Validation takes images the low-data subset left out, of the same identities, so that every variant of a
+    (fraction, seed) is stopped on the same images, the subset itself stays whole, and no test identity is seen.
+    Returned as torchreid's (path, pid, camid) with camid 0-based.
+    """
+    import random
+
+    if not split_file:
+        raise DataError("converge needs held-out images of the training identities: use a fraction below 1 "
+                        "(images outside the subset are the validation images)")
+    kept = set(load_split(split_file).files)
+    real = [it for it in MarketDataset(data_dir).train if it.name.pid != JUNK_PID]
+    pids = {it.name.pid for it in real if it.filename in kept}
+    rest = sorted((it for it in real if it.filename not in kept and it.name.pid in pids), key=lambda it: it.filename)
+    if not rest:
+        raise DataError("no training image outside the subset to validate on (fraction 1?)", split_file)
+    chosen = random.Random(seed).sample(rest, min(int(count), len(rest)))
+    return [(str(it.path), it.name.pid, it.name.camid - 1) for it in sorted(chosen, key=lambda it: it.filename)]
+
+
+def validation_loader(items: list[tuple], transform, batch_size: int):
+    """A torchreid test loader over ``items`` (each image is a query against all the others)."""
+    import torch
+
+    data = ImageDataset(list(items), list(items), list(items), transform=transform, mode="query", verbose=False)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)

@@ -31,10 +31,13 @@ from pcdms_aug.runtime import pick_device
 from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
 from .report import write_reports
 from .splits import check_fraction, load_split, make_split, save_split, split_filename
+from .schedule import Schedule
 from .training import TrainConfig, train_and_evaluate
 
 log = logging.getLogger(__name__)
-VARIANTS = ("baseline", "augmented", "filtered")
+# Controls after the runs they copy: baseline_steps and duplicated replay the augmented run's schedule.
+VARIANTS = ("baseline", "augmented", "filtered", "baseline_steps", "duplicated")
+REPLAYS = ("baseline_steps", "duplicated")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ExperimentConfig(TrainConfig):
     dataset: str = "synthetic"  # synthetic | real (or market1501_pcdms / synthetic_market1501_pcdms)
     generated_dir: Any = None  # folder, template with {fraction}/{percent}/{seed}, or {fraction: folder}
     views_per_identity: int | None = None  # cap per identity, in manifest order
+    views_per_image: int | None = None  # cap per source image, in manifest order (1 of a 4-view folder: 1 view)
     fractions: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
     seeds: tuple = (0, 1, 2)
     variants: tuple = VARIANTS
@@ -62,6 +66,11 @@ def make_config(cfg: dict | Any):
         raise DataError(f"reid config: variants must be among {', '.join(VARIANTS)}, got {list(cfg.variants)}")
     if not cfg.fractions or not cfg.seeds:
         raise DataError("reid config: fractions and seeds must not be empty")
+    if any(v in REPLAYS for v in cfg.variants) and "augmented" not in cfg.variants:
+        raise DataError("reid config: variants baseline_steps / duplicated replay the augmented run's steps: "
+                        "add augmented to variants")
+    # Run order: every run after the one it replays.
+    cfg.variants = tuple(v for v in VARIANTS if v in cfg.variants)
     return cfg
 
 
@@ -88,14 +97,22 @@ def run_id(fraction: float, seed: int, variant: str) -> str:
 
 # Keys that do not change what a run computes: a finished run stays valid when only these differ.
 _NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
-                       "generated_dir", "views_per_identity"}
+                       "generated_dir", "views_per_identity",
+                       "views_per_image"}
+# Keys that change nothing unless converge / max_steps is on (so runs made before they existed stay valid).
+_CONVERGE_KEYS = {"converge", "eval_every", "patience", "plateau_drops", "min_delta", "val_images"}
 
 
-def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool) -> dict:
+def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool, extra: dict | None = None) -> dict:
     fp = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    for k in (_CONVERGE_KEYS if not cfg.converge else set()) | ({"max_steps", "lr_steps"} if not cfg.max_steps
+                                                           else set()):
+        fp.pop(k, None)
     fp.update(data_dir=str(Path(data_dir).resolve()), generated_dir=None if generated is None
               else str(Path(generated).resolve()), kept_only=kept_only,
-              views_per_identity=cfg.views_per_identity if generated else None)
+              views_per_identity=cfg.views_per_identity if generated else None, **(extra or {}))
+    if generated and cfg.views_per_image is not None:  # absent otherwise: older runs stay valid
+        fp["views_per_image"] = cfg.views_per_image
     return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
 
 
@@ -125,6 +142,7 @@ def _check_generated(cfg, splits, runs) -> None:
             continue
         views = read_manifest(gen)
         chosen = select_views(views, kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
+                              views_per_image=cfg.views_per_image,
                               sources=set(load_split(splits[(fraction, seed)]).files), where=Path(gen) / MANIFEST)
         if not chosen:
             raise DataError(f"no generated view for run {run_id(fraction, seed, variant)}: none of the manifest's "
@@ -172,50 +190,95 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
     if not cfg.generated_dir and any(v != "baseline" for v in variants):
         log.warning("no generated_dir in the config: running the baseline only")
         variants = ["baseline"]
-    runs = [(f, s, v, None if v == "baseline" else generated_dir_for(cfg.generated_dir, f, s))
+    runs = [(f, s, v, generated_dir_for(cfg.generated_dir, f, s) if v in ("augmented", "filtered") else None)
             for f in cfg.fractions for v in variants for s in cfg.seeds]
     _check_generated(cfg, splits, runs)
 
     device = pick_device(cfg.device)
-    results, executed, skipped = [], [], []
+    results, executed, skipped, by_id = [], [], [], {}
     bar = tqdm(runs, desc="reid runs", unit="run", disable=not progress)
     for fraction, seed, variant, gen in bar:
         rid = run_id(fraction, seed, variant)
         bar.set_postfix_str(rid)
+        replay, extra = _replay(by_id, fraction, seed, variant)
         path = out / "runs" / f"{rid}.json"
-        fp = fingerprint(cfg, data_dir, gen, variant == "filtered")
+        fp = fingerprint(cfg, data_dir, gen, variant == "filtered", extra)
         if path.is_file() and not force:
-            results.append(_load_result(path, fp))
+            res = _load_result(path, fp)
             skipped.append(rid)
-            continue
-        log_path = out / "logs" / f"{rid}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        # torchreid prints its summaries and loss lines; they go to the run's log, the terminal keeps the bar.
-        with open(log_path, "w", encoding="utf-8") as logf, contextlib.redirect_stdout(logf), \
-                contextlib.redirect_stderr(logf):
-            res = train_and_evaluate(cfg, cfg.root, name, seed, device, generated_dir=gen,
-                                     kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
-                                     split_file=splits[(fraction, seed)],
-                                     on_epoch=lambda e, n, sec, rid=rid: bar.set_postfix_str(
-                                         f"{rid} epoch {e}/{n} ({sec:.1f} s)"))
-        res.update(fraction=fraction, seed=seed, variant=variant, model=cfg.model, loss=cfg.loss, dataset=name,
-                   generated_dir=gen, split_file=str(splits[(fraction, seed)]), fingerprint=fp,
-                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+        else:
+            res = _train_one(cfg, out, rid, name, device, splits[(fraction, seed)], seed, variant, gen, replay,
+                             extra.get("repeat_to"), bar)
+            res.update(fraction=fraction, seed=seed, variant=variant, model=cfg.model, loss=cfg.loss,
+                       dataset=name, generated_dir=gen, split_file=str(splits[(fraction, seed)]), fingerprint=fp,
+                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+            executed.append(rid)
+            log.info("%s: mAP %.1f Rank-1 %.1f (%s, %d steps, %d real + %d generated + %d repeated, %.0f s)", rid,
+                     res["mAP"], res["rank1"], res["protocol"], res["steps"], res["num_train_real"],
+                     res["num_train_generated"], res.get("num_train_repeated", 0), res["wall_s"])
         results.append(res)
-        executed.append(rid)
-        log.info("%s: mAP %.1f Rank-1 %.1f (%d real + %d generated, %.1f s/epoch, %.0f s)", rid, res["mAP"],
-                 res["rank1"], res["num_train_real"], res["num_train_generated"], res["sec_per_epoch"],
-                 res["wall_s"])
-    init = f"weights {cfg.weights}" if cfg.weights else "random init"
-    notes = [f"dataset {name} at {data_dir}; model {cfg.model} ({init}), loss {cfg.loss}, {cfg.epochs} epochs, "
-             f"batch {cfg.batch_size}, lr {cfg.lr}, {cfg.height}x{cfg.width}",
-             "the same number of epochs for every variant: runs with generated views take more steps per epoch",
-             f"generated views: {cfg.generated_dir or 'none'}"
-             + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")]
-    df = write_reports(results, out, "Re-ID: baseline versus generated views", notes)
+        by_id[rid] = res
+    df = write_reports(results, out, "Re-ID: generated views against the controls", _notes(cfg, name, data_dir))
     df.attrs.update(executed=executed, skipped=skipped, out_dir=str(out))
     return df
+
+
+def _replay(by_id: dict, fraction: float, seed: int, variant: str):
+    """(schedule, fingerprint extras) of a control that replays the augmented run of its (fraction, seed)."""
+    if variant not in REPLAYS:
+        return None, {}
+    aug = by_id[run_id(fraction, seed, "augmented")]
+    if "schedule" not in aug:
+        raise DataError(f"the augmented run of fraction {fraction:g} seed {seed} records no schedule (made by an "
+                        "older version); rerun it with --force or use another out_dir")
+    extra = {"replays": aug["schedule"]}
+    if variant == "duplicated":
+        extra["repeat_to"] = int(aug["num_train_images"])
+    return Schedule.from_dict(aug["schedule"]), extra
+
+
+def _train_one(cfg, out: Path, rid: str, name: str, device: str, split: Path, seed: int, variant: str, gen,
+               replay, repeat_to, bar) -> dict:
+    log_path = out / "logs" / f"{rid}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # torchreid prints its summaries and our loop its loss lines; they go to the run's log, the terminal the bar.
+    with open(log_path, "w", encoding="utf-8") as logf, contextlib.redirect_stdout(logf), \
+            contextlib.redirect_stderr(logf):
+        return train_and_evaluate(cfg, cfg.root, name, seed, device, generated_dir=gen,
+                                  kept_only=variant == "filtered", views_per_identity=cfg.views_per_identity,
+                                  views_per_image=cfg.views_per_image, split_file=split, schedule=replay,
+                                  repeat_to=repeat_to, on_progress=lambda s, n, sec: bar.set_postfix_str(
+                                      f"{rid} step {s}/{n} ({sec:.0f} s)"))
+
+
+def protocol_notes(cfg) -> list[str]:
+    """The training-length protocol in words, for the reports."""
+    sched = f"lr {cfg.lr}, x{cfg.gamma} "
+    if cfg.converge:
+        cap = f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs of the run's own images"
+        own = (f"converged: validation mAP every {cfg.eval_every} steps on {cfg.val_images} held-out images of "
+               f"the training identities (training images outside the subset, the same for every variant of a "
+               f"seed); {sched}after {cfg.patience} evaluations without a new best (at most {cfg.plateau_drops} "
+               f"time(s)), stop at the next such plateau, at most {cap}; the best validation step is tested")
+    elif cfg.max_steps:
+        own = f"steps: {cfg.max_steps} iterations for every run, {sched}at steps {list(cfg.lr_steps or [])}"
+    else:
+        own = (f"epochs: {cfg.epochs} epochs of each run's own images ({sched}every {cfg.stepsize} epochs); runs "
+               "with generated views take more steps")
+    return [f"protocol {own}",
+            "equal_steps (baseline_steps, duplicated): the augmented run's steps and learning-rate drops replayed on "
+            "the real images only (duplicated: repeated to the augmented run's image count)"
+            + ("; the best validation step within them is tested" if cfg.converge else "")]
+
+
+def _notes(cfg, name: str, data_dir: Path) -> list[str]:
+    init = f"weights {cfg.weights}" if cfg.weights else "random init"
+    return [f"dataset {name} at {data_dir}; model {cfg.model} ({init}), loss {cfg.loss}, batch {cfg.batch_size}, "
+            f"{cfg.height}x{cfg.width}", *protocol_notes(cfg),
+            f"generated views: {cfg.generated_dir or 'none'}"
+            + (f", at most {cfg.views_per_image} per image" if cfg.views_per_image is not None else "")
+            + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")]
 
 
 def configure(parser) -> None:
