@@ -18,6 +18,7 @@ from .errors import DataError
 from .io import atomic_save_image
 from .metrics.evaluate import generated_name  # noqa: F401 (one naming rule, re-exported)
 from .pose import Pose, read_annotations, read_pairs
+from .runtime import add_dtype_argument
 
 
 def item_seed(seed: int, *keys: str) -> int:
@@ -126,20 +127,21 @@ def configure(parser):
                         help="comma list; without refine the coarse stage-2 image is the output")
     parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the pairs")
     parser.add_argument("--device", default="auto")
+    add_dtype_argument(parser)
 
 
 def run(args):
     from .doctor import default_annotations
     from .runtime import init_runtime
 
-    rt = init_runtime(args.device, "fp32")
+    rt = init_runtime(args.device, args.dtype)
     dataset = MarketDataset(args.dataset)
     pairs = read_pairs(args.pairs)
     if args.max_pairs and len(pairs) > args.max_pairs:
         import random
         pairs = random.Random(args.seed).sample(pairs, args.max_pairs)
     poses = load_poses(args.annotations or default_annotations(dataset.root))
-    pipe = load_pipeline(args.weights, rt.device)
+    pipe = load_pipeline(args.weights, rt.device, args.dtype)
     counts = synthesize(pipe, pairs, dataset, poses, Path(args.out), batch=args.batch, steps=args.steps,
                         guidance=args.guidance, refine_strength=args.refine_strength,
                         refine_noise=args.refine_noise,

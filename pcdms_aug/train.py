@@ -26,6 +26,9 @@ from .runtime import Runtime, barrier, init_runtime
 log = logging.getLogger("pcdms_aug.train")
 
 
+AMP_DTYPES = ("no", "bf16", "fp16")  # train.mixed_precision: autocast dtype on GPU; weights stay fp32
+
+
 @dataclass
 class DataConfig:
     root: str = ""
@@ -82,6 +85,11 @@ def load_run_config(path, overrides=()) -> RunConfig:
     cfg.model = apply_overrides(cfg.model, [o.strip()[len("model."):] for o in model_over])
     if cfg.stage not in ("prior", "inpaint", "refine"):
         raise DataError(f"stage must be prior, inpaint or refine, got {cfg.stage!r}", path)
+    if cfg.train.mixed_precision is False:  # YAML reads a bare `no` (train.mixed_precision=no) as false
+        cfg.train.mixed_precision = "no"
+    if cfg.train.mixed_precision not in AMP_DTYPES:
+        raise DataError(f"train.mixed_precision must be one of {', '.join(AMP_DTYPES)}, "
+                        f"got {cfg.train.mixed_precision!r}", path)
     return cfg
 
 
@@ -151,6 +159,8 @@ def make_dataset(cfg: RunConfig):
     if refine:
         # Stage 3 trains on the pairs whose stage-2 output exists (make-refine-inputs may have sampled them).
         from .pose import read_pairs
+        from .refine_inputs import check_refine_inputs
+        check_refine_inputs(refine, cfg.data.image_size)
         pairs_file = Path(refine) / "pairs.csv"
         if not pairs_file.is_file():
             raise DataError("pairs.csv missing: run pcdms-aug make-refine-inputs first", pairs_file)
@@ -263,7 +273,7 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None,
             find_unused_parameters=True)
-    amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.mixed_precision]
+    amp_dtype = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))[tc.mixed_precision]
     use_amp = amp_dtype is not None and rt.device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 

@@ -95,3 +95,16 @@ def test_bf16_runs_under_autocast_with_fp32_weights(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["dtype"] == "float32" and r["autocast"] == "bfloat16" and r["images"] == 2
     assert set(r["steps"]) == {"prior", "inpaint"}
+
+
+@pytest.mark.parametrize("command", ["generate", "synthesize-pairs", "make-refine-inputs", "bench"])
+def test_every_generating_command_takes_dtype(command):
+    import argparse
+    import importlib
+
+    from pcdms_aug.cli import COMMANDS
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).configure(parser)
+    option = next(a for a in parser._actions if "--dtype" in a.option_strings)
+    assert {"fp32", "bf16"} <= set(option.choices or ("fp32", "bf16"))

@@ -600,6 +600,21 @@ def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
         check_refine_inputs(tmp_path, [32, 16])
 
 
+def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_path):
+    """train reads `train.mixed_precision=no` (YAML: false) as "no", and stage 3 refuses a folder made by the
+    old source-size make-refine-inputs before it reads any image."""
+    from pcdms_aug.train import load_run_config, make_dataset
+
+    cfg = load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=no", f"data.root={tmp_path}",
+                                                     f"data.annotations={tmp_path}/a.csv",
+                                                     f"data.refine_inputs={tmp_path}"])
+    assert cfg.train.mixed_precision == "no"
+    with pytest.raises(DataError, match="older make-refine-inputs"):
+        make_dataset(cfg)
+    with pytest.raises(DataError, match="train.mixed_precision must be one of no, bf16, fp16, got 'fp8'"):
+        load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=fp8"])
+
+
 def test_pipeline_returns_working_size_images_on_request():
     """make-refine-inputs' images: the stages' own size, not resized back to the source's."""
     from pcdms_aug.pipeline import PCDMsPipeline
