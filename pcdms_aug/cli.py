@@ -1,11 +1,15 @@
 """`pcdms-aug` command line: one subcommand per module, imported only when it runs.
 
 Each module named below exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int | None``.
+Every failure prints one line naming the command and what is wrong; ``pcdms-aug --debug COMMAND ...`` (or
+``PCDMS_AUG_DEBUG=1``) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 
 from .errors import DataError
@@ -28,16 +32,62 @@ COMMANDS = {
 }
 
 
+class _StoreOnce(argparse._StoreAction):
+    """Every single-value flag of every command: given twice, the first value would be dropped silently, so a
+    repeat is refused; a non-finite number (nan, inf) is refused for every float flag."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_flags", set())
+        if self.dest in seen:
+            parser.error(f"argument {option_string}: given more than once (give it once)")
+        seen.add(self.dest)
+        for v in values if isinstance(values, list) else [values]:
+            if isinstance(v, float) and not math.isfinite(v):
+                parser.error(f"argument {option_string}: {v!r} is not a finite number")
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _strict(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if type(action) is argparse._StoreAction and action.option_strings:
+            action.__class__ = _StoreOnce
+        elif isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                _strict(p)
+    for group in parser._mutually_exclusive_groups:
+        for action in group._group_actions:
+            if type(action) is argparse._StoreAction:
+                action.__class__ = _StoreOnce
+
+
 def _command_parser(name: str, sub) -> argparse.ArgumentParser:
     module, help_text = COMMANDS[name]
     parser = sub.add_parser(name, help=help_text, description=help_text)
     importlib.import_module(module).configure(parser)
+    _strict(parser)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: DataError already names the file, row or key; others get their class."""
+    text = " ".join(str(e).split()) or repr(e)
+    if isinstance(e, DataError):
+        return text
+    if isinstance(e, OSError) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or text}"
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    return f"{type(e).__name__}: {text}"
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="pcdms-aug", description=__doc__.splitlines()[0])
+    debug = bool(os.environ.get("PCDMS_AUG_DEBUG"))
+    while argv and argv[0] == "--debug":
+        debug = True
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="pcdms-aug", description=__doc__.splitlines()[0],
+                                     epilog="pcdms-aug --debug COMMAND ...: a traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -47,18 +97,22 @@ def main(argv=None) -> int:
         sub = parser.add_subparsers(dest="command")
         _command_parser(argv[0], sub)
     args = parser.parse_args(argv)
+    args.__dict__.pop("_given_flags", None)
     if not args.command:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         rc = module.run(args)
-    except DataError as e:
-        print(f"pcdms-aug {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"pcdms-aug {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line; --debug shows the traceback
+        if debug:
+            raise
+        hint = "" if isinstance(e, DataError) else " (pcdms-aug --debug ... shows the traceback)"
+        print(f"pcdms-aug {args.command}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 2 if isinstance(e, (DataError, OSError)) else 1
     return int(rc or 0)
 
 

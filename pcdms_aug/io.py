@@ -10,13 +10,27 @@ from pathlib import Path
 
 from .errors import DataError
 
+# Every temporary this program creates starts with this prefix, and only such files are ever cleaned up: a
+# pattern over the user's own names (".*.tmp") would delete their files.
+TEMP_PREFIX = ".pcdms-aug-tmp-"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file or folder name is one of our temporaries (left behind by a killed process)."""
+    return name.startswith(TEMP_PREFIX)
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new, empty, uniquely named temporary folder beside ``path`` (nothing existing is touched)."""
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+
 
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path in the same folder; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -41,16 +55,16 @@ def atomic_dir(path: str | Path):
     moved aside first and deleted after), so a reader sees the old folder or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir_beside(path)
+    old = None
     try:
         yield tmp
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
-            os.replace(path, old)
+            old = temp_dir_beside(path)
+            os.replace(path, old)  # an empty folder is replaced by rename on POSIX
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DataError("no space left on device while writing; free space and run again", path) from e

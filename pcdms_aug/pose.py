@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import DataError
+from .paths import plain_name
 
 # OpenPose COCO-18 order. Deformable-GAN's label list (and DESIGN.md) call 14-17 Leye, Reye, Lear, Rear, but the
 # real Market-1501 annotations put index 14 beside the right shoulder in front views: OpenPose's own names
@@ -117,12 +118,27 @@ def _parse_int_list(text: str, what: str, path, line: int) -> list[int]:
         values = json.loads(text)
     except ValueError:
         raise DataError(f"cannot parse {what} list {text.strip()[:60]!r}", path, line) from None
-    if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) for v in values):
-        raise DataError(f"{what} must be a list of numbers, got {text.strip()[:60]!r}", path, line)
+    # json reads true as 1 and NaN / Infinity as floats: a coordinate is a finite number, nothing else.
+    if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise DataError(f"{what} must be a list of finite numbers, got {text.strip()[:60]!r}", path, line)
     if len(values) != NUM_JOINTS:
         raise DataError(f"{what} has {len(values)} keypoints, expected {NUM_JOINTS} (OpenPose COCO-18)",
                         path, line)
     return [int(round(v)) for v in values]
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a BOM allowed); undecodable bytes are an error naming the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})", path,
+                        data.count(b"\n", 0, e.start) + 1) from None
+    if "\0" in text:
+        raise DataError("a text file must not contain NUL bytes", path, text.count("\n", 0, text.index("\0")) + 1)
+    return text.splitlines(keepends=True)
 
 
 def read_annotations(path: str | Path, image_size: tuple[int, int] = (128, 64)) -> dict[str, Pose]:
@@ -132,33 +148,47 @@ def read_annotations(path: str | Path, image_size: tuple[int, int] = (128, 64)) 
         raise DataError("annotation file not found", path)
     h, w = image_size
     poses: dict[str, Pose] = {}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().strip()
-        if header.replace(" ", "") != ANNOTATION_HEADER:
-            raise DataError(f"bad header {header[:80]!r}, expected {ANNOTATION_HEADER!r}", path, 1)
-        for line_no, raw in enumerate(f, start=2):
-            if not raw.strip():
-                continue
-            parts = raw.rstrip("\n").split(":")
-            if len(parts) != 3:
-                raise DataError(f"expected 3 ':'-separated fields (name, y list, x list), got {len(parts)}",
-                                path, line_no)
-            name = parts[0].strip()
-            ys = _parse_int_list(parts[1], "keypoints_y", path, line_no)
-            xs = _parse_int_list(parts[2], "keypoints_x", path, line_no)
-            if name in poses:
-                raise DataError(f"image {name} annotated twice", path, line_no)
-            arr = np.array([xs, ys], dtype=np.float32).T
-            missing = (arr[:, 0] == MISSING) | (arr[:, 1] == MISSING)
-            if np.any((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING)):
-                bad = [JOINTS[i] for i in np.nonzero((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING))[0]]
-                raise DataError(f"{name}: joint(s) {', '.join(bad)} missing in one list only", path, line_no)
-            out = ~missing & ((arr[:, 0] < 0) | (arr[:, 0] >= w) | (arr[:, 1] < 0) | (arr[:, 1] >= h))
-            if out.any():
-                j = int(np.nonzero(out)[0][0])
-                raise DataError(f"{name}: joint {JOINTS[j]} at (x={xs[j]}, y={ys[j]}) is outside the "
-                                f"{h}x{w} image", path, line_no)
-            poses[name] = Pose.from_array(arr, image_size)
+    lines = read_text_lines(path)
+    header = lines[0].strip() if lines else ""
+    if header.replace(" ", "") != ANNOTATION_HEADER:
+        raise DataError(f"bad header {header[:80]!r}, expected {ANNOTATION_HEADER!r}", path, 1)
+    for line_no, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        parts = raw.rstrip("\r\n").split(":")
+        if len(parts) != 3:
+            raise DataError(f"expected 3 ':'-separated fields (name, y list, x list), got {len(parts)}",
+                            path, line_no)
+        name = plain_name(parts[0].strip(), path, line_no)
+        ys = _parse_int_list(parts[1], "keypoints_y", path, line_no)
+        xs = _parse_int_list(parts[2], "keypoints_x", path, line_no)
+        if name in poses:
+            raise DataError(f"image {name} annotated twice", path, line_no)
+        arr = np.array([xs, ys], dtype=np.float32).T
+        missing = (arr[:, 0] == MISSING) | (arr[:, 1] == MISSING)
+        if np.any((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING)):
+            bad = [JOINTS[i] for i in np.nonzero((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING))[0]]
+            raise DataError(f"{name}: joint(s) {', '.join(bad)} missing in one list only", path, line_no)
+        out = ~missing & ((arr[:, 0] < 0) | (arr[:, 0] >= w) | (arr[:, 1] < 0) | (arr[:, 1] >= h))
+        if out.any():
+            j = int(np.nonzero(out)[0][0])
+            raise DataError(f"{name}: joint {JOINTS[j]} at (x={xs[j]}, y={ys[j]}) is outside the "
+                            f"{h}x{w} image", path, line_no)
+        poses[name] = Pose.from_array(arr, image_size)
+    return poses
+
+
+def read_annotation_files(paths: Sequence[str | Path], image_size: tuple[int, int] = (128, 64)) -> dict[str, Pose]:
+    """Several annotation CSVs as one mapping. An image in two files with different poses is refused (which
+    one is right is the user's call, not the last file's); identical rows are the same annotation."""
+    poses: dict[str, Pose] = {}
+    origin: dict[str, Path] = {}
+    for path in paths:
+        for name, pose in read_annotations(path, image_size).items():
+            if name in poses and poses[name] != pose:
+                raise DataError(f"image {name} has a different pose here than in {origin[name]}", path)
+            poses.setdefault(name, pose)
+            origin.setdefault(name, Path(path))
     return poses
 
 
@@ -181,18 +211,25 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError("pairs file not found", path)
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        rows = list(csv.reader(read_text_lines(path)))
+    except csv.Error as e:
+        raise DataError(f"not a CSV file: {e}", path) from None
     if not rows or [c.strip() for c in rows[0]] != ["from", "to"]:
         raise DataError(f"bad header {','.join(rows[0]) if rows else '(empty file)'!r}, expected 'from,to'",
                         path, 1)
-    pairs = []
+    pairs, seen = [], {}
     for line_no, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
             raise DataError(f"expected two image names 'from,to', got {','.join(row)[:80]!r}", path, line_no)
-        pairs.append((row[0].strip(), row[1].strip()))
+        pair = (plain_name(row[0].strip(), path, line_no), plain_name(row[1].strip(), path, line_no))
+        if pair in seen:
+            # generated once but counted twice in the metrics: a silent bias, so refuse it
+            raise DataError(f"pair {pair[0]},{pair[1]} is listed twice (first on line {seen[pair]})", path, line_no)
+        seen[pair] = line_no
+        pairs.append(pair)
     return pairs
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .io import temp_dir_beside
 
 FORMAT = 2  # 1: whole stage in model.safetensors + pickled state.pt (refused: it would run code to read)
 FILES = ("trainable.safetensors", "ema.safetensors", "state.pt", "config.yaml")
@@ -56,9 +57,8 @@ def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep
     from safetensors.torch import save_file
 
     final = out / f"checkpoint-{step}"
-    tmp = out / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir_beside(final)
     try:
         save_file(trainable_state(stage), str(tmp / "trainable.safetensors"))
         names = trainable_names(stage)

@@ -17,7 +17,7 @@ from .data.market import IMAGE_SIZE, MarketDataset, load_image
 from .errors import DataError
 from .io import atomic_save_image
 from .metrics.evaluate import generated_name  # noqa: F401 (one naming rule, re-exported)
-from .pose import Pose, read_annotations, read_pairs
+from .pose import Pose, read_annotation_files, read_pairs
 from .runtime import add_dtype_argument
 
 
@@ -47,10 +47,12 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
                guidance: float | dict | None = None, refine_strength: float | None = None,
                refine_noise: float | None = None, scheduler: str | None = None, seed: int = 0,
                stages=("prior", "inpaint", "refine"),
-               write: str = "final", rank: int = 0, world: int = 1, progress: bool = True) -> dict:
+               write: str = "final", rank: int = 0, world: int = 1, progress: bool = True,
+               keep_existing: bool = True) -> dict:
     """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
 
-    ``write`` = "final" or "coarse" (the stage-2 output, which is what stage 3 trains on).
+    ``write`` = "final" or "coarse" (the stage-2 output, which is what stage 3 trains on);
+    ``keep_existing=False`` makes every image again (a folder of other settings, ``--overwrite``).
     """
     from tqdm import tqdm
 
@@ -61,7 +63,7 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
         raise DataError(f"no pose annotation for {missing[0]} ({len(set(missing))} images in all); "
                         "pass the annotation CSV that covers the pairs")
     mine = [p for i, p in enumerate(pairs) if i % world == rank]
-    todo = [p for p in mine if not (out_dir / generated_name(*p)).is_file()]
+    todo = [p for p in mine if not (keep_existing and (out_dir / generated_name(*p)).is_file())]
     by_source: dict[str, list[str]] = defaultdict(list)
     for frm, to in todo:
         by_source[frm].append(to)
@@ -97,43 +99,76 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
 
 
 def load_poses(files: Sequence[str | Path]) -> dict[str, Pose]:
-    poses: dict[str, Pose] = {}
-    for f in files:
-        poses.update(read_annotations(f))
-    return poses
+    return read_annotation_files(files)
 
 
 def configure(parser):
+    from .argtypes import add_annotations_argument, choice_list, finite_float, positive_int
+    from .pipeline import ORDER
+
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to)")
     parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
-    parser.add_argument("--annotations", nargs="*", default=None,
-                        help="annotation CSV(s) of the pair images (default: market-annotation-*.csv beside the "
-                             "split folders)")
+    add_annotations_argument(parser, "annotation CSV(s) of the pair images (default: market-annotation-*.csv "
+                                     "beside the split folders)")
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
-    parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
                         help="default: the pipeline's own")
-    parser.add_argument("--guidance", type=float, default=None,
+    parser.add_argument("--guidance", type=finite_float(0.0), default=None,
                         help="one scale for every stage (default: the pipeline's own per stage)")
-    parser.add_argument("--refine-strength", type=float, default=None,
+    parser.add_argument("--refine-strength", type=finite_float(0.0, 1.0, lo_open=True), default=None,
                         help="stage 3 starts from the coarse image noised this far (1: from noise; default: the "
                              "pipeline's own)")
-    parser.add_argument("--refine-noise", type=float, default=None,
+    parser.add_argument("--refine-noise", type=finite_float(0.0, 1.0), default=None,
                         help="scale of that noise, 0 to 1 (0: a deterministic start; default: the pipeline's own)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stages", default="prior,inpaint,refine",
+    parser.add_argument("--stages", type=choice_list(ORDER), default=ORDER,
                         help="comma list; without refine the coarse stage-2 image is the output")
-    parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the pairs")
+    parser.add_argument("--max-pairs", type=positive_int, default=None, help="a seeded sample of the pairs")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="regenerate every image of a folder made with other settings (replaced one by one)")
     add_dtype_argument(parser)
 
 
+SETTINGS = "synthesize.json"
+
+
+def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse an output folder made with other settings (its images would count as finished) unless
+    ``overwrite`` (the images are then made again); record the settings."""
+    import json
+
+    from .io import atomic_write_text
+
+    path = out / SETTINGS
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8")).get("settings")
+        except (ValueError, AttributeError):
+            before = None
+        if before != settings and not overwrite:
+            diff = sorted(k for k in set(settings) | set(before or {})
+                          if (before or {}).get(k) != settings.get(k)) if isinstance(before, dict) else ["all"]
+            raise DataError(f"the images here were made with other settings ({', '.join(diff)} differ); use "
+                            "another --out, or --overwrite to make them again", path)
+    elif not overwrite and any(out.glob("*_to_*.png")):
+        raise DataError(f"holds generated images but no {SETTINGS} (made by another program or version): "
+                        "use another --out, or --overwrite to make them again", out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"format": "pcdms-aug synthesize-pairs v1", "settings": settings},
+                                       indent=1, sort_keys=True) + "\n")
+
+
 def run(args):
+    from .augment.generate import weights_fingerprint
     from .doctor import default_annotations
+    from .paths import check_out_dir
     from .runtime import init_runtime
 
+    out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
     rt = init_runtime(args.device, args.dtype)
     dataset = MarketDataset(args.dataset)
     pairs = read_pairs(args.pairs)
@@ -142,12 +177,20 @@ def run(args):
         pairs = random.Random(args.seed).sample(pairs, args.max_pairs)
     poses = load_poses(args.annotations or default_annotations(dataset.root))
     pipe = load_pipeline(args.weights, rt.device, args.dtype)
-    counts = synthesize(pipe, pairs, dataset, poses, Path(args.out), batch=args.batch, steps=args.steps,
+    settings = {"weights": weights_fingerprint(args.weights, pipe), "steps": args.steps,
+                "scheduler": args.scheduler, "guidance": args.guidance, "refine_strength": args.refine_strength,
+                "refine_noise": args.refine_noise, "seed": args.seed, "stages": list(args.stages),
+                "dtype": str(pipe.dtype).replace("torch.", "")}
+    if rt.is_main:
+        check_settings(out, settings, args.overwrite)
+    if rt.distributed:
+        from .runtime import barrier
+        barrier()
+    counts = synthesize(pipe, pairs, dataset, poses, out, batch=args.batch, steps=args.steps,
                         guidance=args.guidance, refine_strength=args.refine_strength,
-                        refine_noise=args.refine_noise,
-                        scheduler=args.scheduler, seed=args.seed,
-                        stages=tuple(s.strip() for s in args.stages.split(",")), rank=rt.rank,
-                        world=rt.world_size, progress=rt.is_main)
+                        refine_noise=args.refine_noise, scheduler=args.scheduler, seed=args.seed,
+                        stages=tuple(args.stages), rank=rt.rank, world=rt.world_size, progress=rt.is_main,
+                        keep_existing=not args.overwrite)
     print(f"[synthesize-pairs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} finished, "
           f"of {counts['pairs']} pairs -> {args.out}")
     return 0

@@ -24,7 +24,7 @@ from ..config import to_dict
 from ..consistency import FilterConfig, file_sha256, scorer_fingerprint, select
 from ..data.market import IMAGE_SIZE, MarketDataset, load_image
 from ..errors import DataError
-from ..pose import read_annotations
+from ..pose import read_annotation_files
 from . import outputs
 from .plan import PER, POLICIES, collect_sources, make_plan, read_plan, write_plan
 
@@ -142,9 +142,7 @@ def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
 
     dataset = MarketDataset(cfg.dataset)
     ann = annotation_files(cfg, dataset.root)
-    poses = {}
-    for p in ann:
-        poses.update(read_annotations(p, IMAGE_SIZE))
+    poses = read_annotation_files(ann, IMAGE_SIZE)
     split_names = None
     if cfg.split:
         from reid.splits import load_split  # the format is reid's: one reader for everyone

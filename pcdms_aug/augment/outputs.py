@@ -15,14 +15,13 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import DataError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, is_temp_name
 from .plan import PlannedView
 
 SETTINGS = "generate.json"
@@ -34,8 +33,6 @@ FILTER = "filter"  # --filter-model train writes its checkpoint here
 FORMAT = "pcdms-aug generate v1"
 MANIFEST_COLUMNS = ("file", "pid", "camid", "source", "target_pose_origin", "target_pose_index", "seed", "policy",
                     "weights", "score", "kept")
-# What pcdms_aug.io.atomic_path leaves behind when a process dies inside it: ".<name>.<random>.tmp<suffix>".
-_TEMP = re.compile(r"^\..+\.tmp(\.[A-Za-z]+)?$")
 
 
 def read_settings(out: Path) -> dict | None:
@@ -108,12 +105,13 @@ def remove_run(out: Path) -> None:
 
 
 def remove_temp_files(out: Path) -> int:
-    """Half-written temporaries of a killed process (only when no writer runs: before the ranks start)."""
+    """Half-written temporaries of a killed process (only when no writer runs: before the ranks start): only
+    files with this program's own temporary prefix, never a user's ``.x.tmp``."""
     n = 0
     for folder in (out, out / SHARDS):
         if folder.is_dir():
             for p in folder.iterdir():
-                if p.is_file() and _TEMP.match(p.name):
+                if p.is_file() and is_temp_name(p.name):
                     p.unlink()
                     n += 1
     return n

@@ -1,0 +1,91 @@
+"""Argument types and actions shared by every command: a value out of range is refused by argparse with a
+one-line message naming the flag, never reinterpreted (``--batch 0``, ``--guidance nan``) or left to fail
+later with a traceback."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def int_at_least(lo: int):
+    def parse(text: str) -> int:
+        v = _int(text)
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: must be an integer >= {lo}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """A finite number in [lo, hi] (``lo_open``: (lo, hi]); NaN and infinities are always refused."""
+    left = "(" if lo_open else "["
+    span = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v:g} is out of range {span}")
+        return v
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+def choice_list(choices: tuple[str, ...]):
+    """A comma list of distinct names from ``choices`` (``--stages prior,inpaint``)."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(s.strip() for s in text.split(",") if s.strip())
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(
+                f"{bad[0] if bad else text!r} is not one of {', '.join(choices)}")
+        if len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(f"{text!r} names a stage twice")
+        return names
+    parse.__name__ = "comma list"
+    return parse
+
+
+def size_hw(max_side: int = 4096):
+    """``HxW`` (e.g. 128x64), each side 1..max_side: a huge canvas is refused, not allocated."""
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH (e.g. 128x64)") from None
+        if not (1 <= h <= max_side and 1 <= w <= max_side):
+            raise argparse.ArgumentTypeError(f"{text!r}: each side must be 1..{max_side}")
+        return h, w
+    parse.__name__ = "HxW"
+    return parse
+
+
+class Once(argparse.Action):
+    """A flag that may be given once: a repeat would silently drop the first value, so it is refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_seen_{self.dest}", False):
+            parser.error(f"argument {option_string}: given more than once (give it once)")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
+def add_annotations_argument(parser, help_text: str) -> None:
+    """``--annotations A B`` or ``--annotations A --annotations B`` (both read); a bare flag is refused."""
+    parser.add_argument("--annotations", nargs="+", action="extend", default=None, metavar="CSV", help=help_text)
