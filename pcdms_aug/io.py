@@ -91,3 +91,56 @@ def atomic_save_image(path: str | Path, image, **save_kwargs) -> None:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextmanager
+def folder_lock(folder: str | Path, name: str = ".pcdms-aug.lock"):
+    """Hold ``folder`` for one run: a second run on the same folder is refused (it would compute everything
+    again, and both would write the same files). The lock file holds the host and pid; a lock whose process
+    is gone (killed run) is stale and taken over."""
+    import socket
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    me = f"{socket.gethostname()} {os.getpid()}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text(encoding="utf-8").split()
+                pid = int(pid)
+            except (OSError, ValueError):
+                host, pid = None, None
+            if host == socket.gethostname() and pid is not None and _pid_alive(pid) and pid != os.getpid():
+                raise DataError(f"another run (pid {pid}) is writing to this folder; wait for it to finish, or "
+                                f"remove {path} if it is not running", folder) from None
+            if host not in (None, socket.gethostname()):
+                raise DataError(f"a run on host {host} (pid {pid}) holds this folder; remove {path} if it is "
+                                "not running", folder) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(me)
+        break
+    else:
+        raise DataError("could not take the folder's lock", path)
+    try:
+        yield path
+    finally:
+        try:
+            if path.read_text(encoding="utf-8") == me:
+                path.unlink()
+        except OSError:
+            pass

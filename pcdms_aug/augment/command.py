@@ -18,34 +18,40 @@ from .plan import PER, POLICIES
 _FLAGS = {"dataset": "dataset", "annotations": "annotations", "weights": "weights", "out": "out",
           "views": "views", "per": "per", "policy": "policy", "split": "split", "batch": "batch", "steps": "steps",
           "guidance": "guidance", "scheduler": "scheduler", "seed": "seed", "device": "device", "dtype": "dtype",
-          "image_format": "image_format", "canonical_poses": "canonical_poses",
+          "image_format": "image_format", "stages": "stages", "canonical_poses": "canonical_poses",
           "filter_model": "filter.model", "filter_arch": "filter.arch", "filter_reduce": "filter.reduce",
           "filter_threshold": "filter.threshold", "filter_top": "filter.top", "filter_top_scope": "filter.top_scope",
           "filter_train_epochs": "filter.train_epochs"}
 
 
 def configure(parser) -> None:
+    from ..argtypes import choice_list, finite_float, positive_int
+    from ..pipeline import ORDER
+    from ..runtime import DTYPE_CHOICES
+
     add = parser.add_argument
     add("--config", help="YAML with defaults for every option below (e.g. tiny/generate.yaml, paper/generate.yaml)")
     add("--dataset", help="Market-1501-layout folder (bounding_box_train, query, bounding_box_test)")
-    add("--annotations", nargs="+", help="annotation CSV(s) (default: market-annotation-train.csv beside the "
+    add("--annotations", nargs="+", action="extend", help="annotation CSV(s) (default: market-annotation-train.csv beside the "
                                          "split folders)")
     add("--weights", help="folder written by save_pretrained, 'tiny' (shipped), or a pipeline YAML (random weights)")
     add("--out", help="output folder: images, manifest.csv, plan.csv, generate.json, shards/")
-    add("--views", type=int, help="views per source image (--per image) or per identity (--per identity)")
+    add("--views", type=positive_int, help="views per source image (--per image) or per identity (--per identity)")
     add("--per", choices=PER)
     add("--policy", choices=POLICIES, help="target poses: random (the paper: poses of the training split), "
                                            "canonical (k-means, as PN-GAN), coverage (far from the identity's own)")
     add("--split", help="low-data subset JSON (reid.splits): its images are the sources and the random pose pool")
-    add("--batch", type=int, help="views per forward pass (part of the settings: fixes which views share one)")
-    add("--steps", type=int, help="sampling steps of every stage")
-    add("--guidance", type=float, help="classifier-free guidance of every stage (default: the pipeline's)")
+    add("--batch", type=positive_int, help="views per forward pass (part of the settings: fixes which views share one)")
+    add("--steps", type=positive_int, help="sampling steps of every stage")
+    add("--guidance", type=finite_float(0.0), help="classifier-free guidance of every stage (default: the pipeline's)")
     add("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
     add("--seed", type=int)
     add("--device", help="auto | cpu | cuda")
-    add("--dtype", help="fp32 | fp16 | bf16 | auto")
+    add("--dtype", choices=DTYPE_CHOICES, help="fp32 | fp16 | bf16 | auto")
+    add("--stages", type=choice_list(ORDER), help="comma list (default all three; without refine the stage-2 "
+                                                   "image is the view)")
     add("--format", dest="image_format", choices=sorted(IMAGE_FORMATS))
-    add("--canonical-poses", type=int, help="k of the canonical policy (default 8)")
+    add("--canonical-poses", type=positive_int, help="k of the canonical policy (default 8)")
     add("--overwrite", action="store_true", default=None,
         help="replace a run with other settings (or a foreign manifest) in --out")
     add("--filter-model", help="re-ID checkpoint (torchreid model.pth.tar-N or a state dict) for the "
@@ -53,10 +59,10 @@ def configure(parser) -> None:
     add("--filter-arch", help="torchreid model name of the checkpoint (default osnet_x0_25)")
     add("--filter-reduce", choices=REDUCE, help="similarity to the mean real feature (default) or to the closest")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--filter-threshold", type=float, help="keep views whose score reaches this cosine")
-    group.add_argument("--filter-top", type=float, metavar="FRACTION", help="keep this fraction of the best views")
+    group.add_argument("--filter-threshold", type=finite_float(-1.0, 1.0), help="keep views whose score reaches this cosine")
+    group.add_argument("--filter-top", type=finite_float(0.0, 1.0, lo_open=True), metavar="FRACTION", help="keep this fraction of the best views")
     add("--filter-top-scope", choices=TOP_SCOPE, help="top fraction of each identity's views (default) or of all")
-    add("--filter-train-epochs", type=int, help="epochs of --filter-model train (default 10)")
+    add("--filter-train-epochs", type=positive_int, help="epochs of --filter-model train (default 10)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -69,7 +75,9 @@ def config_from_args(args) -> GenerateConfig:
         node = data
         *parents, last = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {}) or {}
+            if not isinstance(node.get(p), dict):
+                node[p] = {}  # absent or null in the config: the flag creates the section
+            node = node[p]
         if last in ("threshold", "top") and parents == ["filter"]:
             node.pop("threshold", None)
             node.pop("top", None)  # a rule on the command line replaces the config's rule

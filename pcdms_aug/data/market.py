@@ -124,6 +124,11 @@ class MarketDataset:
             yield from items
 
 
+# A person crop smaller than this on a side carries nothing to condition on (Market-1501 crops are 128x64): such
+# a file is refused rather than upsampled into a source or a metric's ground truth.
+MIN_SIDE = 8
+
+
 def load_image(path: str | Path, size: tuple[int, int] | None = None):
     """Open an image as RGB, failing with the file named; optionally resized to (height, width)."""
     from PIL import Image, UnidentifiedImageError
@@ -136,6 +141,9 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None):
         raise DataError("image not found", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"unreadable image ({e.__class__.__name__}: {e})", path) from None
+    if min(im.size) < MIN_SIDE:
+        raise DataError(f"image is {im.height}x{im.width} pixels: too small for a person crop (at least "
+                        f"{MIN_SIDE} on each side)", path)
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BICUBIC)
     return im
