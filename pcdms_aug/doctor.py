@@ -58,6 +58,8 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
                 with Image.open(it.path) as im:
                     im.verify()
                 with Image.open(it.path) as im:
+                    # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
+                    im.load()
                     sizes[(im.height, im.width)] += 1
             except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
                 problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
@@ -122,8 +124,9 @@ def format_report(r: dict) -> str:
 def configure(parser):
     parser.add_argument("root", help="folder with bounding_box_train/, query/, bounding_box_test/ "
                                      "(or torchreid's market1501/Market-1501-v15.09.15/ nesting)")
-    parser.add_argument("--annotations", nargs="*", default=None,
-                        help="annotation CSV(s); default: market-annotation-*.csv beside the split folders")
+    from .argtypes import add_annotations_argument
+
+    add_annotations_argument(parser, "annotation CSV(s); default: market-annotation-*.csv beside the split folders")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-image-check", action="store_true", help="skip opening every image")
 

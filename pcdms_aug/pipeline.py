@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,16 @@ class SourceEncoding:
 
 
 def _per_stage(value, default: dict, what: str, cast) -> dict:
-    """A number for every stage, or ``{stage: number}`` (stages left out keep the default)."""
+    """A number for every stage, or ``{stage: number}`` (stages left out keep the default); NaN and infinities
+    are refused (a NaN guidance would make black images that pass every later check)."""
+    out = _per_stage_values(value, default, what, cast)
+    bad = [n for n, v in out.items() if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{what} of {bad[0]} must be a finite number, got {out[bad[0]]}")
+    return out
+
+
+def _per_stage_values(value, default: dict, what: str, cast) -> dict:
     if value is None:
         return {n: cast(default[n]) for n in ORDER}
     if isinstance(value, dict):

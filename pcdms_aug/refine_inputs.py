@@ -20,17 +20,19 @@ INFO = "inputs.json"
 
 
 def configure(parser):
+    from .argtypes import finite_float, positive_int
+
     parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
     parser.add_argument("--annotations", required=True, help="training annotation CSV")
     parser.add_argument("--weights", required=True,
                         help="pipeline folder with trained prior and inpaint stages ('tiny', a folder, or a YAML)")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png, pairs.csv and inputs.json")
-    parser.add_argument("--max-pairs", type=int, default=None, help="a seeded sample of the training pairs")
-    parser.add_argument("--steps", type=int, default=None, help="per stage (default: the pipeline's own)")
+    parser.add_argument("--max-pairs", type=positive_int, default=None, help="a seeded sample of the training pairs")
+    parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
                         help="default: the pipeline's own")
-    parser.add_argument("--guidance", type=float, default=None, help="default: the pipeline's own")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--guidance", type=finite_float(0.0), default=None, help="default: the pipeline's own")
+    parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
@@ -70,8 +72,10 @@ def run(args):
 
     if args.batch < 1:
         raise DataError(f"--batch must be at least 1, got {args.batch}")
+    from .paths import check_out_dir
+
+    out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
     rt = init_runtime(args.device, args.dtype)
-    out = Path(args.out)
     dataset = MarketDataset(args.dataset)
     poses = read_annotations(args.annotations)
     pipe = load_pipeline(args.weights, rt.device, args.dtype)

@@ -181,6 +181,15 @@ def run(args):
                 "scheduler": args.scheduler, "guidance": args.guidance, "refine_strength": args.refine_strength,
                 "refine_noise": args.refine_noise, "seed": args.seed, "stages": list(args.stages),
                 "dtype": str(pipe.dtype).replace("torch.", "")}
+    import contextlib
+
+    from .io import folder_lock
+
+    with folder_lock(out) if rt.is_main else contextlib.nullcontext():
+        return _run_locked(args, rt, pipe, pairs, dataset, poses, out, settings)
+
+
+def _run_locked(args, rt, pipe, pairs, dataset, poses, out, settings) -> int:
     if rt.is_main:
         check_settings(out, settings, args.overwrite)
     if rt.distributed:

@@ -74,30 +74,36 @@ def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Imag
 
 
 def configure(parser):
+    from .argtypes import positive_int, size_hw
+
     parser.add_argument("--annotations", required=True, help="annotation CSV (name:keypoints_y:keypoints_x)")
-    parser.add_argument("--names", nargs="*", default=None, help="image names to draw (default: the first --max)")
-    parser.add_argument("--max", type=int, default=16, help="how many rows of the CSV when --names is absent")
+    parser.add_argument("--names", nargs="+", action="extend", default=None,
+                        help="image names to draw (default: the first --max)")
+    parser.add_argument("--max", type=positive_int, default=16, help="how many rows of the CSV when --names is absent")
     parser.add_argument("--dataset", default=None,
                         help="Market-1501-layout folder: draw each skeleton over its image, beside the image")
-    parser.add_argument("--size", default="256x128", help="HxW of each tile (default 256x128)")
-    parser.add_argument("--cols", type=int, default=8, help="poses per row of the contact sheet")
+    parser.add_argument("--size", type=size_hw(2048), default=(256, 128), help="HxW of each tile (default 256x128)")
+    parser.add_argument("--cols", type=positive_int, default=8, help="poses per row of the contact sheet")
     parser.add_argument("--out", required=True, help="output PNG")
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise DataError(f"--size {text!r} must look like HxW, e.g. 256x128") from None
-    if h <= 0 or w <= 0:
-        raise DataError(f"--size {text!r} must be positive")
-    return h, w
+# A contact sheet larger than this is refused before it is allocated (a 20000-pose sheet is a mistake).
+MAX_SHEET_PIXELS = 200_000_000
 
 
 def run(args):
-    size = _parse_size(args.size)
+    from .paths import check_out_file, plain_name
+
+    size = args.size
+    out = check_out_file(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise DataError("--out must end in .png or .jpg", out)
     poses = read_annotations(args.annotations)
-    names = args.names if args.names else list(poses)[: args.max]
+    names = [plain_name(n, what="--names") for n in args.names] if args.names else list(poses)[: args.max]
+    tiles_n = len(names) * (2 if args.dataset else 1)
+    if tiles_n * (size[0] + 2) * (size[1] + 2) > MAX_SHEET_PIXELS:
+        raise DataError(f"{tiles_n} tiles of {size[0]}x{size[1]} exceed {MAX_SHEET_PIXELS // 10**6} megapixels: "
+                        "draw fewer poses (--max, --names) or smaller tiles (--size)")
     missing = [n for n in names if n not in poses]
     if missing:
         raise DataError(f"no row for {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
@@ -116,7 +122,7 @@ def run(args):
         else:
             tiles.append(pose_tile(poses[n], size))
             labels.append(n[:12])
-    cols = max(1, args.cols - (args.cols % 2) if ds is not None else args.cols)
+    cols = max(2, args.cols - (args.cols % 2)) if ds is not None else args.cols  # image and overlay side by side
     rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
     row_labels = None
     sheet = contact_sheet(rows, cell=size, row_labels=row_labels)
@@ -125,7 +131,6 @@ def run(args):
     for k, label in enumerate(labels):
         i, j = divmod(k, cols)
         draw.text((2 + j * (size[1] + 2) + 2, 2 + i * (size[0] + 2) + size[0] - 12), label, fill=(255, 255, 255))
-    out = Path(args.out)
     atomic_save_image(out, sheet)
     print(f"wrote {out} ({len(names)} poses, {sheet.width}x{sheet.height})")
     return 0

@@ -8,7 +8,8 @@ import math
 
 from ..errors import DataError
 from ..io import atomic_write_text
-from .evaluate import as_config, compute_metrics
+from .config import as_config
+from .evaluate import compute_metrics
 
 COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("fid", "FID", "fid"), ("fid_reid", "FID-reid", "fid"))
@@ -56,6 +57,8 @@ def format_table(result: dict) -> str:
 
 
 def configure(parser) -> None:
+    from ..argtypes import positive_int
+
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to) whose targets were generated")
     parser.add_argument("--generated", required=True, metavar="DIR",
                         help="folder of <from>_to_<to>.png (the names as in the CSV, extension kept)")
@@ -71,7 +74,7 @@ def configure(parser) -> None:
                                                       ".json name) to FILE")
     parser.add_argument("--allow-missing", action="store_true",
                         help="evaluate the pairs whose generated image exists and say how many are missing")
-    parser.add_argument("--best-of", type=int, metavar="K", default=None,
+    parser.add_argument("--best-of", type=positive_int, metavar="K", default=None,
                         help="ORACLE protocol of upstream: read <from>_to_<to>_<k>.png, k=0..K-1, and keep the "
                              "sample closest (SSIM) to the ground truth. Uses the ground truth, so it is not "
                              "available when augmenting; labelled as such. Never the default")
