@@ -1,10 +1,12 @@
-"""Synthesis metrics (DESIGN.md section 5): SSIM as upstream computes it, PSNR, LPIPS-Alex, FID, FID on re-ID
-features, each beside the copy-source floor. Weights come from local files only; absent ones refuse a metric.
+"""Synthesis metrics: SSIM as upstream computes it and PSNR (scikit-image), LPIPS-Alex (lpips), FID (pytorch-fid's
+Fréchet distance; Inception or re-ID features), each beside the copy-source floor. Weights come from local files
+only; absent ones refuse a metric.
 
 The CLI (`pcdms-aug metrics`) is :mod:`.command`; the heavy parts (torch networks) are imported when used.
 """
 from .command import configure, format_table, run
-from .evaluate import MetricsConfig, compute_metrics, generated_name
+from .config import MetricsConfig
+from .evaluate import compute_metrics, generated_name
 from .frechet import feature_stats, frechet_distance, frechet_distance_of
 from .pixels import psnr, ssim_upstream
 

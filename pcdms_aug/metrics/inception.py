@@ -7,14 +7,14 @@ Two weight files are understood, told apart by their classifier (1000 ImageNet c
   299x299, then torchvision's ``transform_input`` affine applied to those [0, 1] values (upstream does exactly
   this), Mixed_7c, global average pool.
 - the TF-ported FID network of pytorch-fid (``pt_inception-2015-12-05-6726825d.pth``): the standard FID of the
-  GAN literature. Its four patched blocks (average pools that ignore padding, a max pool in the last block) are
-  applied; input scaled to [-1, 1] after the bilinear resize, as pytorch-fid does. torch-fidelity (used by
-  torchmetrics) resizes differently, so its FIDs differ slightly from these.
+  GAN literature, built from pytorch-fid's own blocks; input scaled to [-1, 1] after the bilinear resize, as
+  pytorch-fid's ``InceptionV3`` does. torch-fidelity (used by torchmetrics) resizes differently, so its FIDs
+  differ slightly from these.
 
-Nothing is downloaded: the network is built with random layers and then overwritten from the file.
+Nothing is downloaded: the network is built with random layers and then overwritten from the file (pytorch-fid's
+``InceptionV3`` would fetch its weights itself, so only its blocks are used).
 """
 from __future__ import annotations
-
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +22,12 @@ from torch import nn
 from torchvision.models import inception as tv_inception
 
 from ..errors import DataError
-from .perceptual import _read_state, resolve_weight_path
+from .weights import read_state, resolve_weight_path
 
 HINT = ("Inception-v3 weights: torchvision's ImageNet file inception_v3_google-0cc3c7bd.pth "
         "(torchvision.models.Inception_V3_Weights.IMAGENET1K_V1; the FID network of upstream PCDMs/PIDM/GFLA) "
-        "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (the standard TF FID network, from the "
-        "pytorch-fid releases); on a machine with network `torchvision.models.inception_v3(weights='IMAGENET1K_V1')` "
+        "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (the standard TF FID network, pytorch_fid."
+        "inception.FID_WEIGHTS_URL: github.com/mseitzer/pytorch-fid/releases/download/fid_weights/); on a machine with network `torchvision.models.inception_v3(weights='IMAGENET1K_V1')` "
         "leaves the first in ~/.cache/torch/hub/checkpoints/")
 LABELS = {
     "torchvision": "Inception-v3 torchvision ImageNet weights, upstream PCDMs/GFLA input handling",
@@ -35,45 +35,21 @@ LABELS = {
 }
 
 
-class _TFPoolMixin:
-    """The TF graph's pooling branch: average pools that ignore the zero padding, or a max pool."""
+def _fid_network() -> tv_inception.Inception3:
+    """pytorch-fid's FID Inception: torchvision's Inception-v3 with pytorch-fid's TF-ported blocks (average pools
+    that ignore the padding, a max pool in the last block), assembled as ``pytorch_fid.inception.fid_inception_v3``
+    does, without its download (the weights come from the configured file)."""
+    from pytorch_fid import inception as pfid
 
-    tf_pool = "avg"
-
-    def _forward(self, x):
-        outputs = super()._forward(x)
-        if self.tf_pool == "max":
-            pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        else:
-            pooled = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        outputs[-1] = self.branch_pool(pooled)
-        return outputs
-
-
-class _TFInceptionA(_TFPoolMixin, tv_inception.InceptionA):
-    pass
-
-
-class _TFInceptionC(_TFPoolMixin, tv_inception.InceptionC):
-    pass
-
-
-class _TFInceptionE(_TFPoolMixin, tv_inception.InceptionE):
-    pass
-
-
-class _TFInceptionEMax(_TFPoolMixin, tv_inception.InceptionE):
-    tf_pool = "max"
-
-
-def _tf_variant(net: tv_inception.Inception3) -> None:
-    net.Mixed_5b = _TFInceptionA(192, pool_features=32)
-    net.Mixed_5c = _TFInceptionA(256, pool_features=64)
-    net.Mixed_5d = _TFInceptionA(288, pool_features=64)
+    net = tv_inception.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    net.Mixed_5b = pfid.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pfid.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pfid.FIDInceptionA(288, pool_features=64)
     for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-        setattr(net, name, _TFInceptionC(768, channels_7x7=c7))
-    net.Mixed_7b = _TFInceptionE(1280)
-    net.Mixed_7c = _TFInceptionEMax(2048)
+        setattr(net, name, pfid.FIDInceptionC(768, channels_7x7=c7))
+    net.Mixed_7b = pfid.FIDInceptionE_1(1280)
+    net.Mixed_7c = pfid.FIDInceptionE_2(2048)
+    return net
 
 
 _TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
@@ -90,11 +66,8 @@ class InceptionPool(nn.Module):
             raise ValueError(f"unknown Inception variant {variant!r}; one of {', '.join(LABELS)}")
         self.variant = variant
         # init_weights=False: the default truncated-normal init is slow and is overwritten anyway
-        net = tv_inception.Inception3(num_classes=1000 if variant == "torchvision" else 1008,
-                                      aux_logits=variant == "torchvision", init_weights=False)
-        if variant == "pytorch-fid":
-            _tf_variant(net)
-        self.net = net
+        self.net = (tv_inception.Inception3(num_classes=1000, aux_logits=True, init_weights=False)
+                    if variant == "torchvision" else _fid_network())
         self.requires_grad_(False)
         self.eval()
 
@@ -131,8 +104,7 @@ def variant_of(state: dict) -> str:
 def load_inception(weights) -> InceptionPool:
     """The FID feature network from a local file; DataError naming the file and where to get it otherwise."""
     path = resolve_weight_path(weights, "fid.inception_weights", HINT)
-    state = _read_state(path, "Inception-v3 weights")
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = read_state(path, "the Inception-v3 weights")
     try:
         variant = variant_of(state)
     except DataError as e:

@@ -13,18 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from .perceptual import resolve_weight_path
+from .weights import read_state, resolve_weight_path
 
 HINT = ("a torchreid checkpoint of that model (torchreid's engine writes model.pth.tar-<epoch> under its save_dir; "
         "any state dict of the same architecture works)")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _load_checkpoint(path: Path) -> dict:
-    from ..torchfile import load, state_dict_of
-
-    return state_dict_of(load(path, what="the re-ID checkpoint"), path)
 
 
 class ReidFeatures(nn.Module):
@@ -59,7 +53,7 @@ def load_reid_features(name: str | None, weights, size: tuple[int, int]) -> Reid
 
         raise DataError(f"fid_reid.model: unknown torchreid model {name!r}; one of "
                         f"{', '.join(sorted(factory))}") from None
-    state = _load_checkpoint(path)
+    state = read_state(path, "the re-ID checkpoint")
     own = model.state_dict()
     missing = [k for k in own if not k.startswith("classifier.")
                and (k not in state or tuple(state[k].shape) != tuple(own[k].shape))]
