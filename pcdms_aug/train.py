@@ -79,14 +79,14 @@ def load_run_config(path, overrides=()) -> RunConfig:
     path = resolve_config_path(path)
     model_over = [o for o in overrides if o.strip().startswith("model.")]
     raw = load_config(path, [o for o in overrides if o not in model_over])
+    if (raw.get("train") or {}).get("mixed_precision") is False:  # YAML reads a bare `no` as false
+        raw["train"]["mixed_precision"] = "no"
     cfg = build(RunConfig, raw, where=str(path))
     if isinstance(cfg.model, str):
         cfg.model = load_config(cfg.model if Path(cfg.model).is_file() else path.parent / cfg.model)
     cfg.model = apply_overrides(cfg.model, [o.strip()[len("model."):] for o in model_over])
     if cfg.stage not in ("prior", "inpaint", "refine"):
         raise DataError(f"stage must be prior, inpaint or refine, got {cfg.stage!r}", path)
-    if cfg.train.mixed_precision is False:  # YAML reads a bare `no` (train.mixed_precision=no) as false
-        cfg.train.mixed_precision = "no"
     if cfg.train.mixed_precision not in AMP_DTYPES:
         raise DataError(f"train.mixed_precision must be one of {', '.join(AMP_DTYPES)}, "
                         f"got {cfg.train.mixed_precision!r}", path)
