@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -81,37 +83,113 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict:
 T = typing.TypeVar("T")
 
 
+def unknown_key_error(key: str, known, where: str) -> DataError:
+    """An unknown key, named with its path and the nearest valid one (``sheduler`` -> ``scheduler``)."""
+    import difflib
+
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return DataError(f"unknown key {where}.{key}{hint} (known: {', '.join(sorted(known))})")
+
+
 def build(cls: type[T], data: Mapping | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the key."""
+    """Build dataclass ``cls`` from a mapping. An unknown key or a value of the wrong type is an error naming
+    the key's path (and the nearest valid key); YAML's '3e-4' string is read as the number a float field wants."""
+    if data is not None and not isinstance(data, Mapping):
+        raise DataError(f"{where} must be a mapping of keys, got {data!r}")
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise DataError(f"unknown key(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(fields))}")
+    for key in data:
+        if key not in fields:
+            raise unknown_key_error(str(key), fields, where)
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints.get(name)
-        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = build(hint, value, f"{where}.{name}")
-        elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
-            value = tuple(value) if isinstance(value, (list, tuple)) else value
-        elif _numeric(hint) and isinstance(value, str):
-            # YAML 1.1 reads '3e-4' (no dot) as a string; a numeric field takes it as the number it says.
+    return cls(**{name: _typed(hints.get(name, typing.Any), value, f"{where}.{name}")
+                  for name, value in data.items()})
+
+
+_NONE = type(None)
+
+
+def _typed(hint, value, where: str):
+    """``value`` as type ``hint`` says, or a DataError naming ``where``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return _finite(value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and _NONE in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not _NONE):
             try:
-                value = _numeric(hint)(value)
-            except ValueError:
-                raise DataError(f"{where}.{name} must be a number, got {value!r}") from None
-        kwargs[name] = value
-    return cls(**kwargs)
+                return _typed(arg, value, where)
+            except DataError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else DataError(
+            f"{where} must be {' or '.join(_describe(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise DataError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise DataError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        return _number(hint, value, where)
+    if hint is str:
+        if not isinstance(value, str):
+            quote = " (quote it: YAML reads no/yes/off/on as booleans)" if isinstance(value, bool) else ""
+            raise DataError(f"{where} must be a string, got {value!r}{quote}")
+        return value
+    if hint is tuple or origin is tuple or hint is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"{where} must be a list, got {value!r}")
+        items = [_finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise DataError(f"{where} must have {len(args)} items, got {len(items)}")
+            items = [_typed(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, items))]
+        elif args:
+            items = [_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(items) if (hint is tuple or origin is tuple) else items
+    if hint is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise DataError(f"{where} must be a mapping, got {value!r}")
+        return {k: _finite(v, f"{where}.{k}") for k, v in value.items()}
+    return value
 
 
-def _numeric(hint):
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
-    for t in (float, int):
-        if t in args:
-            return t
-    return None
+def _number(kind, value, where: str):
+    if isinstance(value, str):
+        try:
+            value = kind(value)  # YAML 1.1 reads '3e-4' (no dot) as a string
+        except ValueError:
+            raise DataError(f"{where} must be {_describe(kind)}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise DataError(f"{where} must be {_describe(kind)}, got {value!r}")
+    if not math.isfinite(value):
+        raise DataError(f"{where} must be a finite number, got {value!r}")
+    return kind(value)
+
+
+def _finite(value, where: str):
+    """Any value, but a NaN or infinity anywhere inside it is refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
+    return value
+
+
+def _describe(hint) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", _NONE: "null"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
 
 def to_dict(obj) -> dict:

@@ -81,7 +81,7 @@ def test_cli_resumes_and_writes_splits(data, tmp_path, capsys):
     assert cli_main(["reid-experiment", str(cfg), *args]) == 0
     assert "0 run(s) trained, 1 reused" in capsys.readouterr().out
     assert cli_main(["reid-experiment", str(cfg), *args, "lossy=1"]) == 2
-    assert "unknown key(s) lossy" in capsys.readouterr().err
+    assert "unknown key reid config.lossy" in capsys.readouterr().err
 
 
 def test_generated_dir_forms_and_early_errors(data, tmp_path):
