@@ -89,6 +89,25 @@ def verdict(df: pd.DataFrame, fraction, variant: str) -> str | None:
             + (f"; controls run: {', '.join(controls)} (not run: {', '.join(lacking)})" if lacking else ""))
 
 
+def seed_table(df: pd.DataFrame, fraction, variant: str) -> list[str]:
+    """Markdown rows, one per seed: every control's mAP, the variant's, and its gain over the strongest control."""
+    gain = gain_over_control(df, fraction, variant)
+    if gain.empty:
+        return []
+    sub = df[df.fraction == fraction].pivot_table(index="seed", columns="variant", values="mAP", aggfunc="first")
+    controls = [c for c in CONTROLS if c in sub.columns]
+    best = strongest_control(df, fraction)
+    head = ["seed", *controls, variant, "strongest control", f"{variant} − strongest control"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed in gain.index:
+        lines.append("| " + " | ".join([str(seed), *[f"{sub.at[seed, c]:.1f}" for c in controls],
+                                        f"{sub.at[seed, variant]:.1f}", best.control[seed],
+                                        f"**{gain[seed]:+.1f}**"]) + " |")
+    lines.append("| paired mean ± std | " + " | ".join(_mean_std(sub[c].dropna().tolist()) for c in
+                                                      [*controls, variant]) + f" | | **{_spread(gain)}** |")
+    return lines
+
+
 def verdicts(df: pd.DataFrame) -> list[str]:
     out = []
     for fraction in sorted(df.fraction.unique()):
@@ -101,6 +120,11 @@ def markdown(df: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
     said = verdicts(df)
     if said:
         lines += ["## Did the generated views help beyond the controls?", ""] + [f"- {v}" for v in said] + [""]
+        for fraction in sorted(df.fraction.unique()):
+            for g in GAINS:
+                rows = seed_table(df, fraction, g)
+                if rows:
+                    lines += [f"mAP per seed, {fraction * 100:g}% of the real images, {g}:", "", *rows, ""]
     lines += [f"- {n}" for n in notes]
     lines += ["- values in percent, mean ± sample std over seeds; Δ = mean ± std of the per-seed difference (same "
               "subset and initial weights); Δ control = against the strongest control of each seed (the best of "

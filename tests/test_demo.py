@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about a minute of CPU: generation, four re-ID variants, synthesis metrics
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "pcdms_aug.cli", "demo", "--out", str(out), "--train-ids", "12", "--test-ids", "8", "--fraction", "0.5",
@@ -17,6 +20,17 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "DDIM" in report and "baseline" in report and "augmented" in report
+    # The report leads with the gain over the strongest control, per seed, and says in words what it shows.
+    lead = report.index("## Did the generated views help beyond the controls?")
+    assert lead < report.index("## Downstream re-ID") < report.index("## Synthesis")
+    assert "over the strongest control" in report[lead:] and "| paired mean ± std |" in report
+    assert "help" in report[lead:report.index("## Downstream re-ID")]
+    rows = (out / "results.csv").read_text().splitlines()
+    variants = {r.split(",")[2] for r in rows[1:]}
+    assert variants == {"baseline", "augmented", "baseline_steps", "duplicated"}
+    steps = {r.split(",")[2]: int(r.split(",")[8]) for r in rows[1:]}
+    assert rows[0].split(",")[8] == "steps"
+    assert steps["baseline_steps"] == steps["duplicated"] == steps["augmented"] > steps["baseline"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"final", "coarse"}
     for row in metrics.values():

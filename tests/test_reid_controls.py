@@ -149,3 +149,10 @@ def test_verdict_words_follow_the_per_seed_gains():
     assert "did not help beyond" in report.verdict(frame([11.0, 11.0, 13.0]), 0.2, "augmented")
     gains = report.gain_over_control(frame([16.0, 11.0, 18.0]), 0.2, "augmented")
     assert list(gains) == [4.0, -2.0, 4.0] and math.isclose(gains.mean(), 2.0)
+    rows = report.seed_table(frame([16.0, 11.0, 18.0]), 0.2, "augmented")
+    assert rows[0].split(" | ")[1:3] == ["baseline", "duplicated"]  # only the controls that ran
+    assert "| 1 | 10.0 | 13.0 | 11.0 | duplicated | **-2.0** |" in rows
+    assert rows[-1].endswith("| **+2.0 ± 3.5** |")  # the paired spread of the per-seed gains
+    assert "| **-2.0** |" in report.markdown(frame([16.0, 11.0, 18.0]).assign(
+        protocol="epochs", steps=1, num_train_real=1, num_train_generated=0, num_train_repeated=0, rank1=0.0,
+        rank5=0.0, rank10=0.0), "t")
