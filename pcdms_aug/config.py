@@ -89,7 +89,8 @@ def unknown_key_error(key: str, known, where: str) -> DataError:
 
     near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     hint = f"; did you mean {near[0]!r}?" if near else ""
-    return DataError(f"unknown key {where}.{key}{hint} (known: {', '.join(sorted(known))})")
+    listing = f" (known: {', '.join(sorted(known))})" if len(known) <= 24 else ""
+    return DataError(f"unknown key {where}.{key}{hint}{listing}")
 
 
 def build(cls: type[T], data: Mapping | None, where: str = "config") -> T:

@@ -136,13 +136,18 @@ def check_pipeline_config(cfg: dict, where: str = "pipeline config") -> None:
     def walk(node, prefix):
         for k, v in node.items():
             key = f"{prefix}{k}"
-            if key in ("stages", "weights"):  # read by from_config (stage YAMLs, pretrained folders)
+            if key in ("stages", "weights", "random_weights"):  # read by from_config (stage YAMLs, pretrained folders)
                 continue
             if isinstance(v, dict) and key in ("sampling", "sampling.steps", "sampling.guidance"):
                 walk(v, key + ".")
                 continue
             if key not in CONFIG_KEYS:
-                raise DataError(f"unknown key {key!r} in {where}; known: {', '.join(CONFIG_KEYS)}")
+                import difflib
+
+                near = difflib.get_close_matches(key, list(CONFIG_KEYS) + ["stages", "weights", "random_weights"],
+                                                 n=1, cutoff=0.6)
+                raise DataError(f"unknown key {key!r} in {where}" + (f"; did you mean {near[0]!r}?" if near else "")
+                                + f" (known: {', '.join(CONFIG_KEYS)})")
             ok, what = CONFIG_KEYS[key]
             if not ok(v):
                 raise DataError(f"{key}={v!r} in {where}: must be {what}")
@@ -193,6 +198,7 @@ class PCDMsPipeline:
         stage configs say (random tiny encoders, or local pretrained folders)."""
         path = resolve_config_path(path)
         cfg = load_config(path, overrides)
+        check_pipeline_config(cfg, str(path))
         cache: dict = {}
         stages = {name: stage_class(name).from_config(scfg, seed=seed + ORDER.index(name), cache=cache)
                   for name, scfg in cls._stage_configs(cfg, path.parent).items()}
@@ -233,6 +239,7 @@ class PCDMsPipeline:
             raise DataError(f"corrupt pipeline.yaml: {e}", meta) from None
         if not isinstance(cfg, dict):
             raise DataError("corrupt pipeline.yaml: not a mapping", meta)
+        check_pipeline_config(cfg, str(meta))
         return cfg
 
     @classmethod
@@ -242,6 +249,7 @@ class PCDMsPipeline:
         if config is None or isinstance(config, (str, Path)):
             config = load_config(resolve_config_path(config or "tiny/pipeline.yaml"))
         cfg = copy.deepcopy(config)
+        check_pipeline_config(cfg)
         cache: dict = {}
         unknown = sorted(set(folders) - set(ORDER))
         if unknown:

@@ -43,7 +43,10 @@ class Stage(nn.Module):
     def from_config(cls, cfg: dict, seed: int = 0, cache: dict | None = None,
                     load_weights: bool = True) -> "Stage":
         """Trainable parts random (``seed``) or from SD-2.1-base; frozen parts as their config says."""
+        from ..schema import check_stage_config
+
         cfg = copy.deepcopy(dict(cfg))
+        check_stage_config(cfg, cls.name, f"{cls.name} stage config")
         cfg.pop("stage", None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
