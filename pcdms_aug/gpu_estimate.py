@@ -38,7 +38,7 @@ def parameter_counts(stage) -> dict:
 
 def memory_estimate(trainable: int, frozen: int, activations_gb: float) -> dict:
     """Bytes of one training step with fp32 master weights under bf16 autocast: trainable weights, gradients,
-    AdamW's two moments and the EMA copy are fp32 (4 bytes each, 16 per trainable parameter); the frozen
+    AdamW's two moments and the EMA copy are fp32 (4 bytes each, 20 per trainable parameter); the frozen
     encoders are held in fp32 as the loaders give them (4 bytes). ``activations_gb``: what autocast keeps for
     the backward pass, measured elsewhere (stated separately in the docs)."""
     parts = {"trainable_weights": 4 * trainable, "gradients": 4 * trainable, "adamw_moments": 8 * trainable,
@@ -58,37 +58,48 @@ def _batch(stage, n: int) -> dict:
             "target_pose": torch.zeros(n, 54, **meta)}
 
 
+class _SavedCounter:
+    """A ``saved_tensors_hooks`` pack hook summing the bytes of distinct saved tensors that are not
+    parameters (a weight saved for its backward is already counted as a weight; one activation saved by
+    two operations is held once)."""
+
+    def __init__(self, stage):
+        self.params = {id(p) for p in stage.parameters()}
+        self.seen: set = set()
+        self.keep: list = []  # keeps the ids unique while counting
+        self.total = 0
+
+    def __call__(self, t):
+        base = t._base if t._base is not None else t
+        if id(base) not in self.params and id(base) not in self.seen:
+            self.seen.add(id(base))
+            self.keep.append(base)
+            self.total += base.numel() * base.element_size()
+        return t
+
+
 def saved_activation_bytes(stage, batch: int) -> int:
     """Bytes the forward of one training step keeps for the backward (``saved_tensors_hooks``), in the dtype
     the meta tensors have: fp32, an upper bound for bf16 autocast (which keeps matmul inputs in bf16)."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
+    pack = _SavedCounter(stage)
 
     stage.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         stage.training_loss(_batch(stage, batch), generator=None)
-    return total[0]
+    return pack.total
 
 
 def largest_block_bytes(stage, batch: int) -> int:
     """Without checkpointing, the most any one checkpointed block (a UNet resnet or attention, a prior
     transformer block) saves: with checkpointing, the backward recomputes one block at a time, so this is the
     extra it holds at its peak."""
-    total, seen = [0], {}
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
+    pack, seen = _SavedCounter(stage), {}
     handles = []
     for name, module in stage.named_modules():
         if name.rsplit(".", 2)[-2:-1] and name.rsplit(".", 2)[-2] in ("resnets", "attentions", "transformer_blocks"):
-            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, -total[0])))
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, -pack.total)))
             handles.append(module.register_forward_hook(
-                lambda m, a, o, n=name: seen.__setitem__(n, seen[n] + total[0])))
+                lambda m, a, o, n=name: seen.__setitem__(n, seen[n] + pack.total)))
     flags = {}
     for name, module in stage.named_modules():
         if hasattr(module, "gradient_checkpointing"):
