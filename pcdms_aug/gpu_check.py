@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,8 +53,8 @@ def configure(parser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def weight_overrides(args, work: Path, rt) -> list[str]:
-    """``weights.*`` (and at reduced scale the small sizes) for the paper stage configs."""
+def weight_overrides(args, work: Path, rt) -> dict[str, list[str]]:
+    """Per stage, ``weights.*`` (and at reduced scale the small sizes) for the paper stage configs."""
     from .runtime import barrier
     from .testing.paper_fixture import stage_overrides
 
@@ -66,7 +67,7 @@ def weight_overrides(args, work: Path, rt) -> list[str]:
         if rt.is_main:
             write_folders(work / "weights", scale, dtype=None if args.reduced else torch.float16)
         barrier()
-        return stage_overrides(work / "weights", scale)
+        return {n: stage_overrides(work / "weights", scale, stage=n) for n in STAGES}
     given = {"sd21_base": args.sd21, "clip_vit_h": args.clip, "dinov2": args.dinov2,
              "kandinsky22_prior": args.kandinsky}
     missing = [k for k, v in given.items() if not v]
@@ -76,7 +77,7 @@ def weight_overrides(args, work: Path, rt) -> list[str]:
     for key, folder in given.items():
         if not Path(folder).is_dir():
             raise DataError(f"{key}: folder not found", folder)
-    return [f"weights.{k}={Path(v).resolve()}" for k, v in given.items()]
+    return {n: [f"weights.{k}={Path(v).resolve()}" for k, v in given.items()] for n in STAGES}
 
 
 def dataset(args, work: Path, rt) -> Path:
@@ -157,12 +158,12 @@ class Check:
                 f"data.image_size={json.dumps(self.size)}", "data.max_pairs=64",
                 f"data.num_workers={0 if self.args.reduced else 2}"]
 
-    def train_stage(self, stage: str, model: list[str], data: list[str], extra=(), steps=None) -> dict:
+    def train_stage(self, stage: str, model: dict, data: list[str], extra=(), steps=None) -> dict:
         from .train import load_run_config, train
 
         steps = steps or self.steps
         keep = ["train.checkpoint_every=" + str(self.steps if stage == RESUME_STAGE else 0), "train.keep_checkpoints=1"]
-        over = [*data, *model, *keep, f"train.out={self.work / 'runs' / stage}", f"train.max_steps={steps}",
+        over = [*data, *model[stage], *keep, f"train.out={self.work / 'runs' / stage}", f"train.max_steps={steps}",
                 "train.sample_every=0", "train.log_every=1", "train.warmup_steps=1",
                 f"train.device={self.rt.device}", f"train.mixed_precision={'bf16' if self.gpu else 'no'}",
                 *([f"train.batch_size={self.batch}"] if self.batch else []), *extra]
@@ -200,11 +201,12 @@ class Check:
         newest = list_checkpoints(out)[-1][1]
         target = self.work / "exported" / RESUME_STAGE
         t0 = time.perf_counter()
-        if self.rt.is_main:
-            export_checkpoint(newest, target)
+        export_checkpoint(newest, target)
         self.report["export"] = {"checkpoint": str(newest), "out": str(target),
-                                 "ok": (target / "config.json").is_file() or not self.rt.is_main,
-                                 "seconds": time.perf_counter() - t0}
+                                 "ok": (target / "config.json").is_file(), "seconds": time.perf_counter() - t0}
+        # 14 GB each at paper scale, of no further use here: the device's disk holds the rest of the run
+        for _, path in list_checkpoints(out):
+            shutil.rmtree(path)
 
     def cli(self, *argv) -> None:
         from .cli import main
@@ -216,22 +218,21 @@ class Check:
     def refine_inputs(self, root: Path, dtype: str) -> Path:
         runs = self.work / "runs"
         coarse, inputs = self.work / "pipeline_12", self.work / "refine_inputs"
-        if self.rt.is_main and not (coarse / "pipeline.json").is_file() and not coarse.is_dir():
+        if not coarse.is_dir():
             self.cli("assemble", "--prior", runs / "prior" / "final", "--inpaint", runs / "inpaint" / "final",
                      "--out", coarse)
-        from .runtime import barrier
-        barrier()
         t0 = time.perf_counter()
         self.cli("make-refine-inputs", "--dataset", root, "--annotations", root / "market-annotation-train.csv",
                  "--weights", coarse, "--out", inputs, "--max-pairs", 8, "--steps", 2, "--batch", 8,
                  "--device", self.rt.device, "--dtype", dtype)
         self.report["make_refine_inputs"] = {"pairs": 8, "steps": 2, "seconds": time.perf_counter() - t0}
+        shutil.rmtree(coarse)  # a second copy of stages 1 and 2 (7.5 GB at paper scale)
         return inputs
 
     def assemble(self) -> Path:
         runs, pipe = self.work / "runs", self.work / "pipeline"
         t0 = time.perf_counter()
-        if not (pipe / "pipeline.json").is_file() and not pipe.is_dir():
+        if not pipe.is_dir():
             self.cli("assemble", "--prior", runs / "prior" / "final",
                      "--inpaint", self.work / "exported" / RESUME_STAGE, "--refine", runs / "refine" / "final",
                      "--out", pipe)
@@ -268,6 +269,25 @@ class Check:
         self.report["image"] = {"files": [str(p) for p in images], "ok": len(images) == 1,
                                 "seconds": time.perf_counter() - t0}
 
+    def expected(self) -> None:
+        """The paper architectures' FLOPs (pcdms_aug.gpu_estimate) against the measured rates: the TFLOP/s the
+        bench and the training reached. None at reduced scale (other architectures)."""
+        if self.args.reduced:
+            self.report["expected"] = None
+            return
+        from .gpu_estimate import estimate
+
+        est = estimate()
+        batched = self.report["bench"]["batched"]["images_per_second"]
+        train = {n: t["samples_per_second"] * est["stages"][n]["training_flops_per_sample"] / 1e12
+                 for n, t in self.report["train"].items() if t["samples_per_second"]}
+        self.report["expected"] = {
+            "flops_per_image": est["flops_per_image"],
+            "denoiser_evaluations_per_image": est["denoiser_evaluations_per_image"],
+            "training_flops_per_sample": {n: s["training_flops_per_sample"] for n, s in est["stages"].items()},
+            "training_memory_gb": {n: s["training_memory_gb"]["total"] for n, s in est["stages"].items()},
+            "bench_batched_tflops": batched * est["flops_per_image"] / 1e12, "train_tflops": train}
+
     def run(self) -> dict:
         import torch
         import torch.distributed as dist
@@ -278,7 +298,8 @@ class Check:
             "torch": torch.__version__, "cuda": torch.version.cuda, "world_size": self.rt.world_size,
             "backend": dist.get_backend() if dist.is_initialized() else None, "ddp": self.rt.distributed,
             "scale": "reduced" if self.args.reduced else "paper", "image_size": self.size}
-        model = ["model." + o for o in weight_overrides(self.args, self.work, self.rt)]
+        over = weight_overrides(self.args, self.work, self.rt)
+        model = {n: ["model." + o for o in sets] for n, sets in over.items()}
         root = dataset(self.args, self.work, self.rt)
         data = self.data_overrides(root)
         dtype = "bf16" if self.gpu else "fp32"
@@ -291,6 +312,8 @@ class Check:
         pipe = self.assemble()
         self.bench(pipe)
         self.one_image(root, pipe, dtype)
+        self.expected()
+        self.report["disk_gb"] = folder_gb(self.work)
         self.report["seconds"] = time.perf_counter() - t0
         self.report["ok"] = all(self.report[k]["ok"] for k in ("resume", "export", "assemble", "image"))
         return self.report

@@ -23,7 +23,8 @@ def test_reduced_cpu_mode_runs_every_step_and_reports_every_key(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(report) == {"environment", "train", "resume", "export", "make_refine_inputs", "assemble", "bench",
-                           "image", "seconds", "ok"}
+                           "image", "expected", "disk_gb", "seconds", "ok"}
+    assert report["expected"] is None  # FLOPs of the paper architectures only
     env = report["environment"]
     assert env["backend"] == "gloo" and env["ddp"] and env["world_size"] == 1 and env["image_size"] == [64, 32]
     assert set(report["train"]) == {"prior", "inpaint", "refine"}
@@ -52,3 +53,46 @@ def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
     assert "no GPU visible to torch: run with --cpu --reduced" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--cpu", "--reduced", "--steps", "0"]) == 2
     assert "--steps must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_memory_arithmetic_and_saved_tensor_count():
+    """20 bytes per trainable parameter (fp32 weight, gradient, two AdamW moments, EMA), 4 per frozen one; a
+    saved weight is not counted again as an activation, and one activation saved twice is held once."""
+    import torch
+
+    from pcdms_aug.gpu_estimate import GB, _SavedCounter, memory_estimate
+
+    m = memory_estimate(10**9, 10**9, 1.5)
+    assert (m["trainable_weights"], m["gradients"], m["adamw_moments"], m["ema"]) == (4.0, 4.0, 8.0, 4.0)
+    assert m["frozen_weights"] == 4.0 and m["total"] == 4 + 4 + 8 + 4 + 4 + 1.5 and GB == 1e9
+    layer = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh())
+    pack = _SavedCounter(layer)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+        (y * y).sum()  # y saved twice by the multiplication, and by tanh
+    # x (4x8) for the weight's gradient, tanh's output (4x16) once; the weight itself not
+    assert pack.total == (4 * 8 + 4 * 16) * 4
+
+
+@pytest.mark.slow  # 20 s alone on 2 cores (every paper stage built on the meta device)
+def test_paper_estimate_counts_the_published_architectures_and_fits_80_gb():
+    from types import SimpleNamespace
+
+    from pcdms_aug.gpu_check import Check
+
+    check = Check(SimpleNamespace(out="unused", reduced=False, steps=None, batch=None), SimpleNamespace(
+        device="cpu"))
+    check.report = {"bench": {"batched": {"images_per_second": 2.0}},
+                    "train": {"inpaint": {"samples_per_second": 10.0}, "prior": {"samples_per_second": None}}}
+    check.expected()
+    e = check.report["expected"]
+    assert e["denoiser_evaluations_per_image"] == {"prior": 20, "inpaint": 20, "refine": 20}
+    assert e["bench_batched_tflops"] == pytest.approx(2.0 * e["flops_per_image"] / 1e12)
+    assert e["train_tflops"] == {"inpaint": pytest.approx(10.0 * e["training_flops_per_sample"]["inpaint"] / 1e12)}
+    assert all(20 < gb < 80 for gb in e["training_memory_gb"].values())
+    # SD-2.1-base's UNet at 64x64 latents: about 0.8 TFLOPs a sample, doubled under guidance
+    from pcdms_aug.gpu_estimate import build_meta, parameter_counts
+
+    counts = parameter_counts(build_meta("inpaint"))["components"]
+    assert counts["unet"] == 868_876_804 and counts["clip"] == 632_076_800

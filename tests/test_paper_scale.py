@@ -264,7 +264,7 @@ def test_paper_configs_run_the_whole_cli_loop_on_downloaded_layouts(tmp_path, sy
     torch.set_num_threads(2)
     weights = tmp_path / "weights"
     write_folders(weights)
-    model = stage_overrides(weights, prefix="model.")
+    model = {n: stage_overrides(weights, prefix="model.", stage=n) for n in ("prior", "inpaint", "refine")}
     data = [f"data.root={synth_market}", f"data.annotations={synth_market / 'market-annotation-train.csv'}",
             "data.image_size=[64,32]", "data.max_pairs=8", "data.num_workers=0"]
     short = ["train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=1", "train.sample_every=0",
@@ -273,7 +273,7 @@ def test_paper_configs_run_the_whole_cli_loop_on_downloaded_layouts(tmp_path, sy
 
     def train(stage, *extra):
         out = runs / stage
-        args = ["train", f"paper/train_{stage}.yaml", *data, *short, *model, f"train.out={out}", *extra]
+        args = ["train", f"paper/train_{stage}.yaml", *data, *short, *model[stage], f"train.out={out}", *extra]
         assert main([*args, "--no-progress"]) == 0, capsys.readouterr().err
         return out
 

@@ -11,7 +11,7 @@ folders exactly as downloaded ones. ``scale="paper"`` writes the published archi
 inline copies, ~10 GB); ``scale="reduced"`` the same classes and layouts at a depth and width that run on a
 CPU in seconds. ``overrides`` changes any entry (``{"unet": {"layers_per_block": 2}}``).
 
-    python -m pcdms_aug.testing.paper_fixture OUT [--scale reduced|paper]   # prints the overrides to use
+    python -m pcdms_aug.testing.paper_fixture OUT [--scale reduced|paper]   # prints each stage's overrides
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ REDUCED = {
 # What the paper stage configs need beside the folders at reduced scale: the prior transformer's width must
 # be the Kandinsky prior's (heads x head dim) for its blocks to initialise from it; small images and DINOv2
 # input keep a CPU step short. The UNet architecture comes from the folder, as with the real weights.
-REDUCED_STAGE = ["image_size=[64,32]", "dino.image_size=[56,56]",
-                 "prior.width=32", "prior.layers=2", "prior.heads=2", "prior.pose_hidden=16"]
+REDUCED_STAGE = ["image_size=[64,32]", "dino.image_size=[56,56]"]
+REDUCED_PRIOR = ["prior.width=32", "prior.layers=2", "prior.heads=2", "prior.pose_hidden=16"]  # stage 1 only
 
 
 def _merge(base: dict, extra: dict | None) -> dict:
@@ -102,11 +102,14 @@ def weights_settings(root: str | Path) -> dict:
             "kandinsky22_prior": str(root / "kandinsky")}
 
 
-def stage_overrides(root: str | Path, scale: str = "reduced", prefix: str = "") -> list[str]:
+def stage_overrides(root: str | Path, scale: str = "reduced", prefix: str = "", stage: str | None = None) -> list[str]:
     """``key=value`` overrides that point a paper stage config at the folders (``prefix`` ``model.`` for a
-    training run config); at reduced scale also the small image and prior sizes."""
+    training run config); at reduced scale also the small image sizes and, for ``stage`` prior, the prior's
+    (stage configs refuse keys they do not have, so each stage gets its own)."""
     sets = [f"{prefix}weights.{k}={v}" for k, v in weights_settings(root).items()]
-    return sets + ([prefix + o for o in REDUCED_STAGE] if scale == "reduced" else [])
+    if scale != "reduced":
+        return sets
+    return sets + [prefix + o for o in REDUCED_STAGE + (REDUCED_PRIOR if stage == "prior" else [])]
 
 
 def main(argv=None) -> int:
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     import torch
 
     write_folders(args.out, args.scale, dtype=torch.float16 if args.fp16 else None)
-    print(json.dumps({"weights": weights_settings(args.out), "overrides": stage_overrides(args.out, args.scale)}))
+    print(json.dumps({"weights": weights_settings(args.out), "overrides": {n: stage_overrides(args.out, args.scale, stage=n) for n in ("prior", "inpaint", "refine")}}))
     return 0
 
 
