@@ -121,9 +121,14 @@ class StepClock(logging.Handler):
 
 
 def reset_peak(device: str) -> None:
+    """Start a stage's peak from what is still allocated, after the previous stage's objects are gone."""
+    import gc
+
     import torch
 
+    gc.collect()
     if device.startswith("cuda"):
+        torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
