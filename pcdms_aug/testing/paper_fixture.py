@@ -8,8 +8,8 @@
 
 Each is written with ``save_pretrained`` of the class the loaders read it with, so the loaders take these
 folders exactly as downloaded ones. ``scale="paper"`` writes the published architectures (the paper configs'
-inline copies, ~10 GB); ``scale="reduced"`` the same classes and layouts at a depth and width that run on a
-CPU in seconds. ``overrides`` changes any entry (``{"unet": {"layers_per_block": 2}}``).
+inline copies: 3.74 billion parameters, 15 GB); ``scale="reduced"`` the same classes and layouts at a depth
+and width that run on a CPU in seconds. ``overrides`` changes any entry (``{"unet": {"layers_per_block": 2}}``).
 
     python -m pcdms_aug.testing.paper_fixture OUT [--scale reduced|paper]   # prints each stage's overrides
 """
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
     p.add_argument("--scale", default="reduced", choices=["reduced", "paper"])
-    p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (paper scale: ~5 GB)")
+    p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (paper scale: 7.5 GB)")
     args = p.parse_args(argv)
     import torch
 
