@@ -1,7 +1,7 @@
 """SSIM / PSNR of the shipped refiner over saved stage-2 outputs, for explicit DDIM timesteps and start-noise
 scales (README, stage 3: the selection scans of session 7).
 
-    python scripts/stage3_scan.py PAIRS DATASET STAGE2_DIR WEIGHTS "ts=[200,150,100,50,0],tau=0" ...
+    python experiments/stage3_scan.py PAIRS DATASET STAGE2_DIR WEIGHTS "ts=[200,150,100,50,0],tau=0" ...
 
 STAGE2_DIR holds ``<from>_to_<to>.png`` from ``pcdms-aug synthesize-pairs --stages prior,inpaint``. Each spec
 runs the refiner from ``ts[0]`` (the coarse image noised with ``tau`` times the drawn noise) through the listed

@@ -1,6 +1,6 @@
 """Contact sheet of stage-3 sampling variants on the first pairs of a pairs CSV (docs/stage3_refine_noise.jpg).
 
-    python scripts/stage3_sheet.py PAIRS DATASET OUT.jpg LABEL=DIR [LABEL=DIR ...]
+    python experiments/stage3_sheet.py PAIRS DATASET OUT.jpg LABEL=DIR [LABEL=DIR ...]
 
 Each DIR holds ``<from>_to_<to>.png`` written by ``pcdms-aug synthesize-pairs``; columns: source, target pose,
 one per DIR, truth.

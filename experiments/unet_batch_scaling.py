@@ -1,6 +1,6 @@
 """Per-image time of the tiny refine UNet's forward pass by batch size and threading (the README's speed notes).
 
-    python scripts/unet_batch_scaling.py [--weights tiny] [--batches 1 16 32]
+    python experiments/unet_batch_scaling.py [--weights tiny] [--batches 1 16 32]
 
 Modes: t1 = one intra-op thread, t2 = two, pool = two single-thread workers on half-batches each. Random inputs
 of the stage's shape; the UNet's cost does not depend on their values.

@@ -14,7 +14,7 @@ import numpy as np
 from .errors import DataError
 from .paths import plain_name
 
-# OpenPose COCO-18 order. Deformable-GAN's label list (and DESIGN.md) call 14-17 Leye, Reye, Lear, Rear, but the
+# OpenPose COCO-18 order. Deformable-GAN's label list calls 14-17 Leye, Reye, Lear, Rear, but the
 # real Market-1501 annotations put index 14 beside the right shoulder in front views: OpenPose's own names
 # (REye, LEye, REar, LEar) are right. Only names differ; flips swap 14<->15 and 16<->17 either way.
 JOINTS = ("nose", "neck", "Rsho", "Relb", "Rwri", "Lsho", "Lelb", "Lwri",

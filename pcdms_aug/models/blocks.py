@@ -102,7 +102,7 @@ class PriorTransformer(nn.Module):
 class PoseEncoder(nn.Module):
     """ControlNet's conditioning-embedding shape: 3 -> 16 -> 32 -> 96 -> 256 with three stride-2 steps and
     SiLU, then a zero-initialised convolution to the UNet's first width, so training starts from the unposed
-    UNet. ``out_kernel``: 1 (DESIGN's 1x1; the tiny stage) or 3 (diffusers' ``ControlNetConditioningEmbedding``,
+    UNet. ``out_kernel``: 1 (docs/design.md's 1x1; the tiny stage) or 3 (diffusers' ``ControlNetConditioningEmbedding``,
     which the official stage 2 uses as ``pose_proj``; the paper config). Key map from that module:
     ``conv_in`` -> ``body.0``, ``blocks.{2i}`` -> ``body.{4i+2}``, ``blocks.{2i+1}`` -> ``body.{4i+4}``,
     ``conv_out`` -> ``out``. ``signed_input``: the pose image is taken to [-1, 1] first, as the official stage 2

@@ -3,7 +3,7 @@
 UNet input = noisy target (C) + the coarse image (C); cross-attention on projected DINOv2(source) tokens; no pose.
 ``ssim_loss: w`` adds w * (1 - SSIM) of the decoded x0 prediction to the MSE (x0-prediction only).
 ``source_image_input: true`` adds the source image itself as C more input channels (dropped with the source
-features). Off at paper scale (DESIGN: 8 channels); on for the tiny stage, whose random frozen DINOv2 stand-in
+features). Off at paper scale (docs/design.md: 8 channels); on for the tiny stage, whose random frozen DINOv2 stand-in
 carries no colour a tiny UNet learns to read, while a person is upright and centred in both crops, so a pixel of
 the source mostly shows the body part the same pixel of the target does.
 ``adversarial: {weight: w, channels: [...]}`` adds a patch discriminator on the decoded x0 prediction against the
