@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU, in three phases (each session had a
-# budget of minutes on two shared cores, so each phase continues the last rather than starting over):
+# Reproduce the shipped tiny weights (pcdms_aug/weights/tiny) on this CPU, in three phases (each phase continues
+# the last rather than starting over, so the whole fits in hours of two shared cores):
 #   phase 1: synthetic Market-1501 -> stage 1 and stage 2 (in parallel, one thread each) -> stage-2 outputs on
-#            800 training pairs -> stage 3 -> $RUNS/phase1 (fp16; the weights shipped in session 1)
+#            800 training pairs -> stage 3 -> $RUNS/phase1 (fp16)
 #   phase 2: stage 1 (+3000 steps) and stage 2 (+3500) warm-started from phase 1 -> stage-2 outputs of phase 1
 #            (fixed source-half sampling) on 1600 pairs -> stage 3 (+1000) -> $RUNS2/phase2
 #   phase 3: stage-2 outputs of phase 2 on 1600 pairs -> stage 3 (+800) for img2img -> pcdms_aug/weights/tiny
@@ -23,26 +23,15 @@ pcdms-aug train tiny/train_prior.yaml "${common[@]}" train.out="$RUNS/prior" > "
 prior_pid=$!
 pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" train.out="$RUNS/inpaint" > "$RUNS/inpaint.log" 2>&1
 wait "$prior_pid"
-python - "$RUNS" <<'PY'
-import sys
-from pcdms_aug.pipeline import PCDMsPipeline
-runs = sys.argv[1]
-PCDMsPipeline.from_stages({"prior": f"{runs}/prior/final", "inpaint": f"{runs}/inpaint/final"}).save_pretrained(f"{runs}/stage12")
-PY
+pcdms-aug assemble --prior "$RUNS/prior/final" --inpaint "$RUNS/inpaint/final" --out "$RUNS/stage12"
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
   --weights "$RUNS/stage12" --out "$RUNS/refine_inputs" --max-pairs 800 --steps 10 --guidance 1.0 \
   --scheduler unipc > "$RUNS/refine_inputs.log" 2>&1
 pcdms-aug train tiny/train_refine.yaml "${common[@]}" data.refine_inputs="$RUNS/refine_inputs" \
   train.out="$RUNS/refine" > "$RUNS/refine.log" 2>&1
-python - "$RUNS" <<'PY'
-import sys
-import torch
-from pcdms_aug.pipeline import PCDMsPipeline
-runs = sys.argv[1]
-stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
-# Trained components in fp16 keep the shipped files under 25 MB; frozen random encoders stay fp32.
-PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase1", trainable_dtype=torch.float16)
-PY
+# Trained components in fp16 keep the shipped files small; frozen random encoders stay fp32.
+pcdms-aug assemble --prior "$RUNS/prior/final" --inpaint "$RUNS/inpaint/final" --refine "$RUNS/refine/final" \
+  --dtype fp16 --out "$RUNS/phase1"
 
 # ------------------------------------------------------------------------------------------ phase 2
 mkdir -p "$RUNS2"
@@ -67,15 +56,8 @@ wait "$prior_pid" "$refine_pid"
 # are phase 2's. The pipeline now samples with DDIM; stage-3 inputs from DDIM were not tried yet.
 RUNS3=${RUNS3:-runs/tiny3}
 mkdir -p "$RUNS3"
-python - "$RUNS2" <<'PY'
-import sys
-import torch
-from pcdms_aug.pipeline import PCDMsPipeline
-runs = sys.argv[1]
-stages = {n: f"{runs}/{n}/final" for n in ("prior", "inpaint", "refine")}
-# The weights shipped in session 2.
-PCDMsPipeline.from_stages(stages).save_pretrained(f"{runs}/phase2", trainable_dtype=torch.float16)
-PY
+pcdms-aug assemble --prior "$RUNS2/prior/final" --inpaint "$RUNS2/inpaint/final" --refine "$RUNS2/refine/final" \
+  --dtype fp16 --out "$RUNS2/phase2"
 pcdms-aug make-refine-inputs --dataset "$DATA" --annotations "$DATA/market-annotation-train.csv" \
   --weights "$RUNS2/phase2" --out "$RUNS3/refine_inputs" --max-pairs 1600 --steps 10 --guidance 1.0 \
   --scheduler unipc > "$RUNS3/refine_inputs.log" 2>&1
@@ -83,12 +65,7 @@ pcdms-aug train tiny/train_refine.yaml "${common[@]}" train.init_from="$RUNS2/ph
   data.refine_inputs="$RUNS3/refine_inputs" train.out="$RUNS3/refine" train.max_steps=800 \
   train.lr=1e-4 train.warmup_steps=50 train.sample_every=0 "model.train_timesteps=[0, 250]" \
   > "$RUNS3/refine.log" 2>&1
-python - "$RUNS2" "$RUNS3" <<'PY'
-import sys
-import torch
-from pcdms_aug.pipeline import PCDMsPipeline, WEIGHTS_ROOT
-runs2, runs3 = sys.argv[1:]
-stages = {"prior": f"{runs2}/prior/final", "inpaint": f"{runs2}/inpaint/final", "refine": f"{runs3}/refine/final"}
-PCDMsPipeline.from_stages(stages).save_pretrained(WEIGHTS_ROOT / "tiny", trainable_dtype=torch.float16)
-print("wrote", WEIGHTS_ROOT / "tiny")
-PY
+pcdms-aug assemble --prior "$RUNS2/prior/final" --inpaint "$RUNS2/inpaint/final" --refine "$RUNS3/refine/final" \
+  --dtype fp16 --out "$RUNS3/final"
+TINY=$(python -c "from pcdms_aug.pipeline import WEIGHTS_ROOT; print(WEIGHTS_ROOT / 'tiny')")
+rm -rf "$TINY" && cp -r "$RUNS3/final" "$TINY" && echo "wrote $TINY"
