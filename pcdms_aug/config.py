@@ -60,7 +60,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise DataError(f"override {text!r} must look like key=value (e.g. train.lr=1e-4)")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    if not key.strip() or any(not k for k in key.strip().split(".")):
+        raise DataError(f"override {text!r}: empty key")
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DataError(f"override {text!r}: the value is not valid YAML ({problem})") from None
 
 
 def apply_overrides(cfg: dict, overrides: Sequence[str]) -> dict:

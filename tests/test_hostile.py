@@ -355,3 +355,12 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, 
     r = subprocess.run([sys.executable, "-m", "pcdms_aug.cli", "--debug", "render-pose", "--annotations",
                         str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_yaml_syntax_errors_in_overrides_name_the_override(capsys):
+    from pcdms_aug.config import apply_overrides
+
+    with pytest.raises(DataError, match=r"override 'train.lr=\[1, 2': the value is not valid YAML"):
+        apply_overrides({}, ["train.lr=[1, 2"])
+    assert main(["assemble", "--inpaint", "tiny", "--out", "unused", "sampling.guidance={inpaint: 2"]) == 2
+    assert "not valid YAML" in _one_error_line(capsys.readouterr().err, "assemble")
