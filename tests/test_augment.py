@@ -115,7 +115,9 @@ def test_names_parse_and_never_collide_with_real_ones(market):
         src = parse_name(v.source)
         assert (src.pid, src.camid) == (v.pid, v.camid)
     # Real Market-1501 uses sequences s1..s6 only, so sequence 9 cannot name a real image.
-    shared = REPO.parent / "shared" / "data" / "market1501" / "market-annotation-train.csv"
+    from .conftest_data import REAL
+
+    shared = REAL / "market-annotation-train.csv"
     if shared.is_file():
         seqs = {parse_name(line.split(":")[0]).sequence for line in shared.read_text().splitlines()[1:] if line}
         assert max(seqs) < 9
