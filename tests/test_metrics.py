@@ -3,10 +3,13 @@ LPIPS/Inception/re-ID networks built offline from temporary weight files, refusa
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pcdms_aug.cli import main as cli_main
@@ -48,23 +51,38 @@ def test_ssim_channels_are_averaged_and_grey_equals_stacked():
     pred = _noisy(grey, 30, np.random.default_rng(2))
     rgb_gt, rgb_pred = np.stack([grey] * 3, -1), np.stack([pred] * 3, -1)
     assert ssim_upstream(rgb_gt, rgb_pred) == pytest.approx(ssim_upstream(grey, pred), abs=1e-12)
-    with pytest.raises(ValueError, match="smaller than"):
+    with pytest.raises(ValueError, match="win_size exceeds image extent"):
         ssim_upstream(grey[:5, :5], pred[:5, :5])
 
 
-def test_ssim_agrees_with_scikit_image():
-    skm = pytest.importorskip("skimage.metrics")
+def test_ssim_is_upstreams_scikit_image_call():
+    """ssim_upstream is upstream PCDMs' call (metrics.py: float32 0..255 arrays, gaussian_weights, sigma 1.2,
+    population covariance, the prediction's data range): the same numbers to float32 precision."""
+    from skimage.metrics import structural_similarity
+
     rng = np.random.default_rng(3)
-    worst = 0.0
-    for i in range(12):
+    for i in range(6):
         h, w = int(rng.integers(20, 129)), int(rng.integers(12, 65))
         gt = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         pred = _noisy(gt, rng.uniform(2, 90), rng) if i % 3 else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        ref = skm.structural_similarity(gt, pred, gaussian_weights=True, sigma=1.2, use_sample_covariance=False,
-                                        channel_axis=2, data_range=pred.max() - pred.min())
-        worst = max(worst, abs(ref - ssim_upstream(gt, pred)))
-        assert psnr(gt, pred) == pytest.approx(skm.peak_signal_noise_ratio(gt, pred, data_range=255), rel=1e-12)
-    assert worst < 1e-10
+        g, p = gt.astype(np.float32), pred.astype(np.float32)
+        ref = structural_similarity(g, p, gaussian_weights=True, sigma=1.2, use_sample_covariance=False,
+                                    channel_axis=2, data_range=p.max() - p.min())
+        assert ssim_upstream(gt, pred) == pytest.approx(ref, abs=1e-5)
+        # sigma 1.5 (Wang et al.) is a different number: the parameter matters
+        assert ssim_upstream(gt, pred, sigma=1.5) != pytest.approx(ref, abs=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(16, 40), st.integers(12, 30), st.integers(0, 2 ** 32 - 1), st.floats(1.0, 80.0))
+def test_psnr_closed_form_and_ssim_bounds(h, w, seed, sd):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pred = _noisy(gt, sd, rng)
+    mse = np.mean((gt.astype(float) - pred) ** 2)
+    want = math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    assert psnr(gt, pred) == pytest.approx(want, rel=1e-12)
+    assert -1 <= ssim_upstream(gt, pred) <= 1 and ssim_upstream(gt, gt) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_psnr_known_values():
@@ -77,8 +95,10 @@ def test_psnr_known_values():
 
 # ---------------------------------------------------------------------------------------------- Fréchet
 def test_frechet_distance_closed_forms():
-    # 1-D: (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s
-    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4 + 1)
+    # 2-D, independent coordinates: sum of (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s
+    assert frechet_distance([1.0, 0.0], np.diag([4.0, 1.0]), [3.0, 0.0], np.diag([9.0, 1.0])) == pytest.approx(4 + 1)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        frechet_distance([1.0], [[4.0]], [3.0], [[9.0]])
     # commuting (diagonal) covariances: sum of (sqrt(a) - sqrt(b))^2
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0])
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
@@ -114,14 +134,16 @@ def test_frechet_of_samples_matches_the_gaussians_and_survives_few_samples():
 # ---------------------------------------------------------------------------------------------- networks
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """Weight files of the real structures with random values: AlexNet (torchvision), LPIPS heads, osnet."""
+    """Weight files of the real structures with random values: AlexNet (torchvision's full state dict, as the
+    official alexnet-owt-7be5be79.pth), LPIPS heads, osnet. Random values suffice for the equality tests: they
+    check the computation and the loading, not the published numbers."""
     import torchreid
     import torchvision
 
     d = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     alex = torchvision.models.alexnet(weights=None)
-    torch.save({f"features.{k}": v for k, v in alex.features.state_dict().items()}, d / "alexnet.pth")
+    torch.save(alex.state_dict(), d / "alexnet.pth")
     chans = (64, 192, 384, 256, 256)
     torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for i, c in enumerate(chans)},
                d / "lin.pth")
@@ -133,65 +155,80 @@ def weights(tmp_path_factory):
             "reid": d / "osnet.pth.tar-3"}
 
 
-def test_lpips_offline_structure_zero_and_monotonic(weights):
-    from pcdms_aug.metrics.perceptual import CHANNELS, load_lpips
+@pytest.fixture
+def no_download(monkeypatch, tmp_path):
+    """An empty torch hub (TORCH_HOME in a temp folder) whose downloader fails the test: whatever would fetch
+    weights is caught. Returns the hub's checkpoints folder, where a library looks for cached files."""
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"a download was attempted: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    return hub
+
+
+def test_lpips_loads_both_files_offline_zero_and_monotonic(weights, no_download):
+    from pcdms_aug.metrics.perceptual import load_lpips
 
     net = load_lpips(str(weights["alexnet"]), str(weights["linear"]))
-    tv_keys = {k: v.shape for k, v in weights["alex"].features.state_dict().items() if int(k.split(".")[0]) < 12}
-    assert {k: v.shape for k, v in net.features.state_dict().items()} == tv_keys
-    assert [lin.weight.shape[1] for lin in net.lins] == list(CHANNELS)
+    # every backbone tensor is the file's, under lpips' slice<n>.<torchvision index> names; every head too
+    alex = weights["alex"].features.state_dict()
+    got = net.net.state_dict()
+    assert len(got) == 10 and all(torch.equal(v, alex[k.split(".", 1)[1]]) for k, v in got.items())
+    heads = torch.load(weights["linear"])
+    assert all(torch.equal(net.lins[i].model[-1].weight, heads[f"lin{i}.model.1.weight"]) for i in range(5))
     g = torch.Generator().manual_seed(0)
     a = torch.rand(3, 3, 128, 64, generator=g) * 2 - 1
-    assert torch.allclose(net(a, a), torch.zeros(3), atol=1e-7)
-    d = [net(a, (a + s * torch.randn(a.shape, generator=g)).clamp(-1, 1)) for s in (0.05, 0.2, 0.6)]
-    assert d[0].shape == (3,)
+    with torch.no_grad():
+        assert torch.allclose(net(a, a).flatten(), torch.zeros(3), atol=1e-7)
+        d = [net(a, (a + s * torch.randn(a.shape, generator=g)).clamp(-1, 1)).flatten() for s in (0.05, 0.2, 0.6)]
     assert bool((d[0] < d[1]).all() and (d[1] < d[2]).all())
+    assert not any(no_download.iterdir())  # nothing cached: nothing fetched
 
 
-def test_lpips_matches_torchmetrics_with_its_shipped_heads(weights):
-    from torchmetrics.functional.image.lpips import _LPIPS
+def test_lpips_matches_the_lpips_package_built_its_own_way(weights, no_download):
+    """The reference is ``lpips.LPIPS(net='alex', model_path=...)`` built as a user with network builds it,
+    torchvision loading AlexNet's ImageNet file through torch.hub: here from a hub cache holding the random-valued
+    AlexNet under the official file name (the downloader is disabled)."""
+    import lpips
+    import torchvision
 
-    from pcdms_aug.metrics.perceptual import load_lpips, torchmetrics_linear_weights
+    from pcdms_aug.metrics.perceptual import load_lpips
 
-    assert torchmetrics_linear_weights() is not None
-    ours = load_lpips(str(weights["alexnet"]), "torchmetrics")
-    ref = _LPIPS(pretrained=True, net="alex", pnet_rand=True)  # random backbone: no download
-    slice_of = lambda i: 1 if i < 2 else 2 if i < 5 else 3 if i < 8 else 4 if i < 10 else 5  # noqa: E731
-    ref.net.load_state_dict({f"slice{slice_of(int(k.split('.')[0]))}.{k}": v
-                             for k, v in weights["alex"].features.state_dict().items()
-                             if int(k.split(".")[0]) < 12})
-    g = torch.Generator().manual_seed(1)
+    official = Path(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name
+    shutil.copyfile(weights["alexnet"], no_download / official)
+    ref = lpips.LPIPS(net="alex", model_path=str(weights["linear"]), verbose=False)
+    ours = load_lpips(weights["alexnet"], weights["linear"])
+    g = torch.Generator().manual_seed(2)
     a = torch.rand(4, 3, 128, 64, generator=g) * 2 - 1
     b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
     with torch.no_grad():
-        assert torch.allclose(ours(a, b), ref(a, b).flatten(), rtol=1e-4, atol=1e-6)
+        want = ref(a, b).flatten()
+        assert float(want.min()) > 0
+        assert torch.allclose(ours(a, b).flatten(), want, rtol=1e-6, atol=1e-8)
 
 
-def test_lpips_matches_the_lpips_package_where_installed(weights):
-    lpips = pytest.importorskip("lpips")
+def test_lpips_installed_heads_lpips_and_torchmetrics_are_one_file(weights):
+    from pcdms_aug.metrics.perceptual import INSTALLED, load_lpips
+
+    a, b = INSTALLED["lpips"](), INSTALLED["torchmetrics"]()
+    assert a is not None and b is not None and a.read_bytes() == b.read_bytes()
+    net = load_lpips(weights["alexnet"], "lpips")
+    assert torch.equal(net.lins[4].model[-1].weight, torch.load(a, map_location="cpu")["lin4.model.1.weight"])
+
+
+def test_lpips_refusals_name_the_key_and_the_file(weights, tmp_path):
     from pcdms_aug.metrics.perceptual import load_lpips
 
-    ours = load_lpips(str(weights["alexnet"]), str(weights["linear"]))
-    ref = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)  # nothing fetched
-    ref.net.load_state_dict({f"slice{1 if i < 2 else 2 if i < 5 else 3 if i < 8 else 4 if i < 10 else 5}.{k}": v
-                             for k, v in weights["alex"].features.state_dict().items()
-                             if (i := int(k.split(".")[0])) < 12})
-    ref.load_state_dict(torch.load(weights["linear"]), strict=False)
-    g = torch.Generator().manual_seed(2)
-    a = torch.rand(2, 3, 128, 64, generator=g) * 2 - 1
-    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
-    with torch.no_grad():
-        assert torch.allclose(ours(a, b), ref(a, b).flatten(), rtol=1e-5, atol=1e-7)
-
-
-def test_lpips_refusals_name_the_file(weights, tmp_path):
-    from pcdms_aug.metrics.perceptual import load_lpips
-
-    with pytest.raises(DataError, match="alexnet_weights is not set.*alexnet-owt-7be5be79"):
+    with pytest.raises(DataError, match="lpips.alexnet_weights is not set.*alexnet-owt-7be5be79"):
         load_lpips(None, weights["linear"])
-    with pytest.raises(DataError, match="file not found") as e:
+    with pytest.raises(DataError, match="lpips.alexnet_weights: file not found") as e:
         load_lpips(tmp_path / "nope.pth", weights["linear"])
-    assert "nope.pth" in str(e.value)
+    assert "nope.pth" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataError, match="lpips.linear_weights: file not found"):
+        load_lpips(weights["alexnet"], tmp_path / "nope.pth")
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(DataError, match="not a torchvision AlexNet") as e:
         load_lpips(tmp_path / "bad.pth", weights["linear"])
@@ -200,7 +237,7 @@ def test_lpips_refusals_name_the_file(weights, tmp_path):
         load_lpips(weights["alexnet"], weights["alexnet"])
 
 
-def test_inception_both_weight_layouts_offline(tmp_path):
+def test_inception_both_weight_layouts_offline(tmp_path, no_download):
     import torchvision
 
     from pcdms_aug.metrics.inception import InceptionPool, load_inception
@@ -231,33 +268,32 @@ def test_inception_both_weight_layouts_offline(tmp_path):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     with pytest.raises(DataError, match="inception_weights is not set.*inception_v3_google"):
         load_inception(None)
+    with pytest.raises(DataError, match="fid.inception_weights: file not found") as e:
+        load_inception(tmp_path / "absent.pth")
+    assert "absent.pth" in str(e.value) and "\n" not in str(e.value)
     torch.save({"fc.weight": torch.zeros(10, 2048)}, tmp_path / "other.pth")
     with pytest.raises(DataError, match="10 classes"):
         load_inception(tmp_path / "other.pth")
 
 
-def test_inception_tf_variant_matches_pytorch_fid_where_installed(monkeypatch):
-    pfid = pytest.importorskip("pytorch_fid.inception")
-    from pcdms_aug.metrics.inception import InceptionPool
+def test_inception_tf_variant_matches_pytorch_fid_built_its_own_way(no_download):
+    """The reference is pytorch-fid's own ``InceptionV3`` (its FID blocks, resize and input scaling), which loads
+    pt_inception-2015-12-05-6726825d.pth through torch.hub, strictly: here from a hub cache holding random-valued
+    weights of that layout under that name (the downloader is disabled)."""
+    from pytorch_fid import inception as pfid
+
+    from pcdms_aug.metrics.inception import InceptionPool, load_inception
 
     torch.manual_seed(0)
-    ours = InceptionPool("pytorch-fid")
-    monkeypatch.setattr(pfid, "fid_inception_v3", lambda: _pytorch_fid_net(pfid, ours.net.state_dict()))
+    cached = no_download / Path(pfid.FID_WEIGHTS_URL).name
+    torch.save(InceptionPool("pytorch-fid").net.state_dict(), cached)
+    ours = load_inception(cached)
     ref = pfid.InceptionV3([3], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
     x = torch.rand(2, 3, 64, 32)
     with torch.no_grad():
-        assert torch.allclose(ours(x), ref(x)[0].flatten(1), atol=1e-6)
-
-
-def _pytorch_fid_net(pfid, state):
-    net = pfid._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-    net.Mixed_5b, net.Mixed_5c = pfid.FIDInceptionA(192, 32), pfid.FIDInceptionA(256, 64)
-    net.Mixed_5d = pfid.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = pfid.FIDInceptionC(768, 128), pfid.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = pfid.FIDInceptionC(768, 160), pfid.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = pfid.FIDInceptionE_1(1280), pfid.FIDInceptionE_2(2048)
-    net.load_state_dict(state)
-    return net
+        want = ref(x)[0].flatten(1)
+        assert want.shape == (2, 2048) and float(want.abs().max()) > 0
+        assert torch.allclose(ours(x), want, atol=1e-6)
 
 
 def test_reid_features_from_a_torchreid_checkpoint(weights, tmp_path):
@@ -301,7 +337,7 @@ def case(synth_market, tmp_path_factory):
 
 
 def _overrides(weights, **extra):
-    o = {"lpips.alexnet_weights": weights["alexnet"], "lpips.linear_weights": "torchmetrics",
+    o = {"lpips.alexnet_weights": weights["alexnet"], "lpips.linear_weights": "lpips",
          "fid_reid.weights": weights["reid"], "fid.max_reference": 20, "batch_size": 4, "device": "cpu"}
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
