@@ -217,6 +217,23 @@ def _to_device(batch, device):
 
 def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> Path:
     """Train one stage; resumes from the newest checkpoint in ``cfg.train.out``. Returns OUT/final."""
+    tc = cfg.train
+    rt = rt or init_runtime(tc.device, "fp32", tc.seed)
+    out = Path(tc.out)
+    handler = None
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = _file_log(out / "train.log")
+    try:
+        return _train(cfg, rt, progress, out)
+    finally:
+        if handler is not None:
+            # Detached, or the next run in this process (another stage) would also write into this log.
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _train(cfg: RunConfig, rt: Runtime, progress: bool, out: Path) -> Path:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
@@ -224,13 +241,7 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
     from .stages import build_stage
 
     tc = cfg.train
-    rt = rt or init_runtime(tc.device, "fp32", tc.seed)
-    out = Path(tc.out)
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _setup_logging(out / "train.log")
     barrier()
-
     stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
     # Checkpoints hold the trainable weights only: a resumed run takes its frozen parts from init_from again.
     if tc.init_from:
@@ -413,11 +424,12 @@ def _save_preview(stage, ema, params, dataset, path: Path, tc: TrainConfig, rt: 
     atomic_save_image(path, sheet)
 
 
-def _setup_logging(path: Path) -> None:
+def _file_log(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def configure(parser):

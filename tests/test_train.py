@@ -45,6 +45,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, synth_m
     assert list((straight / "tb").iterdir())
 
 
+def test_each_run_logs_into_its_own_train_log_only(tmp_path, synth_market):
+    # Found on the GPU check: every later stage of one process was also written into the earlier stages' logs.
+    train(_cfg(tmp_path / "a", synth_market, "prior", "train.max_steps=1"), progress=False)
+    train(_cfg(tmp_path / "b", synth_market, "prior", "train.max_steps=2"), progress=False)
+    a, b = (tmp_path / "a" / "train.log").read_text(), (tmp_path / "b" / "train.log").read_text()
+    assert "step 1 " in a and "step 2 " not in a and a.count("INFO stage prior") == 1
+    assert "step 2 " in b and b.count("INFO stage prior") == 1
+
+
 def test_warmup_takes_effect(tmp_path, synth_market):
     cfg = _cfg(tmp_path, synth_market, "prior", "train.max_steps=2", "train.warmup_steps=100")
     train(cfg, progress=False)
