@@ -48,8 +48,7 @@ def configure(parser) -> None:
                                                                 "reduced 2)")
     parser.add_argument("--batch", type=int, default=None, help="training batch (default: the paper configs', "
                                                                 "reduced 2)")
-    parser.add_argument("--bench-pairs", type=int, default=None, help="images per bench mode (default 16, "
-                                                                      "reduced 4)")
+    parser.add_argument("--bench-pairs", type=int, default=None, help="pairs per bench mode, 4 views each (default 4)")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -163,7 +162,7 @@ class Check:
                 f"data.image_size={json.dumps(self.size)}", "data.max_pairs=64",
                 f"data.num_workers={0 if self.args.reduced else 2}"]
 
-    def train_stage(self, stage: str, model: dict, data: list[str], extra=(), steps=None) -> dict:
+    def train_stage(self, stage: str, model: dict, data: list[str], extra=(), steps=None, record=True) -> None:
         from .train import load_run_config, train
 
         steps = steps or self.steps
@@ -184,10 +183,13 @@ class Check:
             logger.removeHandler(clock)
         mem, kind = peak_mb(self.rt.device)
         global_batch = cfg.train.batch_size * cfg.train.grad_accum * self.rt.world_size
-        return {"steps": len(clock.steps), "batch": cfg.train.batch_size, "global_batch": global_batch,
-                "mixed_precision": cfg.train.mixed_precision, "seconds": time.perf_counter() - t0,
-                "samples_per_second": clock.rate(global_batch), "peak_memory_mb": mem, "memory": kind,
-                "final": str(final)}
+        if not record:
+            return
+        self.report.setdefault("train", {})[stage] = {
+            "steps": len(clock.steps), "batch": cfg.train.batch_size, "global_batch": global_batch,
+            "mixed_precision": cfg.train.mixed_precision, "seconds": time.perf_counter() - t0,
+            "samples_per_second": clock.rate(global_batch), "peak_memory_mb": mem, "memory": kind,
+            "final": str(final)}
 
     def resume_and_export(self, model, data) -> None:
         """The resume stage again, one step further: it must resume from its checkpoint; then the export."""
@@ -198,7 +200,7 @@ class Check:
         step, ckpt = list_checkpoints(out)[-1]
         size = folder_gb(ckpt)
         t0 = time.perf_counter()
-        self.train_stage(RESUME_STAGE, model, data, steps=self.steps + 1)
+        self.train_stage(RESUME_STAGE, model, data, steps=self.steps + 1, record=False)
         done = json.loads((out / "final" / "training.json").read_text())["steps"]
         self.report["resume"] = {"stage": RESUME_STAGE, "from_step": step, "to_step": done,
                                  "ok": step == self.steps and done == self.steps + 1,
@@ -253,7 +255,7 @@ class Check:
 
         pipe = load_pipeline(str(pipe_dir), self.rt.device, "fp32")
         autocast = torch.bfloat16 if self.gpu else None
-        pairs = self.args.bench_pairs or (4 if self.args.reduced else 16)
+        pairs = self.args.bench_pairs or 4
         kw = dict(pairs=pairs, views=4, autocast=autocast, steps=2 if self.args.reduced else None)
         naive = bench(pipe, naive=True, **kw)
         batched = bench(pipe, naive=False, warmup=False, **kw)
@@ -293,6 +295,22 @@ class Check:
             "training_memory_gb": {n: s["training_memory_gb"]["total"] for n, s in est["stages"].items()},
             "bench_batched_tflops": batched * est["flops_per_image"] / 1e12, "train_tflops": train}
 
+    def phase(self, t0: float, name: str, fn, *args):
+        """One step of the check; the report on disk is rewritten after it, so a run cut short by a time limit
+        still leaves every figure it reached (``complete: false``, ``phases``: seconds from the start)."""
+        result = fn(*args)
+        self.report.setdefault("phases", {})[name] = round(time.perf_counter() - t0, 1)
+        self.save(t0)
+        return result
+
+    def save(self, t0: float) -> None:
+        from .io import atomic_write_text
+
+        self.report.setdefault("complete", False)
+        self.report["seconds"] = time.perf_counter() - t0
+        if self.rt.is_main:
+            atomic_write_text(self.work / "gpu_check.json", json.dumps(self.report, indent=2))
+
     def run(self) -> dict:
         import torch
         import torch.distributed as dist
@@ -303,29 +321,30 @@ class Check:
             "torch": torch.__version__, "cuda": torch.version.cuda, "world_size": self.rt.world_size,
             "backend": dist.get_backend() if dist.is_initialized() else None, "ddp": self.rt.distributed,
             "scale": "reduced" if self.args.reduced else "paper", "image_size": self.size}
-        over = weight_overrides(self.args, self.work, self.rt)
+        self.save(t0)
+        over = self.phase(t0, "weights", weight_overrides, self.args, self.work, self.rt)
         model = {n: ["model." + o for o in sets] for n, sets in over.items()}
-        root = dataset(self.args, self.work, self.rt)
+        root = self.phase(t0, "dataset", dataset, self.args, self.work, self.rt)
         data = self.data_overrides(root)
         dtype = "bf16" if self.gpu else "fp32"
-        train = self.report["train"] = {}
         for stage in ("prior", "inpaint"):
-            train[stage] = self.train_stage(stage, model, data)
-        self.resume_and_export(model, data)
-        inputs = self.refine_inputs(root, dtype)
-        train["refine"] = self.train_stage("refine", model, data, [f"data.refine_inputs={inputs}"])
-        pipe = self.assemble()
-        self.bench(pipe)
-        self.one_image(root, pipe, dtype)
+            self.phase(t0, "train_" + stage, self.train_stage, stage, model, data)
+        self.phase(t0, "resume", self.resume_and_export, model, data)
+        inputs = self.phase(t0, "make_refine_inputs", self.refine_inputs, root, dtype)
+        self.phase(t0, "train_refine", self.train_stage, "refine", model, data, [f"data.refine_inputs={inputs}"])
+        pipe = self.phase(t0, "assemble", self.assemble)
+        self.phase(t0, "bench", self.bench, pipe)
+        self.phase(t0, "image", self.one_image, root, pipe, dtype)
         self.expected()
         self.report["disk_gb"] = folder_gb(self.work)
         self.report["seconds"] = time.perf_counter() - t0
         self.report["ok"] = all(self.report[k]["ok"] for k in ("resume", "export", "assemble", "image"))
+        self.report["complete"] = True
+        self.save(t0)
         return self.report
 
 
 def run(args) -> int:
-    from .io import atomic_write_text
     from .runtime import init_runtime
 
     if args.reduced and (args.sd21 or args.fixture):
@@ -345,7 +364,6 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = Check(args, rt).run()
     path = out / "gpu_check.json"
-    atomic_write_text(path, json.dumps(report, indent=2))
     print(f"[gpu-check] {'ok' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {path}", flush=True)
     return 0 if report["ok"] else 1
 

@@ -23,7 +23,11 @@ def test_reduced_cpu_mode_runs_every_step_and_reports_every_key(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(report) == {"environment", "train", "resume", "export", "make_refine_inputs", "assemble", "bench",
-                           "image", "expected", "disk_gb", "seconds", "ok"}
+                           "image", "expected", "disk_gb", "seconds", "ok", "phases", "complete"}
+    assert report["complete"] and list(report["phases"]) == [
+        "weights", "dataset", "train_prior", "train_inpaint", "resume", "make_refine_inputs", "train_refine",
+        "assemble", "bench", "image"]
+    assert sorted(report["phases"].values()) == list(report["phases"].values())
     assert report["expected"] is None  # FLOPs of the paper architectures only
     env = report["environment"]
     assert env["backend"] == "gloo" and env["ddp"] and env["world_size"] == 1 and env["image_size"] == [64, 32]
@@ -41,6 +45,29 @@ def test_reduced_cpu_mode_runs_every_step_and_reports_every_key(tmp_path):
     assert bench["batched"]["denoiser_calls"] == {"prior": 2, "inpaint": 2, "refine": 2}
     assert bench["image_size"] == [64, 32] and bench["speedup"] > 0
     assert report["image"]["ok"] and Path(report["image"]["files"][0]).is_file() and report["ok"]
+
+
+@pytest.mark.slow  # about 15 s: stopped after its first training stage
+def test_a_run_stopped_by_a_time_limit_leaves_the_figures_it_reached(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out", str(tmp_path), "--cpu",
+                             "--reduced"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=tmp_path, start_new_session=True)
+    path, report, deadline = tmp_path / "gpu_check.json", {}, time.time() + 300
+    try:
+        while "train_prior" not in report.get("phases", {}) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            report = json.loads(path.read_text()) if path.is_file() else {}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "train_prior" in report.get("phases", {}), "no partial report within 300 s"
+    report = json.loads(path.read_text())  # as the killed run left it: whole JSON, not complete
+    assert report["complete"] is False and "ok" not in report
+    assert set(report["train"]["prior"]) == TRAIN_KEYS and report["train"]["prior"]["steps"] == 2
 
 
 def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
