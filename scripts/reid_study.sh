@@ -3,12 +3,35 @@
 # demo's synthetic set and low-data subsets): two views per image with the identity-consistency filter (ratio
 # and filter), and one canonical-pose view per image (policy), each against the same baseline, seeds 0/1/2.
 # Results: $OUT/reid_views2/results.md and (CANONICAL=1) $OUT/reid_canonical/results.md. Resumable.
+# STUDY=controls runs the comparison against the equal-step controls instead (results under $OUT/controls).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 DEMO=${DEMO:-demo_out}
 OUT=${OUT:-$DEMO/study}
+if [ "${STUDY:-views}" = controls ]; then
+  # Against the controls (docs/experiments.md, "Re-ID controls"): 4 random-pose views per kept image at 20%,
+  # then 1/2/4 of them per image, each against baseline, baseline_steps and duplicated; 8 epochs of the
+  # augmented run (the controls replay its steps) and converged (validation every 50 steps, at most 1000).
+  S=$OUT/controls
+  pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[0.2,0.4]" \
+    "seeds=[0,1,2]" out_dir="$S/splitsrc" --splits-only
+  for seed in 0 1 2; do
+    pcdms-aug generate --config tiny/generate.yaml --dataset "$DEMO/data" --weights tiny --views 4 --seed "$seed" \
+      --split "$S/splitsrc/splits/split_f0.2_s$seed.json" --batch 16 --out "$S/gen/v4_f0.2_s$seed"
+  done
+  run=(tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[0.2]" "seeds=[0,1,2]"
+       "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/v4_f0.2_s{seed}")
+  for v in 1 2 4; do
+    pcdms-aug reid-experiment "${run[@]}" views_per_image=$v out_dir="$S/ep_v$v"
+  done
+  for v in 2 4; do
+    pcdms-aug reid-experiment "${run[@]}" views_per_image=$v out_dir="$S/cv_v$v" converge=true max_steps=1000 \
+      eval_every=50 patience=2 plateau_drops=1
+  done
+  exit 0
+fi
 for seed in 0 1 2; do
   split="$DEMO/reid/splits/split_f0.2_s$seed.json"
   pcdms-aug generate --config tiny/generate.yaml --dataset "$DEMO/data" --weights tiny --split "$split" \
