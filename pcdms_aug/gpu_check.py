@@ -156,6 +156,8 @@ class Check:
         self.batch = args.batch or (2 if args.reduced else None)
         self.size = [64, 32] if args.reduced else [512, 256]
         self.report: dict = {}
+        self.report_path = self.work / "gpu_check.json"
+        self.t0 = time.perf_counter()
 
     def data_overrides(self, root: Path) -> list[str]:
         return [f"data.root={root}", f"data.annotations={root / 'market-annotation-train.csv'}",
@@ -295,52 +297,51 @@ class Check:
             "training_memory_gb": {n: s["training_memory_gb"]["total"] for n, s in est["stages"].items()},
             "bench_batched_tflops": batched * est["flops_per_image"] / 1e12, "train_tflops": train}
 
-    def phase(self, t0: float, name: str, fn, *args):
+    def phase(self, name: str, fn, *args):
         """One step of the check; the report on disk is rewritten after it, so a run cut short by a time limit
         still leaves every figure it reached (``complete: false``, ``phases``: seconds from the start)."""
         result = fn(*args)
-        self.report.setdefault("phases", {})[name] = round(time.perf_counter() - t0, 1)
-        self.save(t0)
+        self.report.setdefault("phases", {})[name] = round(time.perf_counter() - self.t0, 1)
+        self.save()
         return result
 
-    def save(self, t0: float) -> None:
+    def save(self) -> None:
         from .io import atomic_write_text
 
         self.report.setdefault("complete", False)
-        self.report["seconds"] = time.perf_counter() - t0
+        self.report["seconds"] = time.perf_counter() - self.t0
         if self.rt.is_main:
-            atomic_write_text(self.work / "gpu_check.json", json.dumps(self.report, indent=2))
+            atomic_write_text(self.report_path, json.dumps(self.report, indent=2))
 
     def run(self) -> dict:
         import torch
         import torch.distributed as dist
 
-        t0 = time.perf_counter()
+        self.t0 = time.perf_counter()
         self.report["environment"] = {
             "device": self.rt.device, "gpu": torch.cuda.get_device_name(self.rt.device) if self.gpu else None,
             "torch": torch.__version__, "cuda": torch.version.cuda, "world_size": self.rt.world_size,
             "backend": dist.get_backend() if dist.is_initialized() else None, "ddp": self.rt.distributed,
             "scale": "reduced" if self.args.reduced else "paper", "image_size": self.size}
-        self.save(t0)
-        over = self.phase(t0, "weights", weight_overrides, self.args, self.work, self.rt)
+        self.save()
+        over = self.phase("weights", weight_overrides, self.args, self.work, self.rt)
         model = {n: ["model." + o for o in sets] for n, sets in over.items()}
-        root = self.phase(t0, "dataset", dataset, self.args, self.work, self.rt)
+        root = self.phase("dataset", dataset, self.args, self.work, self.rt)
         data = self.data_overrides(root)
         dtype = "bf16" if self.gpu else "fp32"
         for stage in ("prior", "inpaint"):
-            self.phase(t0, "train_" + stage, self.train_stage, stage, model, data)
-        self.phase(t0, "resume", self.resume_and_export, model, data)
-        inputs = self.phase(t0, "make_refine_inputs", self.refine_inputs, root, dtype)
-        self.phase(t0, "train_refine", self.train_stage, "refine", model, data, [f"data.refine_inputs={inputs}"])
-        pipe = self.phase(t0, "assemble", self.assemble)
-        self.phase(t0, "bench", self.bench, pipe)
-        self.phase(t0, "image", self.one_image, root, pipe, dtype)
+            self.phase("train_" + stage, self.train_stage, stage, model, data)
+        self.phase("resume", self.resume_and_export, model, data)
+        inputs = self.phase("make_refine_inputs", self.refine_inputs, root, dtype)
+        self.phase("train_refine", self.train_stage, "refine", model, data, [f"data.refine_inputs={inputs}"])
+        pipe = self.phase("assemble", self.assemble)
+        self.phase("bench", self.bench, pipe)
+        self.phase("image", self.one_image, root, pipe, dtype)
         self.expected()
         self.report["disk_gb"] = folder_gb(self.work)
-        self.report["seconds"] = time.perf_counter() - t0
         self.report["ok"] = all(self.report[k]["ok"] for k in ("resume", "export", "assemble", "image"))
         self.report["complete"] = True
-        self.save(t0)
+        self.save()
         return self.report
 
 
@@ -362,9 +363,10 @@ def run(args) -> int:
         raise DataError(f"the check runs one process (torchrun --nproc_per_node 1), got {rt.world_size}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = Check(args, rt).run()
-    path = out / "gpu_check.json"
-    print(f"[gpu-check] {'ok' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {path}", flush=True)
+    check = Check(args, rt)
+    report = check.run()
+    print(f"[gpu-check] {'ok' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {check.report_path}",
+          flush=True)
     return 0 if report["ok"] else 1
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,25 @@ def is_temp_name(name: str) -> bool:
 def temp_dir_beside(path: Path) -> Path:
     """A new, empty, uniquely named temporary folder beside ``path`` (nothing existing is touched)."""
     return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
+
+
+@contextmanager
+def file_log(logger: logging.Logger, path: Path, fmt: str, datefmt: str | None = None):
+    """``logger`` also writes (at INFO and above) into ``path`` while the block runs. The handler is detached
+    afterwards: left attached, every later run in the same process would write into this run's log too."""
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"cannot write the log ({e.strerror})", path) from None
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 
 from .config import apply_overrides, build, load_config, resolve_config_path, to_dict
 from .errors import DataError
-from .io import atomic_write_text
+from .io import atomic_write_text, file_log
 from .resume import check_folder, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .runtime import Runtime, barrier, init_runtime
 
@@ -220,17 +220,11 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
     tc = cfg.train
     rt = rt or init_runtime(tc.device, "fp32", tc.seed)
     out = Path(tc.out)
-    handler = None
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = _file_log(out / "train.log")
-    try:
+    if not rt.is_main:
         return _train(cfg, rt, progress, out)
-    finally:
-        if handler is not None:
-            # Detached, or the next run in this process (another stage) would also write into this log.
-            log.removeHandler(handler)
-            handler.close()
+    out.mkdir(parents=True, exist_ok=True)
+    with file_log(log, out / "train.log", "%(asctime)s %(levelname)s %(message)s"):
+        return _train(cfg, rt, progress, out)
 
 
 def _train(cfg: RunConfig, rt: Runtime, progress: bool, out: Path) -> Path:
@@ -422,14 +416,6 @@ def _save_preview(stage, ema, params, dataset, path: Path, tc: TrainConfig, rt: 
     labels = list(rows[0].keys())
     sheet = contact_sheet([list(r.values()) for r in rows], col_labels=labels)
     atomic_save_image(path, sheet)
-
-
-def _file_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
 
 
 def configure(parser):

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import build, load_config
 from ..consistency import REDUCE, TOP_SCOPE
 from ..errors import DataError
+from ..io import file_log
 from .generate import IMAGE_FORMATS, GenerateConfig, generate
 from .plan import PER, POLICIES
 
@@ -98,17 +99,25 @@ def run(args) -> int:
     cfg.check()
     rt = init_runtime(cfg.device, cfg.dtype)
     cfg.device = rt.device
-    handlers = _setup_logging(Path(cfg.out), rt.rank, rt.world_size)
+    out = Path(cfg.out)
     try:
-        counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress)
-        logging.getLogger("pcdms_aug.augment").info(
-            "rank %d/%d: %d new image(s) in %.1f s (%.3f img/s), %d re-scored, %d of %d batch(es) finished before",
-            rt.rank, rt.world_size, counts["generated"], counts["seconds"], counts["images_per_second"],
-            counts["rescored"], counts["batches_done_before"], counts["batches_this_rank"])
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write to the output folder ({e.strerror})", out) from None
+    root = logging.getLogger("pcdms_aug")
+    console = _console_log(root) if rt.is_main else None
+    fmt = f"%(asctime)s rank {rt.rank}/{rt.world_size} %(levelname)s %(message)s"
+    try:
+        with file_log(root, out / "generate.log", fmt, "%Y-%m-%d %H:%M:%S"):
+            counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress)
+            logging.getLogger("pcdms_aug.augment").info(
+                "rank %d/%d: %d new image(s) in %.1f s (%.3f img/s), %d re-scored, %d of %d batch(es) finished "
+                "before", rt.rank, rt.world_size, counts["generated"], counts["seconds"],
+                counts["images_per_second"], counts["rescored"], counts["batches_done_before"],
+                counts["batches_this_rank"])
     finally:
-        for h in handlers:
-            logging.getLogger("pcdms_aug").removeHandler(h)
-            h.close()
+        if console is not None:
+            root.removeHandler(console)
     if rt.is_main:
         skipped = counts["no_annotation"] + counts["no_torso"]
         print(f"[generate] {counts['sources']} source image(s) of {counts['identities']} identities"
@@ -124,23 +133,11 @@ def run(args) -> int:
     return 0
 
 
-def _setup_logging(out: Path, rank: int, world: int) -> list:
-    """Log lines to stderr (rank 0) and to OUT/generate.log (every rank)."""
-    root = logging.getLogger("pcdms_aug")
-    root.setLevel(logging.INFO)
-    added = []
-    fmt = logging.Formatter(f"%(asctime)s rank {rank}/{world} %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    if rank == 0 and not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                             for h in root.handlers):
-        console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(console)
-        added.append(console)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "generate.log", encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"cannot write to the output folder ({e.strerror})", out) from None
-    handler.setFormatter(fmt)
-    root.addHandler(handler)
-    return added + [handler]
+def _console_log(root: logging.Logger) -> logging.Handler | None:
+    """Log lines on stderr too, unless the caller already shows them; returns the handler it added."""
+    if any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        return None
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    return console
