@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from pcdms_aug.data.market import MarketDataset
-from pcdms_aug.metrics.evaluate import generated_name
+from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.metrics.pixels import psnr, ssim_upstream
 from pcdms_aug.pipeline import PCDMsPipeline
 from pcdms_aug.pose import read_pairs
@@ -51,7 +51,7 @@ def main(pairs_csv, dataset, stage2_dir, weights, *specs):
     pairs = read_pairs(pairs_csv)
     refine = PCDMsPipeline.from_pretrained(weights).stages["refine"]
     src = torch.stack([_tensor(ds.path_of(f)) for f, _ in pairs])
-    coarse = torch.stack([_tensor(Path(stage2_dir) / generated_name(f, t)) for f, t in pairs])
+    coarse = torch.stack([_tensor(Path(stage2_dir) / pair_image_name(f, t)) for f, t in pairs])
     truth = [np.array(Image.open(ds.path_of(t)).convert("RGB")) for _, t in pairs]
     with torch.no_grad():
         tokens = refine.image_proj(refine.encode_source(src)["dino"])
@@ -63,7 +63,7 @@ def main(pairs_csv, dataset, stage2_dir, weights, *specs):
         if save:
             Path(save).mkdir(parents=True, exist_ok=True)
             for (f, t), a in zip(pairs, images):
-                Image.fromarray(a).save(Path(save) / generated_name(f, t))
+                Image.fromarray(a).save(Path(save) / pair_image_name(f, t))
         s = np.mean([ssim_upstream(g, a) for g, a in zip(truth, images)])
         p = np.mean([psnr(g, a) for g, a in zip(truth, images)])
         print(f"{spec}\tSSIM {s:.4f}\tPSNR {p:.2f}", flush=True)

@@ -324,7 +324,7 @@ def run(args) -> int:
     import torch
 
     from .runtime import pick_device, pick_dtype
-    from .synthesize import load_pipeline
+    from .pipeline import PCDMsPipeline
 
     weights = args.weights or args.config or "tiny/pipeline.yaml"
     if args.config:
@@ -337,7 +337,7 @@ def run(args) -> int:
     check_args(None, **checked)  # before the (paper scale: minutes of) loading
     compute = pick_dtype(args.dtype or ("auto" if dev.startswith("cuda") else "fp32"), dev)
     autocast = None if compute == torch.float32 or args.cast else compute
-    pipe = load_pipeline(weights, dev, "fp32" if autocast is not None else str(compute).replace("torch.", ""))
+    pipe = PCDMsPipeline.load(weights, dev, "fp32" if autocast is not None else str(compute).replace("torch.", ""))
     kw = dict(pairs=args.pairs, views=args.views, steps=args.steps, scheduler=args.scheduler, batch=args.batch,
               seed=args.seed, guidance=args.guidance, stages=args.stages, refine_strength=args.refine_strength,
               refine_noise=args.refine_noise, autocast=autocast)

@@ -16,7 +16,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DataError
 from .io import atomic_save_image, atomic_write_text
 
 # The controls are the point: a gain is only claimed over the strongest of them (same subset and seed).
@@ -54,7 +53,8 @@ def run(args):
     from .metrics import compute_metrics
     from .metrics.command import format_table
     from .pose import read_annotations, read_pairs
-    from .synthesize import load_pipeline, synthesize
+    from .pipeline import PCDMsPipeline
+    from .synthesize import synthesize
     from .data.market import MarketDataset
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -66,7 +66,7 @@ def run(args):
     with _part("build synthetic Market-1501", timings):
         data = build_synthetic_market(out / "data", args.train_ids, args.test_ids, seed=0, progress=False)
     with _part("load weights", timings):
-        pipe = load_pipeline(args.weights)
+        pipe = PCDMsPipeline.load(args.weights)
 
     import reid
     from .config import load_config

@@ -253,9 +253,9 @@ class Check:
         import torch
 
         from .bench import bench
-        from .synthesize import load_pipeline
+        from .pipeline import PCDMsPipeline
 
-        pipe = load_pipeline(str(pipe_dir), self.rt.device, "fp32")
+        pipe = PCDMsPipeline.load(str(pipe_dir), self.rt.device, "fp32")
         autocast = torch.bfloat16 if self.gpu else None
         pairs = self.args.bench_pairs or 4
         kw = dict(pairs=pairs, views=4, autocast=autocast, steps=2 if self.args.reduced else None)

@@ -223,6 +223,23 @@ class PCDMsPipeline:
             stages[n] = STAGES[n].from_pretrained(directory / n, cache=cache)
         return cls(stages, cfg)
 
+    @classmethod
+    def load(cls, weights: str | Path, device: str = "auto", dtype: str | None = None) -> "PCDMsPipeline":
+        """What every command takes as ``--weights``: ``tiny`` (shipped), a folder written by save_pretrained, or a
+        pipeline YAML (random weights, for tests); moved to ``device`` (auto: the GPU if there is one), ``dtype``
+        (default fp32)."""
+        from .runtime import pick_device, pick_dtype
+
+        if str(weights).endswith((".yaml", ".yml")):
+            pipe = cls.from_config(weights, seed=0)
+        else:
+            if weights != "tiny" and not Path(weights).is_dir():
+                raise DataError("weights folder not found (expected a folder written by save_pretrained, "
+                                "or 'tiny' for the shipped weights)", weights)
+            pipe = cls.from_pretrained(weights)
+        dev = pick_device(device)
+        return pipe.to(dev, pick_dtype(dtype or "fp32", dev))
+
     @staticmethod
     def _read_meta(directory: Path) -> dict:
         import yaml

@@ -14,7 +14,8 @@ from .errors import DataError
 from .io import atomic_write_text
 from .pose import read_annotations, read_pairs, write_pairs
 from .runtime import add_dtype_argument
-from .synthesize import load_pipeline, synthesize
+from .pipeline import PCDMsPipeline
+from .synthesize import synthesize
 
 INFO = "inputs.json"
 
@@ -78,7 +79,7 @@ def run(args):
     rt = init_runtime(args.device, args.dtype)
     dataset = MarketDataset(args.dataset)
     poses = read_annotations(args.annotations)
-    pipe = load_pipeline(args.weights, rt.device, args.dtype)
+    pipe = PCDMsPipeline.load(args.weights, rt.device, args.dtype)
     pairs_file = out / "pairs.csv"
     if pairs_file.is_file():
         # The pair list is fixed by the first run, so a resumed run finishes exactly that list.

@@ -14,9 +14,9 @@ from typing import Mapping, Sequence
 import torch
 
 from .data.market import IMAGE_SIZE, MarketDataset, load_image
+from .data.pairs import pair_image_name
 from .errors import DataError
 from .io import atomic_save_image
-from .metrics.evaluate import generated_name  # noqa: F401 (one naming rule, re-exported)
 from .pose import Pose, read_annotation_files, read_pairs
 from .runtime import add_dtype_argument
 
@@ -24,22 +24,6 @@ from .runtime import add_dtype_argument
 def item_seed(seed: int, *keys: str) -> int:
     digest = hashlib.sha256("\x1f".join([str(seed), *keys]).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def load_pipeline(weights: str, device: str = "auto", dtype: str | None = None):
-    """``tiny`` (shipped), a folder written by save_pretrained, or a pipeline YAML (random weights, for tests)."""
-    from .pipeline import PCDMsPipeline
-    from .runtime import pick_device, pick_dtype
-
-    if str(weights).endswith((".yaml", ".yml")):
-        pipe = PCDMsPipeline.from_config(weights, seed=0)
-    else:
-        if weights != "tiny" and not Path(weights).is_dir():
-            raise DataError("weights folder not found (expected a folder written by save_pretrained, "
-                            "or 'tiny' for the shipped weights)", weights)
-        pipe = PCDMsPipeline.from_pretrained(weights)
-    dev = pick_device(device)
-    return pipe.to(dev, pick_dtype(dtype or "fp32", dev))
 
 
 def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
@@ -63,7 +47,7 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
         raise DataError(f"no pose annotation for {missing[0]} ({len(set(missing))} images in all); "
                         "pass the annotation CSV that covers the pairs")
     mine = [p for i, p in enumerate(pairs) if i % world == rank]
-    todo = [p for p in mine if not (keep_existing and (out_dir / generated_name(*p)).is_file())]
+    todo = [p for p in mine if not (keep_existing and (out_dir / pair_image_name(*p)).is_file())]
     by_source: dict[str, list[str]] = defaultdict(list)
     for frm, to in todo:
         by_source[frm].append(to)
@@ -82,7 +66,7 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
                       refine_noise=refine_noise)
         images = result.coarse_images if write == "coarse" else result.images
         for (f, t), im in zip(chunk, images):
-            atomic_save_image(out_dir / generated_name(f, t), im)
+            atomic_save_image(out_dir / pair_image_name(f, t), im)
         bar.update(len(chunk))
         bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
         chunk.clear()
@@ -166,6 +150,7 @@ def run(args):
     from .augment.generate import weights_fingerprint
     from .doctor import default_annotations
     from .paths import check_out_dir
+    from .pipeline import PCDMsPipeline
     from .runtime import init_runtime
 
     out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
@@ -176,7 +161,7 @@ def run(args):
         import random
         pairs = random.Random(args.seed).sample(pairs, args.max_pairs)
     poses = load_poses(args.annotations or default_annotations(dataset.root))
-    pipe = load_pipeline(args.weights, rt.device, args.dtype)
+    pipe = PCDMsPipeline.load(args.weights, rt.device, args.dtype)
     settings = {"weights": weights_fingerprint(args.weights, pipe), "steps": args.steps,
                 "scheduler": args.scheduler, "guidance": args.guidance, "refine_strength": args.refine_strength,
                 "refine_noise": args.refine_noise, "seed": args.seed, "stages": list(args.stages),

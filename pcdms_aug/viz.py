@@ -58,10 +58,10 @@ def pair_sheet(pairs: Sequence[tuple[str, str]], dataset, poses, columns: dict[s
     """One row per (from, to) pair: source, target pose, one column per ``{label: folder of
     <from>_to_<to>.png}`` (what ``synthesize-pairs`` writes), then the ground truth."""
     from .data.market import load_image
-    from .metrics.evaluate import generated_name
+    from .data.pairs import pair_image_name
 
     rows = [[load_image(dataset.path_of(f)), pose_tile(poses[t])] +
-            [Image.open(Path(d) / generated_name(f, t)) for d in columns.values()] + [load_image(dataset.path_of(t))]
+            [Image.open(Path(d) / pair_image_name(f, t)) for d in columns.values()] + [load_image(dataset.path_of(t))]
             for f, t in pairs]
     return contact_sheet(rows, col_labels=["source", "pose", *columns, "truth"])
 

@@ -24,7 +24,7 @@ import torch
 
 from pcdms_aug import cli
 from pcdms_aug import io as aio
-from pcdms_aug.augment import (FilterConfig, GenerateConfig, collect_sources, generate, generated_name,
+from pcdms_aug.augment import (FilterConfig, GenerateConfig, collect_sources, generate, view_name,
                                make_plan, outputs)
 from pcdms_aug.data.market import MarketDataset, parse_name
 from pcdms_aug.errors import DataError
@@ -122,9 +122,9 @@ def test_names_parse_and_never_collide_with_real_ones(market):
         seqs = {parse_name(line.split(":")[0]).sequence for line in shared.read_text().splitlines()[1:] if line}
         assert max(seqs) < 9
     assert {parse_name(it.filename).sequence for it in ds.all_images()} <= set(range(1, 7))
-    assert generated_name(2, 3, 17, 99) == "0002_c3s9_000017_99.jpg"
+    assert view_name(2, 3, 17, 99) == "0002_c3s9_000017_99.jpg"
     with pytest.raises(DataError, match="at most 100 views"):
-        generated_name(2, 3, 17, 100)
+        view_name(2, 3, 17, 100)
 
 
 # --------------------------------------------------------------------------------------------- policies

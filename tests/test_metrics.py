@@ -15,7 +15,8 @@ from PIL import Image
 from pcdms_aug.cli import main as cli_main
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.errors import DataError
-from pcdms_aug.metrics import compute_metrics, frechet_distance, frechet_distance_of, generated_name, psnr
+from pcdms_aug.metrics import compute_metrics, frechet_distance, frechet_distance_of, psnr
+from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.metrics import ssim_upstream
 from pcdms_aug.metrics.pixels import SSIM_K1
 from pcdms_aug.pose import read_pairs, write_pairs
@@ -332,7 +333,7 @@ def case(synth_market, tmp_path_factory):
     rng = np.random.default_rng(0)
     for frm, to in pairs:
         gt = np.asarray(Image.open(ds.path_of(to)).convert("RGB"))
-        Image.fromarray(_noisy(gt, 12, rng)).save(gen / generated_name(frm, to))
+        Image.fromarray(_noisy(gt, 12, rng)).save(gen / pair_image_name(frm, to))
     return {"root": synth_market, "pairs": pairs, "csv": d / "pairs.csv", "gen": gen, "dir": d, "ds": ds}
 
 
@@ -372,7 +373,7 @@ def test_exact_copies_give_perfect_scores_and_table(case, weights, tmp_path):
     gen = tmp_path / "exact"
     gen.mkdir()
     for frm, to in case["pairs"]:
-        Image.open(case["ds"].path_of(to)).convert("RGB").save(gen / generated_name(frm, to))
+        Image.open(case["ds"].path_of(to)).convert("RGB").save(gen / pair_image_name(frm, to))
     cfg = {"lpips": {"alexnet_weights": str(weights["alexnet"])}, "fid": {"enabled": False},
            "fid_reid": {"enabled": False}, "batch_size": 8, "device": "cpu"}
     r = compute_metrics(case["csv"], gen, case["root"], cfg, progress=False)
@@ -390,13 +391,13 @@ def test_missing_generated_image_is_named(case, weights, tmp_path, capsys):
     gen = tmp_path / "partial"
     shutil.copytree(case["gen"], gen)
     frm, to = case["pairs"][3]
-    (gen / generated_name(frm, to)).unlink()
-    (gen / generated_name(*case["pairs"][7])).unlink()
+    (gen / pair_image_name(frm, to)).unlink()
+    (gen / pair_image_name(*case["pairs"][7])).unlink()
     args = ["metrics", "--pairs", str(case["csv"]), "--generated", str(gen), "--dataset", str(case["root"]),
             "--no-progress", "fid_reid.enabled=false", "lpips.enabled=false", "fid.enabled=false"]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
-    assert generated_name(frm, to) in err and f"2 of {N_PAIRS} pairs" in err and "--allow-missing" in err
+    assert pair_image_name(frm, to) in err and f"2 of {N_PAIRS} pairs" in err and "--allow-missing" in err
     assert cli_main(args + ["--json", "--allow-missing"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n_pairs"] == N_PAIRS - 2 and r["n_missing"] == 2 and r["generated"]["n_pairs"] == N_PAIRS - 2
@@ -424,7 +425,7 @@ def test_best_of_k_is_the_labelled_oracle(case, tmp_path):
         good, bad = gt, rng.integers(0, 256, gt.shape, dtype=np.uint8)
         samples = (good, bad) if i % 2 else (bad, good)
         for k, s in enumerate(samples):
-            Image.fromarray(s).save(gen / generated_name(frm, to, k))
+            Image.fromarray(s).save(gen / pair_image_name(frm, to, k))
     cfg = {"lpips": {"enabled": False}, "fid": {"enabled": False}, "fid_reid": {"enabled": False}}
     r = compute_metrics(case["pairs"], gen, case["root"], cfg, best_of=2, progress=False)
     assert r["generated"]["ssim"] == pytest.approx(1.0)
@@ -440,7 +441,7 @@ def test_pair_naming_an_unknown_image_is_an_error(case, tmp_path):
     gen.mkdir()
     frm = case["pairs"][0][0]
     ghost = "0999_c1s1_000001_00.jpg"
-    Image.new("RGB", (64, 128)).save(gen / generated_name(frm, ghost))
+    Image.new("RGB", (64, 128)).save(gen / pair_image_name(frm, ghost))
     with pytest.raises(DataError, match=f"pair {frm},{ghost}.*{ghost}.*not found"):
         compute_metrics([(frm, ghost)], gen, case["root"], {"fid_reid": {"enabled": False}}, progress=False)
 
@@ -460,7 +461,7 @@ def test_ground_truth_row_targets_reference_and_bootstrap(case, weights):
     exact = case["dir"] / "exact_targets"
     exact.mkdir(exist_ok=True)
     for frm, to in case["pairs"]:
-        shutil.copyfile(case["ds"].path_of(to), exact / generated_name(frm, to))
+        shutil.copyfile(case["ds"].path_of(to), exact / pair_image_name(frm, to))
     cfg = {"lpips": {"enabled": False}, "fid": {"enabled": False}, "batch_size": 4,
            "fid_reid": {"weights": str(weights["reid"])}}
     r = compute_metrics(case["pairs"], exact, case["root"], cfg, progress=False)

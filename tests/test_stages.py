@@ -312,15 +312,15 @@ def test_pair_dataset_items_and_batches(synth_market, tmp_path, stages):
     # stage 3 reads the stage-2 outputs by name; a missing one is named
     from PIL import Image
 
-    from pcdms_aug.synthesize import generated_name
+    from pcdms_aug.data.pairs import pair_image_name
     pairs = ds.pairs[:2]
     refine_dir = tmp_path / "coarse"
     refine_dir.mkdir()
-    Image.fromarray(np.full((128, 64, 3), 200, np.uint8)).save(refine_dir / generated_name(*pairs[0]))
+    Image.fromarray(np.full((128, 64, 3), 200, np.uint8)).save(refine_dir / pair_image_name(*pairs[0]))
     ds3 = PairDataset(synth_market, synth_market / "market-annotation-train.csv", pairs=pairs,
                       refine_inputs_dir=refine_dir)
     assert ds3[0]["coarse_image"].shape == (3, 128, 64)
-    with pytest.raises(DataError, match=generated_name(*pairs[1])):
+    with pytest.raises(DataError, match=pair_image_name(*pairs[1])):
         ds3[1]
     with pytest.raises(DataError):
         PairDataset(synth_market, synth_market / "market-annotation-train.csv", pairs=[("nope.jpg", "x.jpg")])

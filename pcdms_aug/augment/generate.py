@@ -125,8 +125,8 @@ def weights_fingerprint(weights: str, pipe=None) -> str:
     h = hashlib.sha256()
     if spec.endswith((".yaml", ".yml")):
         if pipe is None:
-            from ..synthesize import load_pipeline
-            pipe = load_pipeline(spec, "cpu", "fp32")
+            from ..pipeline import PCDMsPipeline
+            pipe = PCDMsPipeline.load(spec, "cpu", "fp32")
         for name in sorted(pipe.stages):
             for key, t in sorted(pipe.stages[name].state_dict().items()):
                 h.update(f"{name}.{key}".encode())
@@ -329,8 +329,8 @@ def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, prog
             if pipeline is not None:
                 pipe = pipeline
             else:
-                from ..synthesize import load_pipeline
-                pipe = load_pipeline(cfg.weights, device, cfg.dtype)
+                from ..pipeline import PCDMsPipeline
+                pipe = PCDMsPipeline.load(cfg.weights, device, cfg.dtype)
         scorer = None
         if scorer_fp is not None:
             from ..consistency import ConsistencyScorer

@@ -16,7 +16,7 @@ MAX_VIEWS_PER_SOURCE = 100
 MAX_SOURCES_PER_ID = 1_000_000
 
 
-def generated_name(pid: int, camid: int, source_ordinal: int, view: int, ext: str = "jpg") -> str:
+def view_name(pid: int, camid: int, source_ordinal: int, view: int, ext: str = "jpg") -> str:
     if not 0 <= view < MAX_VIEWS_PER_SOURCE:
         raise DataError(f"view {view} of one source image: a generated name holds at most "
                         f"{MAX_VIEWS_PER_SOURCE} views per source (2-digit box field); ask for fewer views")
@@ -27,6 +27,6 @@ def generated_name(pid: int, camid: int, source_ordinal: int, view: int, ext: st
     return str(MarketName(pid, camid, GENERATED_SEQUENCE, source_ordinal, view, ext))
 
 
-def is_generated_name(name: str) -> bool:
-    """True for a name made by :func:`generated_name` (sequence digit 9)."""
+def is_view_name(name: str) -> bool:
+    """True for a name made by :func:`view_name` (sequence digit 9)."""
     return parse_name(name).sequence == GENERATED_SEQUENCE

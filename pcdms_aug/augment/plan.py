@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..io import atomic_write_text
 from ..pose import NUM_JOINTS, Pose, PoseBank
 from ..synthesize import item_seed
-from .names import MAX_VIEWS_PER_SOURCE, generated_name
+from .names import MAX_VIEWS_PER_SOURCE, view_name
 
 log = logging.getLogger(__name__)
 POLICIES = ("random", "canonical", "coverage")
@@ -239,7 +239,7 @@ def make_plan(source_set: SourceSet, *, views: int, per: str, policy: str, seed:
     rows.sort(key=lambda r: (r[0].pid, r[0].name, r[1]))
     plan = []
     for i, (src, j, k, origin) in enumerate(rows):
-        plan.append(PlannedView(i, i // batch, generated_name(src.pid, src.camid, src.ordinal, j, ext), src.pid,
+        plan.append(PlannedView(i, i // batch, view_name(src.pid, src.camid, src.ordinal, j, ext), src.pid,
                                 src.camid, src.name, j, origin, k, item_seed(seed, src.name, f"view:{j}"),
                                 targets.poses[k]))
     return plan

@@ -12,6 +12,12 @@ from ..pose import read_annotations, render_pose
 from .market import IMAGE_SIZE, MarketDataset, load_image, make_pairs
 
 
+def pair_image_name(frm: str, to: str, k: int | None = None) -> str:
+    """File name of the image generated for pair (frm, to): ``<from>_to_<to>.png``, or ``..._<k>.png`` for the
+    k-th of several samples (k from 0). The names are kept whole, extension included."""
+    return f"{frm}_to_{to}.png" if k is None else f"{frm}_to_{to}_{k}.png"
+
+
 def _to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
 
@@ -63,6 +69,5 @@ class PairDataset(torch.utils.data.Dataset):
             "names": (frm, to),
         }
         if self.refine_dir is not None:
-            from ..synthesize import generated_name
-            item["coarse_image"] = _to_tensor(load_image(self.refine_dir / generated_name(frm, to), self.image_size))
+            item["coarse_image"] = _to_tensor(load_image(self.refine_dir / pair_image_name(frm, to), self.image_size))
         return item

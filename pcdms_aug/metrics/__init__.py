@@ -6,9 +6,9 @@ The CLI (`pcdms-aug metrics`) is :mod:`.command`; the heavy parts (torch network
 """
 from .command import configure, format_table, run
 from .config import MetricsConfig
-from .evaluate import compute_metrics, generated_name
+from .evaluate import compute_metrics
 from .frechet import feature_stats, frechet_distance, frechet_distance_of
 from .pixels import psnr, ssim_upstream
 
 __all__ = ["compute_metrics", "configure", "feature_stats", "format_table", "frechet_distance",
-           "frechet_distance_of", "generated_name", "MetricsConfig", "psnr", "run", "ssim_upstream"]
+           "frechet_distance_of", "MetricsConfig", "psnr", "run", "ssim_upstream"]

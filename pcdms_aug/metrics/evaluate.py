@@ -25,15 +25,10 @@ from .config import MetricsConfig, as_config
 from .frechet import frechet_distance_of
 from .networks import build_networks
 from .pixels import psnr, ssim_upstream
+from ..data.pairs import pair_image_name
 
 ROWS = ("generated", "copy_source", "ground_truth")
 ORACLE_LABEL = "oracle best-of-{k} (uses ground truth; not available for augmentation)"
-
-
-def generated_name(frm: str, to: str, k: int | None = None) -> str:
-    """File name of the image generated for pair (frm, to): ``<from>_to_<to>.png``, or ``..._<k>.png`` for the
-    k-th of several samples (k from 0). The names are kept whole, extension included."""
-    return f"{frm}_to_{to}.png" if k is None else f"{frm}_to_{to}_{k}.png"
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -95,7 +90,7 @@ def _candidates(pairs, gen_dir: Path, best_of: int | None) -> tuple[list[list[Pa
     """Per pair, its candidate files; and the pairs with at least one file absent (first absent name kept)."""
     files, missing = [], []
     for frm, to in pairs:
-        names = [generated_name(frm, to)] if not best_of else [generated_name(frm, to, k) for k in range(best_of)]
+        names = [pair_image_name(frm, to)] if not best_of else [pair_image_name(frm, to, k) for k in range(best_of)]
         paths = [gen_dir / n for n in names]
         absent = [p.name for p in paths if not p.is_file()]
         files.append(paths)
@@ -181,13 +176,6 @@ def _fid_plan(run: _Run, sel: _Pairs, refused: dict) -> list[Path]:
             del run.nets[k]
             run.fid_keys.remove(k)
     return ref
-
-
-def _tensor(images: Sequence[np.ndarray], device: str):
-    import torch
-
-    x = torch.from_numpy(np.stack(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def _load_batch(run: _Run, sel: _Pairs, idx: range, chosen: list[int]) -> dict[str, list[np.ndarray]]:
