@@ -63,6 +63,28 @@ class SourceEncoding:
         return SourceEncoding(feats, self.size, len(idx))
 
 
+@dataclass
+class CallInputs:
+    """One call's arguments as :meth:`PCDMsPipeline.check_inputs` leaves them: checked, defaults filled in."""
+
+    stages: tuple
+    steps: dict  # stage -> number of inference steps
+    guidance: dict  # stage -> guidance scale
+    scheduler: str
+    refine_strength: float
+    refine_noise: float
+    output_type: str
+    output_size: str
+    sources: torch.Tensor | SourceEncoding | None = None  # (N, 3, H, W) at image_size, or the given encoding
+    size: tuple = ()  # (height, width) of the sources
+    source_poses: list = field(default_factory=list)
+    target_poses: list = field(default_factory=list)  # one per pair
+    pair_source: list = field(default_factory=list)  # each pair's source
+    generator: torch.Generator | list | None = None
+    target_embeds: torch.Tensor | None = None
+    batch_size: int = 1
+
+
 def _per_stage(value, default: dict, what: str, cast) -> dict:
     """A number for every stage, or ``{stage: number}`` (stages left out keep the default); NaN and infinities
     are refused (a NaN guidance would make black images that pass every later check)."""
@@ -426,6 +448,53 @@ class PCDMsPipeline:
         (default: ``sampling.refine_noise``, else 1): the scale of that noise; 0 starts stage 3 from the noised
         image's mean, so the final image is a deterministic function of the coarse one.
         """
+        timings = {"encode": 0.0, **{n: 0.0 for n in ORDER}}
+        t0 = time.perf_counter()  # "encode" counts preparing the sources (resizing them) as well
+        call = self.check_inputs(source_images, source_poses, target_poses, num_inference_steps, guidance_scale,
+                                 generator, scheduler, stages, output_type, target_embeds, batch_size,
+                                 refine_strength, refine_noise, output_size)
+        enc, source_row = self._encode(call)
+        timings["encode"] = time.perf_counter() - t0
+        finals, coarses, embeds = [], [], []
+        n_pairs = len(call.target_poses)
+        for lo in range(0, n_pairs, call.batch_size):
+            final, coarse, emb = self._sample_pairs(call, enc, source_row, list(range(lo, min(lo + call.batch_size,
+                                                                                               n_pairs))), timings)
+            finals.append(self._resize(final, call.size if call.output_size == "source" else final.shape[-2:]))
+            coarses.append(self._resize(coarse, call.size if call.output_size == "source" else coarse.shape[-2:]))
+            if emb is not None:
+                embeds.append(emb.float().cpu())
+        return PCDMsOutput(self._output(torch.cat(finals), call.output_type),
+                           self._output(torch.cat(coarses), call.output_type),
+                           torch.cat(embeds) if embeds else None, timings)
+
+    def check_inputs(self, source_images, source_poses, target_poses, num_inference_steps=None,
+                     guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
+                     output_type: str = "pil", target_embeds: torch.Tensor | None = None,
+                     batch_size: int | None = None, refine_strength: float | None = None,
+                     refine_noise: float | None = None, output_size: str = "source") -> "CallInputs":
+        """The arguments of :meth:`__call__` checked (a ValueError naming the first bad one) and normalised:
+        defaults from the pipeline config filled in, sources as a tensor at ``image_size`` (or the given
+        :class:`SourceEncoding`), poses as :class:`Pose` objects of the sources' size."""
+        call = self._check_settings(stages, output_type, output_size, scheduler, num_inference_steps,
+                                    guidance_scale, refine_strength, refine_noise)
+        if isinstance(source_images, SourceEncoding):
+            lacking = [n for n in call.stages if n not in source_images.features]
+            if lacking:
+                raise ValueError(f"the source encoding lacks stage(s) {', '.join(lacking)}")
+            call.sources, call.size, n_src = source_images, source_images.size, source_images.count
+        else:
+            call.sources, call.size = self._images_to_tensor(source_images)
+            n_src = call.sources.shape[0]
+        self._check_pairs(call, n_src, source_poses, target_poses, generator, target_embeds)
+        call.batch_size = int(batch_size or self.config.get("batch_size", 16))
+        if call.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {call.batch_size}")
+        return call
+
+    def _check_settings(self, stages, output_type, output_size, scheduler, num_inference_steps, guidance_scale,
+                        refine_strength, refine_noise) -> "CallInputs":
+        """The sampling settings of a call (what does not depend on the pairs), defaults filled in."""
         stages = (stages,) if isinstance(stages, str) else tuple(stages)
         bad = [s for s in stages if s not in ORDER]
         if bad or "inpaint" not in stages or len(set(stages)) != len(stages):
@@ -462,35 +531,23 @@ class PCDMsPipeline:
                 raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")
             if guide[n] < 0:
                 raise ValueError(f"guidance_scale of {n} must not be negative, got {guide[n]}")
+        return CallInputs(stages, steps, guide, sched, strength, init_noise, output_type, output_size)
 
-        timings = {"encode": 0.0, **{n: 0.0 for n in ORDER}}
-        t0 = time.perf_counter()
-        if isinstance(source_images, SourceEncoding):
-            enc = source_images
-            lacking = [n for n in stages if n not in enc.features]
-            if lacking:
-                raise ValueError(f"the source encoding lacks stage(s) {', '.join(lacking)}")
-            n_src, size = enc.count, enc.size
-            src_of_source = list(range(n_src))
-        else:
-            x, size = self._images_to_tensor(source_images)
-            n_src = x.shape[0]
-            x, src_of_source = self._unique(x)
-            x = x.to(self.device, self.dtype)
-            enc = SourceEncoding({n: self.stages[n].encode_source(x) for n in stages}, size, x.shape[0])
-        timings["encode"] = time.perf_counter() - t0
-
-        src_poses = self._poses(source_poses, size, "source poses")
-        tgt_poses = self._poses(target_poses, size, "target poses")
-        if len(src_poses) != n_src:
-            raise ValueError(f"got {len(src_poses)} source poses for {n_src} source images")
-        n_pairs = len(tgt_poses)
+    def _check_pairs(self, call: "CallInputs", n_src: int, source_poses, target_poses, generator,
+                     target_embeds) -> None:
+        """Poses, generators and target embeddings against the number of sources and pairs, into ``call``."""
+        call.source_poses = self._poses(source_poses, call.size, "source poses")
+        call.target_poses = self._poses(target_poses, call.size, "target poses")
+        if len(call.source_poses) != n_src:
+            raise ValueError(f"got {len(call.source_poses)} source poses for {n_src} source images")
+        n_pairs = len(call.target_poses)
         if n_src not in (1, n_pairs):
             raise ValueError(f"got {n_src} source images for {n_pairs} target poses (give one, or one per pair)")
-        pair_src = [0] * n_pairs if n_src == 1 else list(range(n_pairs))
+        call.pair_source = [0] * n_pairs if n_src == 1 else list(range(n_pairs))
         if isinstance(generator, (list, tuple)) and len(generator) != n_pairs:
             raise ValueError(f"got {len(generator)} generators for {n_pairs} pairs")
-        if "prior" in stages:
+        call.generator = generator
+        if "prior" in call.stages:
             if target_embeds is not None:
                 raise ValueError("target_embeds replace the prior: pass them with stages without 'prior'")
         elif target_embeds is None:
@@ -502,45 +559,49 @@ class PCDMsPipeline:
             dim = self.stages["inpaint"].clip.dim
             if target_embeds.shape != (n_pairs, dim):
                 raise ValueError(f"target_embeds must be ({n_pairs}, {dim}), got {tuple(target_embeds.shape)}")
+        call.target_embeds = target_embeds
 
-        dev, dt = self.device, self.dtype
-        bs = int(batch_size or self.config.get("batch_size", 16))
-        if bs < 1:
-            raise ValueError(f"batch_size must be at least 1, got {bs}")
-        inp = self.stages["inpaint"]
-        finals, coarses, embeds = [], [], []
-        for lo in range(0, n_pairs, bs):
-            idx = list(range(lo, min(lo + bs, n_pairs)))
-            rows = torch.tensor([src_of_source[pair_src[i]] for i in idx], device=dev)
-            gen = [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator
-            feats = {n: {k: v[rows] for k, v in enc.features[n].items()} for n in stages}
-            sp = [src_poses[pair_src[i]] for i in idx]
-            tp = [tgt_poses[i] for i in idx]
-            if "prior" in stages:
-                t0 = time.perf_counter()
-                emb = self.stages["prior"].sample(feats["prior"], self._vectors(sp, dev, dt), self._vectors(tp, dev, dt),
-                                                  gen, steps["prior"], guide["prior"], sched)
-                timings["prior"] += time.perf_counter() - t0
-            elif target_embeds is not None:
-                emb = target_embeds[idx].to(dev, dt)
-            else:  # an inpainting stage that reads no embedding (the released official stage 2)
-                emb = None
+    def _encode(self, call: "CallInputs") -> tuple[SourceEncoding, list[int]]:
+        """The sources' encoding and, for each source, its row in it (a repeated image is encoded once)."""
+        if isinstance(call.sources, SourceEncoding):
+            return call.sources, list(range(call.sources.count))
+        x, source_row = self._unique(call.sources)
+        x = x.to(self.device, self.dtype)
+        return SourceEncoding({n: self.stages[n].encode_source(x) for n in call.stages}, call.size,
+                              x.shape[0]), source_row
+
+    def _sample_pairs(self, call: "CallInputs", enc: SourceEncoding, source_row: list[int], idx: list[int],
+                      timings: dict) -> tuple:
+        """Pairs ``idx`` through the stages: (final, coarse, the embeddings stage 2 read or None)."""
+        dev, dt, stages = self.device, self.dtype, call.stages
+        src = [call.pair_source[i] for i in idx]
+        rows = torch.tensor([source_row[s] for s in src], device=dev)
+        gen = [call.generator[i] for i in idx] if isinstance(call.generator, (list, tuple)) else call.generator
+        feats = {n: {k: v[rows] for k, v in enc.features[n].items()} for n in stages}
+        sp = [call.source_poses[s] for s in src]
+        tp = [call.target_poses[i] for i in idx]
+        if "prior" in stages:
             t0 = time.perf_counter()
-            coarse = inp.sample(feats["inpaint"], self._pose_images(sp, dev, dt), self._pose_images(tp, dev, dt),
-                                emb, gen, steps["inpaint"], guide["inpaint"], sched)
-            timings["inpaint"] += time.perf_counter() - t0
-            final = coarse
-            if "refine" in stages:
-                t0 = time.perf_counter()
-                final = self.stages["refine"].sample(feats["refine"], coarse, gen, steps["refine"], guide["refine"],
-                                                     sched, strength=strength, noise=init_noise)
-                timings["refine"] += time.perf_counter() - t0
-            finals.append(self._resize(final, size if output_size == "source" else final.shape[-2:]))
-            coarses.append(self._resize(coarse, size if output_size == "source" else coarse.shape[-2:]))
-            if emb is not None:
-                embeds.append(emb.float().cpu())
-        return PCDMsOutput(self._output(torch.cat(finals), output_type), self._output(torch.cat(coarses), output_type),
-                           torch.cat(embeds) if embeds else None, timings)
+            emb = self.stages["prior"].sample(feats["prior"], self._vectors(sp, dev, dt), self._vectors(tp, dev, dt),
+                                              gen, call.steps["prior"], call.guidance["prior"], call.scheduler)
+            timings["prior"] += time.perf_counter() - t0
+        elif call.target_embeds is not None:
+            emb = call.target_embeds[idx].to(dev, dt)
+        else:  # an inpainting stage that reads no embedding (the released official stage 2)
+            emb = None
+        t0 = time.perf_counter()
+        coarse = self.stages["inpaint"].sample(feats["inpaint"], self._pose_images(sp, dev, dt),
+                                               self._pose_images(tp, dev, dt), emb, gen, call.steps["inpaint"],
+                                               call.guidance["inpaint"], call.scheduler)
+        timings["inpaint"] += time.perf_counter() - t0
+        final = coarse
+        if "refine" in stages:
+            t0 = time.perf_counter()
+            final = self.stages["refine"].sample(feats["refine"], coarse, gen, call.steps["refine"],
+                                                 call.guidance["refine"], call.scheduler,
+                                                 strength=call.refine_strength, noise=call.refine_noise)
+            timings["refine"] += time.perf_counter() - t0
+        return final, coarse, emb
 
     @staticmethod
     def _vectors(poses: list[Pose], device, dtype) -> torch.Tensor:

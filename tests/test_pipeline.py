@@ -203,6 +203,21 @@ def test_output_types_and_tensor_inputs(pipe):
         pipe(x[:1] * 5, _pose(0), [_pose(1)])
 
 
+def test_check_inputs_fills_in_the_config_defaults_and_encodes_nothing(pipe, monkeypatch):
+    for stage in pipe.stages.values():
+        monkeypatch.setattr(stage, "encode_source", lambda images: pytest.fail("check_inputs encoded a source"))
+    samp = pipe.config["sampling"]
+    call = pipe.check_inputs(_image(0, (256, 128)), _pose(0) * 2, [_pose(1) * 2, _pose(2) * 2],
+                             num_inference_steps={"prior": 3})
+    assert call.steps == {**samp["steps"], "prior": 3}
+    assert call.guidance == {n: float(v) for n, v in samp["guidance"].items()}
+    assert (call.scheduler, call.refine_strength, call.refine_noise) == (samp["scheduler"], samp["refine_strength"], samp["refine_noise"])
+    assert call.batch_size == pipe.config["batch_size"] and call.size == (256, 128)
+    assert tuple(call.sources.shape) == (1, 3, *pipe.image_size) and call.pair_source == [0, 0]
+    with pytest.raises(ValueError, match="1 source poses for 2 source images"):
+        pipe.check_inputs([_image(0), _image(1)], [_pose(0)], [_pose(1), _pose(2)])
+
+
 def test_per_stage_settings_are_checked(pipe):
     with pytest.raises(ValueError, match="unknown stage"):
         pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps={"prior": 2, "refiner": 2})
