@@ -1,16 +1,21 @@
 """`pcdms-aug` command line: one subcommand per module, imported only when it runs.
 
-Each module named below exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int | None``.
+Each module named below exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int | None``; so
+does each module an installed plugin names in the entry point group ``pcdms_aug.commands`` (the reid package's
+``reid-experiment`` and ``demo``), whose help is its docstring's first line.
 Every failure prints one line naming the command and what is wrong; ``pcdms-aug --debug COMMAND ...`` (or
 ``PCDMS_AUG_DEBUG=1``) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import math
 import os
 import sys
+from importlib.metadata import entry_points
 
 from .errors import DataError
 
@@ -27,9 +32,26 @@ COMMANDS = {
     "generate": ("pcdms_aug.augment", "generate new-pose views of the training identities"),
     "import-official": ("pcdms_aug.checkpoints", "convert an upstream PCDMs checkpoint into our format"),
     "bench": ("pcdms_aug.bench", "images per second of the three-stage generation"),
-    "reid-experiment": ("reid.experiment", "baseline versus augmented re-ID over fractions and seeds"),
-    "demo": ("pcdms_aug.demo", "the whole loop on the synthetic Market-1501 in minutes"),
 }
+PLUGIN_COMMANDS = "pcdms_aug.commands"  # entry point group (setup.cfg): name = module
+
+
+def _plugin_help(name: str, module: str) -> str:
+    """The first line of a plugin module's docstring, less its "`pcdms-aug NAME`: " lead, read from the source
+    without importing it: a plugin module may take seconds to import, and --help lists every command."""
+    spec = importlib.util.find_spec(module)
+    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
+    doc = ast.get_docstring(ast.parse(source)) if source else None
+    return (doc or "").split("\n")[0].removeprefix(f"`pcdms-aug {name}`: ").rstrip(".")
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """name -> (module, help): this package's own commands, then the installed plugins' (an own name wins)."""
+    table = dict(COMMANDS)
+    for ep in entry_points(group=PLUGIN_COMMANDS):
+        if ep.name not in table:
+            table[ep.name] = (ep.module, _plugin_help(ep.name, ep.module))
+    return table
 
 
 class _StoreOnce(argparse._StoreAction):
@@ -61,7 +83,7 @@ def _strict(parser: argparse.ArgumentParser) -> None:
 
 
 def _command_parser(name: str, sub) -> argparse.ArgumentParser:
-    module, help_text = COMMANDS[name]
+    module, help_text = commands()[name]
     parser = sub.add_parser(name, help=help_text, description=help_text)
     importlib.import_module(module).configure(parser)
     _strict(parser)
@@ -89,10 +111,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pcdms-aug", description=__doc__.splitlines()[0],
                                      epilog="pcdms-aug --debug COMMAND ...: a traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    table = commands()
+    for name, (_, help_text) in table.items():
         sub.add_parser(name, help=help_text, add_help=False)
     # Only the chosen command's module is imported; the others stay unloaded.
-    if argv and argv[0] in COMMANDS:
+    if argv and argv[0] in table:
         parser = argparse.ArgumentParser(prog="pcdms-aug")
         sub = parser.add_subparsers(dest="command")
         _command_parser(argv[0], sub)
@@ -101,7 +124,7 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(table[args.command][0])
     try:
         rc = module.run(args)
     except KeyboardInterrupt:

@@ -7,7 +7,8 @@ score reaches a threshold, or when it is among the top fraction of its identity'
 
 The re-ID model is any torchreid architecture with a local checkpoint (``model.pth.tar-N`` written by torchreid's
 engine, or ``{"state_dict": ...}``, or a bare state dict), built with ``pretrained=False``: nothing is downloaded.
-:func:`train_filter_model` trains a small one on the real training images when none is at hand.
+:func:`load_filter_trainer` finds the re-ID plugin's trainer of a small one on the real training images, for
+when none is at hand.
 
 Images are embedded one at a time: a batch's composition can change float rounding, and a score must not depend
 on which other views happened to be scored beside it (a resumed run must give the same manifest).
@@ -27,6 +28,7 @@ from .errors import DataError
 
 REDUCE = ("mean", "max")
 TOP_SCOPE = ("identity", "all")
+FILTER_TRAINERS = "pcdms_aug.filter_trainers"  # entry point group (setup.cfg)
 
 
 @dataclass
@@ -141,51 +143,14 @@ def select(scores: Sequence[float | None], pids: Sequence[int], threshold: float
     return keep
 
 
-def train_filter_model(dataset: str | Path, out: str | Path, *, split: str | Path | None = None,
-                       arch: str = "osnet_x0_25", epochs: int = 10, size: tuple = (128, 64),
-                       batch_size: int = 32, lr: float = 0.003, seed: int = 0, device: str = "cpu",
-                       progress: bool = False) -> Path:
-    """Train a small re-ID model on the real training images (of ``split``) and save a torchreid checkpoint.
+def load_filter_trainer():
+    """``train_filter_model(dataset, out, *, split, arch, epochs, size, seed, device) -> Path`` of the installed
+    re-ID plugin (entry point group ``pcdms_aug.filter_trainers``, name ``train``): training a re-ID model is
+    the plugin's part, so this package never imports it."""
+    from importlib.metadata import entry_points
 
-    The quick path for a filter when no re-ID model is at hand: softmax loss, random initialisation,
-    ``epochs`` epochs with torchreid's own engine (:mod:`reid.training`). Returns the checkpoint path.
-    """
-    import contextlib
-    import io as _io
-
-    import torch
-
-    from reid.training import TrainConfig, build_datamanager, build_engine, build_model, train_epochs
-    from reid.datasets import register
-
-    from .io import atomic_path
-    from .runtime import seed_everything
-
-    from reid.datasets import REAL, SYNTHETIC, SYNTHETIC_MARKER
-    from reid.splits import load_split
-
-    from .data.market import MarketDataset
-
-    out = Path(out)
-    market = MarketDataset(dataset)
-    name = SYNTHETIC if (market.root / SYNTHETIC_MARKER).is_file() else REAL
-    n_images = len(load_split(split).files) if split else sum(it.name.pid > 0 for it in market.train)
-    # torchreid drops the last partial batch: a tiny subset still needs one whole batch
-    cfg = TrainConfig(model=arch, epochs=int(epochs), height=int(size[0]), width=int(size[1]),
-                      batch_size=max(1, min(int(batch_size), n_images)), lr=float(lr),
-                      stepsize=max(1, int(epochs) * 3 // 4), device=device)
-    cfg.check("filter training")
-    register(split_file=None if split is None else str(split))
-    seed_everything(seed)
-    sink = _io.StringIO()
-    # torchreid prints dataset summaries and loss lines; they are not this command's output.
-    with contextlib.redirect_stdout(sink):
-        dm = build_datamanager(cfg, str(market.root), name, device.startswith("cuda"))
-        seed_everything(seed)
-        model = build_model(cfg, dm.num_train_pids, device)
-        engine = build_engine(cfg, dm, model, device)
-        train_epochs(engine, cfg)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        torch.save({"state_dict": state, "epoch": int(epochs), "arch": arch}, tmp)
-    return out
+    found = entry_points(group=FILTER_TRAINERS, name="train")
+    if not found:
+        raise DataError("--filter-model train needs the reid plugin (pip install -e .): no "
+                        f"'train' entry point in group {FILTER_TRAINERS}")
+    return next(iter(found)).load()

@@ -1,15 +1,14 @@
-"""torchreid integration: datasets with generated views, low-data splits, the downstream experiment runner.
+"""torchreid integration: datasets with generated views, the downstream experiment runner, the demo.
 
     import reid
     reid.register(generated_dir="gen/f0.2_s0", kept_only=True, split_file="runs/reid/splits/split_f0.2_s0.json")
     dm = torchreid.data.ImageDataManager(root="data/synthetic", sources="synthetic_market1501_pcdms", ...)
     df = reid.run_experiment(pcdms_aug.config.load_config("tiny/reid.yaml", ["fractions=[0.2]"]))
 
-Names that need torchreid (seconds to import) are loaded on first use; ``reid.splits`` does not need it.
+Names that need torchreid (seconds to import) are loaded on first use. The low-data split files are a dataset
+tool: :mod:`pcdms_aug.data.splits`.
 """
 from __future__ import annotations
-
-from .splits import Split, load_split, make_split, save_split, split_filename, split_names
 
 _LAZY = {
     "register": "datasets", "dataset_name": "datasets", "MarketPCDMs": "datasets", "read_manifest": "datasets",
@@ -18,7 +17,7 @@ _LAZY = {
     "ExperimentConfig": "experiment", "run_experiment": "experiment",
 }
 
-__all__ = ["Split", "load_split", "make_split", "save_split", "split_filename", "split_names", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcdms_aug.data.market import DISTRACTOR_PID, JUNK_PID, MarketDataset, find_root
+from pcdms_aug.data.splits import load_split
+from pcdms_aug.data.synthetic import META
 from pcdms_aug.errors import DataError
-
-from .splits import load_split
 
 with warnings.catch_warnings():
     # torchreid warns at import that its Cython ranking is absent; the Python fallback is what we use.
@@ -38,7 +38,6 @@ REAL, SYNTHETIC = "market1501_pcdms", "synthetic_market1501_pcdms"
 DATASET_DIRS = {REAL: ("market1501",), SYNTHETIC: ("synthetic_market1501", "market1501")}
 ALIASES = {"real": REAL, "market1501": REAL, "synthetic": SYNTHETIC, "synthetic_market1501": SYNTHETIC}
 MANIFEST = "manifest.csv"
-SYNTHETIC_MARKER = "synthetic.json"  # written by `pcdms-aug synth-market` beside the split folders
 _TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")  # the pattern torchreid's Market1501 applies to file names
 _UNSET = object()
 log = logging.getLogger(__name__)
@@ -70,15 +69,14 @@ def locate(root: str | Path, dirs: tuple[str, ...]) -> Path:
             raise DataError(f"no Market-1501-layout folder found: looked in {tried} and {root} (each directly "
                             "or with Market-1501-v15.09.15/ inside)", root) from None
     # `pcdms-aug synth-market` marks its folders; say so when the name and the data disagree.
-    synthetic = (found / SYNTHETIC_MARKER).is_file()
+    synthetic = (found / META).is_file()
     if (found, dirs) in _warned:
         return found
     _warned.add((found, dirs))
     if synthetic and "synthetic_market1501" not in dirs:
-        log.warning("%s is a synthetic Market-1501 (it holds %s) but was opened as the real one", found,
-                    SYNTHETIC_MARKER)
+        log.warning("%s is a synthetic Market-1501 (it holds %s) but was opened as the real one", found, META)
     elif not synthetic and "synthetic_market1501" in dirs:
-        log.warning("%s has no %s: not built by `pcdms-aug synth-market`", found, SYNTHETIC_MARKER)
+        log.warning("%s has no %s: not built by `pcdms-aug synth-market`", found, META)
     return found
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 from pcdms_aug.config import build, load_config, to_dict
 from pcdms_aug.data.market import MarketDataset
+from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_split, split_filename
 from pcdms_aug.errors import DataError
 from pcdms_aug.io import atomic_write_text
 from pcdms_aug.runtime import pick_device
 
 from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
 from .report import write_reports
-from .splits import check_fraction, load_split, make_split, save_split, split_filename
 from .schedule import Schedule
 from .training import TrainConfig, train_and_evaluate
 

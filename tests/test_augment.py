@@ -52,8 +52,8 @@ def market(synth_market):
 
 @pytest.fixture(scope="module")
 def split_file(market, tmp_path_factory):
-    """A low-data split (reid.splits format) of 4 images: 2 identities x 2 images with a full torso."""
-    from reid.splits import Split, save_split
+    """A low-data split (pcdms_aug.data.splits format) of 4 images: 2 identities x 2 images with a full torso."""
+    from pcdms_aug.data.splits import Split, save_split
 
     ds, poses = market
     by_pid: dict[int, list[str]] = {}
@@ -299,7 +299,7 @@ def test_filter_scores_and_keeps_with_a_torchreid_model(reference, market, split
     # the score is the cosine to the mean normalised feature of the identity's real (split) images
     from pcdms_aug.data.market import load_image
     from pcdms_aug.metrics.reid_features import load_reid_features
-    from reid.splits import load_split
+    from pcdms_aug.data.splits import load_split
 
     net = load_reid_features("osnet_x0_25", ckpt, (128, 64))
 
@@ -329,7 +329,7 @@ def test_filter_scores_and_keeps_with_a_torchreid_model(reference, market, split
 
 # ------------------------------------------------------------------------------------------------ bad input
 def test_unannotated_sources_are_skipped_and_counted(market, split_file, pipe, tmp_path, capsys):
-    from reid.splits import load_split
+    from pcdms_aug.data.splits import load_split
 
     ds, poses = market
     files = load_split(split_file).files

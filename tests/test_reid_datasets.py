@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pcdms_aug.errors import DataError
-from reid.splits import make_split, save_split
+from pcdms_aug.data.splits import make_split, save_split
 from tests.reid_fixtures import build_fake_generated
 
 reid_datasets = pytest.importorskip("reid.datasets")

@@ -8,7 +8,7 @@ from PIL import Image
 from pcdms_aug.cli import main as cli_main
 from pcdms_aug.config import load_config
 from pcdms_aug.errors import DataError
-from reid.splits import load_split
+from pcdms_aug.data.splits import load_split
 from tests.reid_fixtures import build_fake_generated
 
 experiment = pytest.importorskip("reid.experiment")

@@ -6,7 +6,7 @@ import pytest
 
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.errors import DataError
-from reid.splits import Split, load_split, make_split, save_split, split_filename, split_names
+from pcdms_aug.data.splits import Split, load_split, make_split, save_split, split_filename, split_names
 
 
 def names(ids=10, per_id=None):

@@ -41,7 +41,8 @@ def configure(parser) -> None:
     add("--per", choices=PER)
     add("--policy", choices=POLICIES, help="target poses: random (the paper: poses of the training split), "
                                            "canonical (k-means, as PN-GAN), coverage (far from the identity's own)")
-    add("--split", help="low-data subset JSON (reid.splits): its images are the sources and the random pose pool")
+    add("--split", help="low-data subset JSON (pcdms_aug.data.splits): its images are the sources and the random "
+                        "pose pool")
     add("--batch", type=positive_int, help="views per forward pass (part of the settings: fixes which views share one)")
     add("--steps", type=positive_int, help="sampling steps of every stage")
     add("--guidance", type=finite_float(0.0), help="classifier-free guidance of every stage (default: the pipeline's)")

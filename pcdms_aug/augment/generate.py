@@ -24,6 +24,7 @@ from .. import io as aio
 from ..config import to_dict
 from ..consistency import FilterConfig, file_sha256, scorer_fingerprint, select
 from ..data.market import IMAGE_SIZE, MarketDataset, load_image
+from ..data.splits import load_split
 from ..errors import DataError
 from ..io import folder_lock
 from ..pose import read_annotation_files
@@ -43,7 +44,7 @@ class GenerateConfig:
     views: int = 4  # per source image (per="image") or per identity (per="identity")
     per: str = "image"
     policy: str = "random"  # random | canonical | coverage
-    split: str | None = None  # low-data subset (reid.splits JSON): its images are the sources and the pose pool
+    split: str | None = None  # low-data subset (data.splits JSON): its images are the sources and the pose pool
     batch: int = 8  # views per forward pass (fixed groups of the plan; part of the settings)
     steps: Any = None  # a number or {prior: n, inpaint: n, refine: n}; None: the pipeline's own
     guidance: Any = None  # a number or per stage; None: the pipeline's own defaults
@@ -181,11 +182,7 @@ def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
     dataset = MarketDataset(cfg.dataset)
     ann = annotation_files(cfg, dataset.root)
     poses = read_annotation_files(ann, IMAGE_SIZE)
-    split_names = None
-    if cfg.split:
-        from reid.splits import load_split  # the format is reid's: one reader for everyone
-
-        split_names = list(load_split(cfg.split).files)
+    split_names = list(load_split(cfg.split).files) if cfg.split else None
     source_set = collect_sources(dataset, poses, split_names, cfg.require_torso, cfg.split)
     wanted = None if split_names is None else set(split_names)
     real_by_pid: dict[int, list[Path]] = {}
@@ -393,16 +390,17 @@ def _environment(cfg: GenerateConfig) -> dict:
 
 def _trained_filter(cfg: GenerateConfig, out: Path, leader: bool) -> Path:
     """--filter-model train: a small re-ID model trained on the real source images (of the split), once."""
-    from ..consistency import train_filter_model
+    from ..consistency import load_filter_trainer
     from ..runtime import barrier, pick_device
 
     f = cfg.filter
     path = out / outputs.FILTER / f"{f.arch}-{int(f.size[0])}x{int(f.size[1])}-e{int(f.train_epochs)}.pth.tar"
     if leader and not path.is_file():
+        train = load_filter_trainer()
         log.info("training the filter's re-ID model (%s, %d epochs) on the real training images", f.arch,
                  f.train_epochs)
-        train_filter_model(cfg.dataset, path, split=cfg.split, arch=f.arch, epochs=int(f.train_epochs),
-                           size=tuple(f.size), seed=int(cfg.seed), device=pick_device(cfg.device))
+        train(cfg.dataset, path, split=cfg.split, arch=f.arch, epochs=int(f.train_epochs), size=tuple(f.size),
+              seed=int(cfg.seed), device=pick_device(cfg.device))
     barrier()
     return path
 

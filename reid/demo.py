@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import atomic_save_image, atomic_write_text
+from pcdms_aug.io import atomic_save_image, atomic_write_text
 
 # The controls are the point: a gain is only claimed over the strongest of them (same subset and seed).
 VARIANTS = ["baseline", "augmented", "baseline_steps", "duplicated"]
@@ -48,14 +48,18 @@ def configure(parser):
 def run(args):
     import torch
 
-    from .augment.generate import GenerateConfig, generate
-    from .data.synthetic import build_synthetic_market
-    from .metrics import compute_metrics
-    from .metrics.command import format_table
-    from .pose import read_annotations, read_pairs
-    from .pipeline import PCDMsPipeline
-    from .synthesize import synthesize
-    from .data.market import MarketDataset
+    from pcdms_aug.augment.generate import GenerateConfig, generate
+    from pcdms_aug.config import load_config
+    from pcdms_aug.data.market import MarketDataset
+    from pcdms_aug.data.splits import split_filename
+    from pcdms_aug.data.synthetic import build_synthetic_market
+    from pcdms_aug.metrics import compute_metrics
+    from pcdms_aug.metrics.command import format_table
+    from pcdms_aug.pipeline import PCDMsPipeline
+    from pcdms_aug.pose import read_annotations, read_pairs
+    from pcdms_aug.synthesize import synthesize
+
+    from .experiment import run_experiment
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
@@ -68,18 +72,14 @@ def run(args):
     with _part("load weights", timings):
         pipe = PCDMsPipeline.load(args.weights)
 
-    import reid
-    from .config import load_config
-
     # The re-ID model and schedule are configs/tiny/reid.yaml's, as for `pcdms-aug reid-experiment tiny/reid.yaml`.
     reid_cfg = {**load_config("tiny/reid.yaml"),
                 "root": str(data), "dataset": "synthetic", "fractions": [args.fraction],
                 "seeds": list(args.seeds), "variants": VARIANTS, "out_dir": str(out / "reid"),
                 "epochs": args.epochs, "generated_dir": str(out / "generated" / "f{fraction}_s{seed}")}
     with _part("low-data subsets", timings):
-        reid.run_experiment(reid_cfg, splits_only=True, progress=False)
+        run_experiment(reid_cfg, splits_only=True, progress=False)
     with _part("generate views", timings):
-        from reid.splits import split_filename
         n_views = 0
         for seed in args.seeds:
             split = out / "reid" / "splits" / split_filename(args.fraction, seed)
@@ -88,7 +88,7 @@ def run(args):
                                  steps=args.steps, seed=seed, batch=16)
             n_views += generate(cfg, rank=0, world=1, pipeline=pipe, progress=True).get("planned", 0)
     with _part("re-ID: augmented against the controls", timings):
-        df = reid.run_experiment(reid_cfg, progress=True)
+        df = run_experiment(reid_cfg, progress=True)
 
     with _part("synthesis metrics", timings):
         pairs = read_pairs(data / "market-pairs-test.csv")
@@ -115,7 +115,7 @@ def run(args):
 def _contact_sheet(pairs, ds, poses, out: Path) -> None:
     from PIL import Image
 
-    from .viz import pair_sheet
+    from pcdms_aug.viz import pair_sheet
 
     sheet = pair_sheet(pairs, ds, poses, {n: out / "synthesis" / n for n in ("coarse", "final")})
     atomic_save_image(out / "contact_sheet.png", sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST))
@@ -135,7 +135,7 @@ def _steps_text(steps, pipe) -> str:
 
 def _lead(df, fraction: float) -> list[str]:
     """The report's first section: did the views beat the strongest control, in words and per seed?"""
-    from reid import report
+    from . import report
 
     said = [v for v in (report.verdict(df, fraction, "augmented"),) if v]
     return ["## Did the generated views help beyond the controls?", "",
@@ -147,7 +147,7 @@ def _lead(df, fraction: float) -> list[str]:
 
 
 def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg) -> None:
-    from reid.experiment import make_config, protocol_notes
+    from .experiment import make_config, protocol_notes
 
     scheduler = pipe.scheduler
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""

@@ -1,0 +1,88 @@
+"""Layering: reid (the torchreid plugin) builds on pcdms_aug, never the other way round.
+
+pcdms_aug reaches the plugin only through entry points (setup.cfg: ``pcdms_aug.filter_trainers``,
+``pcdms_aug.commands``), so it imports and runs without reid installed.
+"""
+import ast
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from pcdms_aug import cli
+from pcdms_aug.consistency import FILTER_TRAINERS, load_filter_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pcdms_aug"
+
+
+def _is_reid(name) -> bool:
+    return isinstance(name, str) and (name == "reid" or name.startswith("reid."))
+
+
+def _reid_references(tree: ast.AST):
+    """(line, what) of every import of reid: import statements, and a "reid..." string given to importlib."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, f"import {a.name}") for a in node.names if _is_reid(a.name))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and _is_reid(node.module):
+            yield node.lineno, f"from {node.module} import ..."
+        elif isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            if "import_module" in func or func in ("__import__", "importlib.util.find_spec", "find_spec"):
+                for arg in node.args:
+                    if isinstance(arg, ast.Constant) and _is_reid(arg.value):
+                        yield node.lineno, f"{func}({arg.value!r})"
+
+
+def test_the_scan_finds_each_kind_of_reid_import():
+    source = ("import reid\nimport os, reid.splits\nfrom reid.datasets import REAL\n"
+              "def f():\n    import importlib\n    importlib.import_module('reid.experiment')\n"
+              "from . import reid_features\nimport reidx\n")
+    assert [line for line, _ in _reid_references(ast.parse(source))] == [1, 2, 3, 6]
+
+
+def test_no_module_of_pcdms_aug_imports_reid():
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 40, "the scan sees too few files: it is broken"
+    found = [f"{f.relative_to(ROOT)}:{line}: {what}" for f in files
+             for line, what in _reid_references(ast.parse(f.read_text(encoding="utf-8"), str(f)))]
+    assert not found, "pcdms_aug must not import reid:\n" + "\n".join(found)
+
+
+def test_importing_every_pcdms_aug_module_loads_no_reid_module():
+    # Every module is importable on CPU (none needs a GPU at import), so none is left out.
+    code = ("import pkgutil, sys, importlib, pcdms_aug\n"
+            "names = [m.name for m in pkgutil.walk_packages(pcdms_aug.__path__, 'pcdms_aug.')]\n"
+            "for n in names: importlib.import_module(n)\n"
+            "print(len(names))\n"
+            "print(' '.join(sorted(m for m in sys.modules if m == 'reid' or m.startswith('reid.'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    count, loaded = (r.stdout.splitlines() + [""])[:2]
+    assert int(count) > 40, "walk_packages found too few modules: the check is broken"
+    assert loaded == "", f"importing pcdms_aug loaded {loaded}"
+
+
+def test_the_plugin_is_reached_through_its_entry_points():
+    (trainer,) = entry_points(group=FILTER_TRAINERS, name="train")
+    assert trainer.value == "reid.filter_model:train_filter_model"
+    from reid.filter_model import train_filter_model
+
+    assert load_filter_trainer() is train_filter_model
+    table = cli.commands()
+    assert table["reid-experiment"][0] == "reid.experiment" and table["demo"][0] == "reid.demo"
+    assert set(cli.COMMANDS) < set(table)
+    assert table["demo"][1].startswith("the whole loop on the synthetic Market-1501")
+    assert table["reid-experiment"][1].startswith("baseline versus augmented re-ID")
+
+
+def test_help_lists_the_plugin_commands_without_importing_them():
+    code = ("import sys\nfrom pcdms_aug.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('loaded:', ' '.join(m for m in sys.modules if m.startswith(('reid.', 'torchreid'))))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = {line.split()[0] for line in r.stdout.splitlines() if line.startswith("    ")}
+    assert {"reid-experiment", "demo", "generate"} <= commands
+    assert r.stdout.splitlines()[-1].strip() == "loaded:"
