@@ -22,7 +22,8 @@ from typing import Any
 
 from .. import io as aio
 from ..config import to_dict
-from ..consistency import FilterConfig, file_sha256, scorer_fingerprint, select
+from ..consistency import (ConsistencyScorer, FilterConfig, file_sha256, load_filter_trainer,
+                           scorer_fingerprint, select)
 from ..data.market import IMAGE_SIZE, MarketDataset, load_image
 from ..data.splits import load_split
 from ..errors import DataError
@@ -264,42 +265,17 @@ def _warn_tiny_on_real(cfg: GenerateConfig, root: Path) -> None:
 
 
 def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress) -> dict:
-    from tqdm import tqdm
-
-    from ..runtime import barrier, pick_device
+    from ..runtime import barrier
 
     inputs = load_inputs(cfg, pipeline)
+    leader = rank == 0 or not joined
     if rank == 0:
-        _warn_tiny_on_real(cfg, inputs.dataset.root)
-    counts = dict(inputs.sources.counts)
-    skipped = counts["no_annotation"] + counts["no_torso"]
-    if skipped and rank == 0:
-        log.warning("%d training image(s) skipped as sources: %d without a pose annotation, %d without a full "
-                    "torso", skipped, counts["no_annotation"], counts["no_torso"])
-
+        _warn_about_sources(cfg, inputs)
     # One process prepares the folder: refusal of foreign content, --overwrite, settings and plan.
-    if rank == 0 or not joined:
-        mode = outputs.check_out(out, inputs.settings, cfg.overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs.remove_temp_files(out)
-        env = _environment(cfg)
-        if mode == "resume":
-            before = (outputs.read_settings(out) or {}).get("environment")
-            if before and before != env:
-                log.warning("resuming with another environment (%s, before %s): images made now may differ in the "
-                            "last bits from those one uninterrupted run would make (float rounding depends on "
-                            "the device, the library versions and the number of CPU threads)", env, before)
-        if mode != "resume" or not (out / outputs.PLAN).is_file():
-            outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": env})
-            plan = make_plan(inputs.sources, views=int(cfg.views), per=cfg.per, policy=cfg.policy,
-                             seed=int(cfg.seed), batch=int(cfg.batch), canonical_poses=int(cfg.canonical_poses),
-                             coverage_candidates=int(cfg.coverage_candidates), ext=cfg.image_format)
-            write_plan(out / outputs.PLAN, plan)
-        log.info("%s in %s (settings in %s)", {"new": "new run", "resume": "resuming the run",
-                                               "overwrite": "replaced the previous run; new run"}[mode],
-                 out, outputs.SETTINGS)
+    if leader:
+        _prepare_folder(cfg, inputs, out)
     if cfg.filter.model == "train":
-        cfg = replace(cfg, filter=replace(cfg.filter, model=str(_trained_filter(cfg, out, rank == 0 or not joined))))
+        cfg = replace(cfg, filter=replace(cfg.filter, model=str(_trained_filter(cfg, out, leader))))
     barrier()
     plan = read_plan(out / outputs.PLAN, IMAGE_SIZE)
     groups: dict[int, list] = {}
@@ -307,70 +283,141 @@ def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, prog
         groups.setdefault(v.group, []).append(v)
 
     scorer_fp = scorer_fingerprint(cfg.filter)
-    logged = outputs.read_shard_logs(out, scorer_fp)
     mine = [g for g in sorted(groups) if g % world == rank]
-    todo = []  # (group, needs generation)
+    todo = _pending(out, groups, mine, scorer_fp)
+    counts = dict(inputs.sources.counts)
+    counts.update(planned=len(plan), batches=len(groups), rank=rank, world=world,
+                  batches_this_rank=len(mine), batches_done_before=len(mine) - len(todo), generated=0, rescored=0)
+    if todo:
+        _run_batches(cfg, inputs, out, groups, todo, scorer_fp, pipeline, counts, progress)
+    counts["seconds"] = round(time.perf_counter() - start, 3)
+    counts["images_per_second"] = round(counts["generated"] / max(counts["seconds"], 1e-9), 4)
+    barrier()
+    if merge:
+        _merge(out, plan, cfg, inputs, scorer_fp, counts)
+    return counts
+
+
+def _warn_about_sources(cfg: GenerateConfig, inputs: Inputs) -> None:
+    _warn_tiny_on_real(cfg, inputs.dataset.root)
+    counts = inputs.sources.counts
+    skipped = counts["no_annotation"] + counts["no_torso"]
+    if skipped:
+        log.warning("%d training image(s) skipped as sources: %d without a pose annotation, %d without a full "
+                    "torso", skipped, counts["no_annotation"], counts["no_torso"])
+
+
+def _prepare_folder(cfg: GenerateConfig, inputs: Inputs, out: Path) -> None:
+    """Refuse foreign content, apply --overwrite, and write the settings and the plan unless a resume has them."""
+    mode = outputs.check_out(out, inputs.settings, cfg.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.remove_temp_files(out)
+    env = _environment(cfg)
+    if mode == "resume":
+        before = (outputs.read_settings(out) or {}).get("environment")
+        if before and before != env:
+            log.warning("resuming with another environment (%s, before %s): images made now may differ in the "
+                        "last bits from those one uninterrupted run would make (float rounding depends on "
+                        "the device, the library versions and the number of CPU threads)", env, before)
+    if mode != "resume" or not (out / outputs.PLAN).is_file():
+        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": env})
+        plan = make_plan(inputs.sources, views=int(cfg.views), per=cfg.per, policy=cfg.policy,
+                         seed=int(cfg.seed), batch=int(cfg.batch), canonical_poses=int(cfg.canonical_poses),
+                         coverage_candidates=int(cfg.coverage_candidates), ext=cfg.image_format)
+        write_plan(out / outputs.PLAN, plan)
+    log.info("%s in %s (settings in %s)", {"new": "new run", "resume": "resuming the run",
+                                           "overwrite": "replaced the previous run; new run"}[mode],
+             out, outputs.SETTINGS)
+
+
+def _pending(out: Path, groups: dict, mine: list, scorer_fp: str | None) -> list[tuple[int, bool]]:
+    """(group, needs generation) of this rank's groups not finished yet: a group is finished when all its images
+    exist and a shard log holds its scores by the current filter; with its images present it is only rescored."""
+    logged = outputs.read_shard_logs(out, scorer_fp)
+    todo = []
     for g in mine:
         have = all((out / v.file).is_file() for v in groups[g])
         entry = logged.get(g)
         if have and entry is not None and entry.scorer == scorer_fp:
             continue
         todo.append((g, not have))
-    counts.update(planned=len(plan), batches=len(groups), rank=rank, world=world,
-                  batches_this_rank=len(mine), batches_done_before=len(mine) - len(todo), generated=0, rescored=0)
+    return todo
 
-    if todo:
-        device = pick_device(cfg.device)
-        pipe = None
-        if any(gen for _, gen in todo):
-            if pipeline is not None:
-                pipe = pipeline
-            else:
-                from ..pipeline import PCDMsPipeline
-                pipe = PCDMsPipeline.load(cfg.weights, device, cfg.dtype)
-        scorer = None
-        if scorer_fp is not None:
-            from ..consistency import ConsistencyScorer
 
-            scorer = ConsistencyScorer(cfg.filter, device)
-            for pid in sorted({v.pid for g, _ in todo for v in groups[g]}):
-                scorer.add_identity(pid, [load_image(p) for p in inputs.real_by_pid[pid]])
-        shard = outputs.ShardLog(out, rank, world)
-        total = sum(len(groups[g]) for g, _ in todo)
-        bar = tqdm(total=total, desc=f"generate [rank {rank}/{world}]" if world > 1 else "generate", unit="img",
-                   disable=not progress, dynamic_ncols=True)
-        try:
-            for g, needs_generation in todo:
-                views = groups[g]
-                if needs_generation:
-                    images = _generate_group(pipe, cfg, inputs, views, out)
-                    counts["generated"] += sum(1 for v in views if v.file in images["written"])
-                    decoded = images["decoded"]
-                else:
-                    decoded = [load_image(out / v.file) for v in views]
-                    counts["rescored"] += len(views)
-                scores = scorer.score(decoded, [v.pid for v in views]) if scorer else [None] * len(views)
-                shard.add(g, scorer_fp, {v.file: None if s is None else round(float(s), 6)
-                                          for v, s in zip(views, scores)})
-                bar.update(len(views))
-        except (OSError, DataError) as e:
-            if _no_space(e):
-                raise DataError(f"no space left on device after {counts['generated']} new image(s) in this run; "
-                                "free space and run the same command again: finished images are kept and the "
-                                "run resumes where it stopped", out) from e
-            raise
-        finally:
-            bar.close()
-    counts["seconds"] = round(time.perf_counter() - start, 3)
-    counts["images_per_second"] = round(counts["generated"] / max(counts["seconds"], 1e-9), 4)
-    barrier()
-    if merge:
-        counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
-        summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
-                                          "not_in_split", "planned", "manifest_rows", "kept", "complete")}
-        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,
-                                                      "environment": _environment(cfg)})
-    return counts
+def _run_batches(cfg: GenerateConfig, inputs: Inputs, out: Path, groups: dict, todo: list, scorer_fp: str | None,
+                 pipeline, counts: dict, progress: bool) -> None:
+    """Generate (or read back) and score each pending group, logging it to this rank's shard log; counts the
+    generated and rescored views into ``counts``."""
+    from tqdm import tqdm
+
+    from ..runtime import pick_device
+
+    device = pick_device(cfg.device)
+    pipe = _pipeline_for(cfg, todo, pipeline, device)
+    scorer = _scorer_for(cfg, inputs, groups, todo, scorer_fp, device)
+    rank, world = counts["rank"], counts["world"]
+    shard = outputs.ShardLog(out, rank, world)
+    desc = f"generate [rank {rank}/{world}]" if world > 1 else "generate"
+    bar = tqdm(total=sum(len(groups[g]) for g, _ in todo), desc=desc, unit="img", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for g, needs_generation in todo:
+            views = groups[g]
+            decoded = _group_images(pipe, cfg, inputs, views, out, needs_generation, counts)
+            scores = scorer.score(decoded, [v.pid for v in views]) if scorer else [None] * len(views)
+            shard.add(g, scorer_fp, {v.file: None if s is None else round(float(s), 6)
+                                      for v, s in zip(views, scores)})
+            bar.update(len(views))
+    except (OSError, DataError) as e:
+        if _no_space(e):
+            raise DataError(f"no space left on device after {counts['generated']} new image(s) in this run; "
+                            "free space and run the same command again: finished images are kept and the "
+                            "run resumes where it stopped", out) from e
+        raise
+    finally:
+        bar.close()
+
+
+def _pipeline_for(cfg: GenerateConfig, todo: list, pipeline, device: str):
+    """The pipeline, loaded only when some pending group needs generation (rescoring needs none)."""
+    if not any(gen for _, gen in todo):
+        return None
+    if pipeline is not None:
+        return pipeline
+    from ..pipeline import PCDMsPipeline
+
+    return PCDMsPipeline.load(cfg.weights, device, cfg.dtype)
+
+
+def _scorer_for(cfg: GenerateConfig, inputs: Inputs, groups: dict, todo: list, scorer_fp: str | None, device: str):
+    """The filter's scorer with the real images of every identity the pending groups show (None: no filter)."""
+    if scorer_fp is None:
+        return None
+    scorer = ConsistencyScorer(cfg.filter, device)
+    for pid in sorted({v.pid for g, _ in todo for v in groups[g]}):
+        scorer.add_identity(pid, [load_image(p) for p in inputs.real_by_pid[pid]])
+    return scorer
+
+
+def _group_images(pipe, cfg: GenerateConfig, inputs: Inputs, views: list, out: Path, needs_generation: bool,
+                  counts: dict) -> list:
+    """A group's images as they will be scored: generated now, or read back from the files of an earlier run."""
+    if needs_generation:
+        images = _generate_group(pipe, cfg, inputs, views, out)
+        counts["generated"] += sum(1 for v in views if v.file in images["written"])
+        return images["decoded"]
+    decoded = [load_image(out / v.file) for v in views]
+    counts["rescored"] += len(views)
+    return decoded
+
+
+def _merge(out: Path, plan: list, cfg: GenerateConfig, inputs: Inputs, scorer_fp: str | None, counts: dict) -> None:
+    """Rank 0 after every rank: manifest.csv, and the settings with this run's summary."""
+    counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
+    summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
+                                      "not_in_split", "planned", "manifest_rows", "kept", "complete")}
+    outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,
+                                                  "environment": _environment(cfg)})
 
 
 def _environment(cfg: GenerateConfig) -> dict:
@@ -390,7 +437,6 @@ def _environment(cfg: GenerateConfig) -> dict:
 
 def _trained_filter(cfg: GenerateConfig, out: Path, leader: bool) -> Path:
     """--filter-model train: a small re-ID model trained on the real source images (of the split), once."""
-    from ..consistency import load_filter_trainer
     from ..runtime import barrier, pick_device
 
     f = cfg.filter
