@@ -18,10 +18,14 @@ from pathlib import Path
 import torch
 
 from .config import apply_overrides, build, load_config, resolve_config_path, to_dict
+from .ema import ema_weights
 from .errors import DataError
 from .io import atomic_write_text, file_log
+from .preview import save_preview
 from .resume import check_folder, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from .runtime import Runtime, barrier, init_runtime
+from .train_data import MicroBatchSampler, make_dataset, micro_generator, to_device
+from .warm_start import warm_start
 
 log = logging.getLogger("pcdms_aug.train")
 
@@ -93,42 +97,6 @@ def load_run_config(path, overrides=()) -> RunConfig:
     return cfg
 
 
-# ------------------------------------------------------------------------------------------ data order
-class MicroBatchSampler(torch.utils.data.Sampler):
-    """Index lists of this rank's micro-batches, from ``start_step`` on, for ever (epochs wrap seamlessly,
-    so there is never a short last batch)."""
-
-    def __init__(self, n: int, batch: int, accum: int, rank: int, world: int, seed: int, start_step: int = 0):
-        self.n, self.batch, self.accum, self.rank, self.world = n, batch, accum, rank, world
-        self.seed, self.start_step = seed, start_step
-        self._perm_epoch, self._perm = -1, None
-
-    def global_batch(self) -> int:
-        return self.batch * self.accum * self.world
-
-    def _index(self, q: int) -> int:
-        epoch = q // self.n
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-        return self._perm[q % self.n]
-
-    def micro_batch(self, step: int, micro: int) -> list[int]:
-        start = step * self.global_batch() + micro * self.batch
-        return [self._index(q) for q in range(start, start + self.batch)]
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            for k in range(self.accum):
-                yield self.micro_batch(step, self.rank * self.accum + k)
-            step += 1
-
-
-def micro_generator(seed: int, step: int, micro: int, device: str) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4099 + micro)
-
-
 def _yaml(cfg: RunConfig) -> str:
     import yaml
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -146,73 +114,27 @@ class _LossModule(torch.nn.Module):
         return self.stage.training_loss(batch, generator=generator)
 
 
-def make_dataset(cfg: RunConfig):
-    from .data.pairs import PairDataset
+@dataclass
+class _Run:
+    """One training run's state, as the step loop works on it."""
 
-    if not cfg.data.root or not cfg.data.annotations:
-        raise DataError("data.root and data.annotations must be set (e.g. data.root=DATA "
-                        "data.annotations=DATA/market-annotation-train.csv)")
-    refine = cfg.data.refine_inputs if cfg.stage == "refine" else None
-    if cfg.stage == "refine" and not refine:
-        raise DataError("stage refine needs data.refine_inputs: the folder written by pcdms-aug make-refine-inputs")
-    pairs = None
-    if refine:
-        # Stage 3 trains on the pairs whose stage-2 output exists (make-refine-inputs may have sampled them).
-        from .pose import read_pairs
-        from .refine_inputs import check_refine_inputs
-        check_refine_inputs(refine, cfg.data.image_size)
-        pairs_file = Path(refine) / "pairs.csv"
-        if not pairs_file.is_file():
-            raise DataError("pairs.csv missing: run pcdms-aug make-refine-inputs first", pairs_file)
-        pairs = read_pairs(pairs_file)
-    elif cfg.data.max_pairs:
-        from .data.market import make_pairs
-        from .pose import read_annotations
-        from .data.market import MarketDataset
-        names = {it.filename for it in MarketDataset(cfg.data.root).train}
-        pairs = make_pairs(read_annotations(cfg.data.annotations), cfg.data.max_pairs, cfg.train.seed, names)
-    return PairDataset(cfg.data.root, cfg.data.annotations, pairs=pairs, image_size=tuple(cfg.data.image_size),
-                       refine_inputs_dir=refine)
-
-
-def _widened(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
-    """A convolution that takes more input channels than the saved one and is otherwise the same."""
-    return (mine.dim() == 4 and theirs.dim() == 4 and mine.shape[1] > theirs.shape[1]
-            and mine.shape[:1] + mine.shape[2:] == theirs.shape[:1] + theirs.shape[2:])
-
-
-def _warm_start(stage, name: str, source: str) -> list[str]:
-    """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
-    first mismatching tensors). A convolution given more input channels than the saved one (e.g. a UNet's
-    conv_in with a new conditioning image) keeps the saved weights and starts the new channels at zero, as SD's
-    inpainting UNet was started from SD: the warm-started model then computes exactly what the saved one did.
-    Components the saved stage lacks entirely (e.g. stage 3's discriminator) keep their initialisation.
-    Returns the names of the widened tensors and of those new components."""
-    from .pipeline import stage_folder
-    from .stages import stage_class
-
-    folder = stage_folder(source, name)
-    saved = stage_class(name).from_pretrained(folder)
-    mine, theirs = stage.state_dict(), saved.state_dict()
-    fresh = {k for k in mine if k.split(".", 1)[0] not in {n.split(".", 1)[0] for n in theirs}}
-    widened = sorted(k for k in mine.keys() & theirs.keys() if _widened(mine[k], theirs[k]))
-    bad = sorted(k for k in (mine.keys() - fresh) | theirs.keys()
-                 if k not in widened and (k not in mine or k not in theirs or mine[k].shape != theirs[k].shape))
-    if bad:
-        raise DataError(f"train.init_from: the saved {name} stage does not match this config "
-                        f"({len(bad)} tensors differ, e.g. {', '.join(bad[:3])})", folder)
-    state = {k: v.to(mine[k].dtype) for k, v in theirs.items()}
-    state.update({k: mine[k] for k in fresh})
-    for k in widened:
-        w = torch.zeros_like(mine[k])
-        w[:, :theirs[k].shape[1]] = theirs[k]
-        state[k] = w
-    stage.load_state_dict(state)
-    return widened, sorted({k.split(".", 1)[0] for k in fresh})
-
-
-def _to_device(batch, device):
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    cfg: RunConfig
+    rt: Runtime
+    out: Path
+    stage: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # the LR schedule
+    ema: object  # diffusers EMAModel of params
+    step: int = 0
+    dataset: object = None
+    sampler: MicroBatchSampler | None = None
+    loader: object = None
+    model: torch.nn.Module | None = None  # the loss, DDP-wrapped when distributed
+    amp_dtype: torch.dtype | None = None
+    use_amp: bool = False
+    scaler: object = None
+    writer: object = None  # TensorBoard, on the main process only
 
 
 def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> Path:
@@ -228,18 +150,34 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
 
 
 def _train(cfg: RunConfig, rt: Runtime, progress: bool, out: Path) -> Path:
+    barrier()
+    run = _set_up_model(cfg, rt, out)
+    ckpts = list_checkpoints(out)
+    if ckpts and ckpts[-1][0] >= cfg.train.max_steps and (out / "final").is_dir():
+        if rt.is_main:
+            print(f"[train] {out / 'final'} is complete ({cfg.train.max_steps} steps); nothing to do", flush=True)
+        return out / "final"
+    if ckpts:
+        _resume(run, *ckpts[-1])
+    _set_up_data(run)
+    if rt.is_main:
+        _start_logs(run)
+    _step_loop(run, progress)
+    return _finish(run)
+
+
+def _set_up_model(cfg: RunConfig, rt: Runtime, out: Path) -> _Run:
+    """The stage (warm-started if the config says so) on the device, its optimizer, LR schedule and EMA."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
     from .stages import build_stage
 
     tc = cfg.train
-    barrier()
     stage = build_stage(cfg.stage, cfg.model, seed=tc.seed)
     # Checkpoints hold the trainable weights only: a resumed run takes its frozen parts from init_from again.
     if tc.init_from:
-        widened, fresh = _warm_start(stage, cfg.stage, tc.init_from)
+        widened, fresh = warm_start(stage, cfg.stage, tc.init_from)
         if rt.is_main and not list_checkpoints(out):
             log.info("initialised %s from %s%s%s", cfg.stage, tc.init_from,
                      f" (new input channels at zero in {', '.join(widened)})" if widened else "",
@@ -251,107 +189,142 @@ def _train(cfg: RunConfig, rt: Runtime, progress: bool, out: Path) -> Path:
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps,
                               num_training_steps=tc.max_steps)
-    ema = EMAModel(params, decay=tc.ema_decay)
+    return _Run(cfg, rt, out, stage, params, optimizer, scheduler, EMAModel(params, decay=tc.ema_decay))
 
-    step = 0
-    ckpts = list_checkpoints(out)
-    if ckpts and ckpts[-1][0] >= tc.max_steps and (out / "final").is_dir():
-        if rt.is_main:
-            print(f"[train] {out / 'final'} is complete ({tc.max_steps} steps); nothing to do", flush=True)
-        return out / "final"
-    if ckpts:
-        step, path = ckpts[-1]
-        state = load_checkpoint(path, stage, ema, rt.device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        if rt.is_main:
-            log.info("resuming from %s (step %d of %d)", path, step, tc.max_steps)
-            print(f"[train] resuming from {path} (step {step} of {tc.max_steps})", flush=True)
 
-    dataset = make_dataset(cfg)
-    sampler = MicroBatchSampler(len(dataset), tc.batch_size, tc.grad_accum, rt.rank, rt.world_size, tc.seed, step)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                         persistent_workers=cfg.data.num_workers > 0)
-    model = _LossModule(stage)
+def _resume(run: _Run, step: int, path: Path) -> None:
+    """Weights, EMA, optimizer, schedule and RNG states of checkpoint ``path`` (of ``step``)."""
+    state = load_checkpoint(path, run.stage, run.ema, run.rt.device)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    run.step = step
+    if run.rt.is_main:
+        log.info("resuming from %s (step %d of %d)", path, step, run.cfg.train.max_steps)
+        print(f"[train] resuming from {path} (step {step} of {run.cfg.train.max_steps})", flush=True)
+
+
+def _set_up_data(run: _Run) -> None:
+    """This rank's data from the run's step on, the loss module (DDP when distributed) and mixed precision."""
+    cfg, rt, tc = run.cfg, run.rt, run.cfg.train
+    run.dataset = make_dataset(cfg)
+    run.sampler = MicroBatchSampler(len(run.dataset), tc.batch_size, tc.grad_accum, rt.rank, rt.world_size,
+                                    tc.seed, run.step)
+    run.loader = torch.utils.data.DataLoader(run.dataset, batch_sampler=run.sampler,
+                                             num_workers=cfg.data.num_workers,
+                                             persistent_workers=cfg.data.num_workers > 0)
+    run.model = _LossModule(run.stage)
     if rt.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None,
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None,
             find_unused_parameters=True)
-    amp_dtype = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))[tc.mixed_precision]
-    use_amp = amp_dtype is not None and rt.device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    run.amp_dtype = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))[tc.mixed_precision]
+    run.use_amp = run.amp_dtype is not None and rt.device.startswith("cuda")
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and run.amp_dtype == torch.float16)
 
-    writer = None
-    if rt.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
-        (out / "config.yaml").write_text(_yaml(cfg))
-        log.info("stage %s: %d trainable parameters, %d pairs, global batch %d, world %d", cfg.stage,
-                 sum(p.numel() for p in params), len(dataset), sampler.global_batch(), rt.world_size)
-    bar = tqdm(total=tc.max_steps, initial=step, desc=f"train {cfg.stage}", disable=not (progress and rt.is_main),
-               dynamic_ncols=True)
-    it = iter(loader)
+
+def _start_logs(run: _Run) -> None:
+    """TensorBoard, the resolved config and the run's first log line (main process)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run.writer = SummaryWriter(str(run.out / "tb"))
+    (run.out / "config.yaml").write_text(_yaml(run.cfg))
+    log.info("stage %s: %d trainable parameters, %d pairs, global batch %d, world %d", run.cfg.stage,
+             sum(p.numel() for p in run.params), len(run.dataset), run.sampler.global_batch(), run.rt.world_size)
+
+
+def _step_loop(run: _Run, progress: bool) -> None:
+    """Optimizer steps up to ``train.max_steps``, with logs, previews and checkpoints on their schedules."""
+    from tqdm import tqdm
+
+    tc, rt = run.cfg.train, run.rt
+    bar = tqdm(total=tc.max_steps, initial=run.step, desc=f"train {run.cfg.stage}",
+               disable=not (progress and rt.is_main), dynamic_ncols=True)
+    it = iter(run.loader)
     t0, seen = time.time(), 0
-    stage.train()
-    while step < tc.max_steps:
-        total = 0.0
-        for k in range(tc.grad_accum):
-            batch = _to_device(next(it), rt.device)
-            gen = micro_generator(tc.seed, step, rt.rank * tc.grad_accum + k, rt.device)
-            sync = k == tc.grad_accum - 1 or not rt.distributed
-            ctx = model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx, torch.autocast(rt.device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=use_amp):
-                loss = model(batch, gen) / tc.grad_accum
-            scaler.scale(loss).backward()
-            total += float(loss.detach())
-        for p in params:
-            # A parameter the batch did not touch (e.g. a null token no sample dropped to) gets a zero
-            # gradient, as DDP gives it, so one and many processes take the same AdamW step.
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else None
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(params)
-        step += 1
-        seen += sampler.global_batch()
+    run.stage.train()
+    while run.step < tc.max_steps:
+        total, grad_norm = _optimizer_step(run, it)
+        run.step += 1
+        seen += run.sampler.global_batch()
         if rt.distributed:
             t = torch.tensor([total], device=rt.device)
             torch.distributed.all_reduce(t)
             total = float(t) / rt.world_size
         if not math.isfinite(total):
-            raise FloatingPointError(f"loss became {total} at step {step}; lower train.lr or check the data")
+            raise FloatingPointError(f"loss became {total} at step {run.step}; lower train.lr or check the data")
         bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if rt.is_main and (step % tc.log_every == 0 or step == tc.max_steps):
-            rate = seen / max(time.time() - t0, 1e-9)
-            writer.add_scalar("loss", total, step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("samples_per_second", rate, step)
-            if grad_norm is not None:
-                writer.add_scalar("grad_norm", float(grad_norm), step)
-            # A loss of several terms (stage 3's adversarial one) names them; rank 0's last micro-batch.
-            terms = getattr(stage, "loss_terms", {})
-            for name, value in terms.items():
-                writer.add_scalar(f"loss_terms/{name}", value, step)
-            log.info("step %d loss %.5f lr %.3e %.1f samples/s%s", step, total, scheduler.get_last_lr()[0], rate,
-                     "".join(f" {k} {v:.4f}" for k, v in terms.items()))
-        if rt.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == tc.max_steps):
-            _save_preview(stage, ema, params, dataset, out / "samples" / f"step-{step:06d}.png", tc, rt)
-        if tc.checkpoint_every and (step % tc.checkpoint_every == 0 or step == tc.max_steps):
+        bar.set_postfix(loss=f"{total:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+        if rt.is_main and _due(run, tc.log_every):
+            _log_step(run, total, grad_norm, seen / max(time.time() - t0, 1e-9))
+        if rt.is_main and _due(run, tc.sample_every):
+            save_preview(run.stage, run.ema, run.params, run.dataset,
+                         run.out / "samples" / f"step-{run.step:06d}.png", tc.sample_steps, tc.seed, rt.device)
+        if _due(run, tc.checkpoint_every):
             if rt.is_main:
-                save_checkpoint(out, step, stage, optimizer, scheduler, ema, tc.keep_checkpoints, _yaml(cfg))
+                save_checkpoint(run.out, run.step, run.stage, run.optimizer, run.scheduler, run.ema,
+                                tc.keep_checkpoints, _yaml(run.cfg))
             barrier()
     bar.close()
-    final = out / "final"
-    if rt.is_main:
-        _export_final(stage, ema, params, final, cfg, step)
-        if writer is not None:
-            writer.close()
+
+
+def _due(run: _Run, every: int) -> bool:
+    """Whether a thing done every ``every`` steps (0: never) is done after this step; the last step counts."""
+    return bool(every) and (run.step % every == 0 or run.step == run.cfg.train.max_steps)
+
+
+def _optimizer_step(run: _Run, it) -> tuple[float, torch.Tensor | None]:
+    """One optimizer step over this rank's micro-batches: (this rank's loss, the gradient norm before
+    clipping, or None without clipping)."""
+    tc, rt = run.cfg.train, run.rt
+    total = 0.0
+    for k in range(tc.grad_accum):
+        batch = to_device(next(it), rt.device)
+        gen = micro_generator(tc.seed, run.step, rt.rank * tc.grad_accum + k, rt.device)
+        sync = k == tc.grad_accum - 1 or not rt.distributed
+        ctx = run.model.no_sync() if not sync else contextlib.nullcontext()
+        with ctx, torch.autocast(rt.device.split(":")[0], dtype=run.amp_dtype or torch.float32,
+                                 enabled=run.use_amp):
+            loss = run.model(batch, gen) / tc.grad_accum
+        run.scaler.scale(loss).backward()
+        total += float(loss.detach())
+    for p in run.params:
+        # A parameter the batch did not touch (e.g. a null token no sample dropped to) gets a zero
+        # gradient, as DDP gives it, so one and many processes take the same AdamW step.
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip) if tc.grad_clip > 0 else None
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.ema.step(run.params)
+    return total, grad_norm
+
+
+def _log_step(run: _Run, total: float, grad_norm, rate: float) -> None:
+    """The step's loss, LR, speed (samples/s) and gradient norm to TensorBoard and train.log."""
+    lr, step = run.scheduler.get_last_lr()[0], run.step
+    run.writer.add_scalar("loss", total, step)
+    run.writer.add_scalar("lr", lr, step)
+    run.writer.add_scalar("samples_per_second", rate, step)
+    if grad_norm is not None:
+        run.writer.add_scalar("grad_norm", float(grad_norm), step)
+    # A loss of several terms (stage 3's adversarial one) names them; rank 0's last micro-batch.
+    terms = getattr(run.stage, "loss_terms", {})
+    for name, value in terms.items():
+        run.writer.add_scalar(f"loss_terms/{name}", value, step)
+    log.info("step %d loss %.5f lr %.3e %.1f samples/s%s", step, total, lr, rate,
+             "".join(f" {k} {v:.4f}" for k, v in terms.items()))
+
+
+def _finish(run: _Run) -> Path:
+    """OUT/final (EMA weights) written by the main process; every rank returns its path."""
+    final = run.out / "final"
+    if run.rt.is_main:
+        _export_final(run.stage, run.ema, run.params, final, run.cfg, run.step)
+        run.writer.close()
         print(f"[train] wrote {final}", flush=True)
     barrier()
     return final
@@ -359,14 +332,10 @@ def _train(cfg: RunConfig, rt: Runtime, progress: bool, out: Path) -> Path:
 
 def _export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) -> None:
     """OUT/final in our format, with the EMA weights (what inference should use)."""
-    ema.store(params)
-    ema.copy_to(params)
-    try:
+    with ema_weights(ema, params):
         stage.save_pretrained(final)
         atomic_write_text(final / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
                                                               "ema_decay": cfg.train.ema_decay}, indent=2))
-    finally:
-        ema.restore(params)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
@@ -383,39 +352,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     cfg = load_run_config(ckpt / "config.yaml")
     stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
     if cfg.train.init_from:
-        _warm_start(stage, cfg.stage, cfg.train.init_from)
+        warm_start(stage, cfg.stage, cfg.train.init_from)
     params = list(stage.trainable_parameters())
     ema = EMAModel(params, decay=cfg.train.ema_decay)
     state = load_checkpoint(ckpt, stage, ema)
     out.parent.mkdir(parents=True, exist_ok=True)
     _export_final(stage, ema, params, out, cfg, int(state["step"]))
     return out
-
-
-def _save_preview(stage, ema, params, dataset, path: Path, tc: TrainConfig, rt: Runtime) -> None:
-    """A grid of source / target pose / sample (EMA weights) / ground truth for a fixed few pairs."""
-    preview = getattr(stage, "preview", None)
-    if preview is None:
-        return
-    from .io import atomic_save_image
-    from .viz import contact_sheet
-
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
-    ema.store(params)
-    ema.copy_to(params)
-    stage.eval()
-    try:
-        with torch.no_grad():
-            rows = preview(_to_device(batch, rt.device), num_inference_steps=tc.sample_steps,
-                           generator=torch.Generator(device=rt.device).manual_seed(tc.seed))
-    finally:
-        ema.restore(params)
-        stage.train()
-    if not rows:
-        return
-    labels = list(rows[0].keys())
-    sheet = contact_sheet([list(r.values()) for r in rows], col_labels=labels)
-    atomic_save_image(path, sheet)
 
 
 def configure(parser):

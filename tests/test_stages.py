@@ -551,13 +551,13 @@ def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_again
 def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm_starting(tmp_path):
     from pcdms_aug.pipeline import stage_folder
     from pcdms_aug.stages import stage_class
-    from pcdms_aug.train import _warm_start
+    from pcdms_aug.warm_start import warm_start
 
     cfg = load_config("tiny/refine.yaml")
     cfg.update(adversarial={"weight": 0.1, "channels": [8, 16]})
     stage = build_stage("refine", cfg, seed=0)
     fresh = {k: v.clone() for k, v in stage.discriminator.state_dict().items()}
-    assert _warm_start(stage, "refine", "tiny") == ([], ["discriminator"])
+    assert warm_start(stage, "refine", "tiny") == ([], ["discriminator"])
     shipped = stage_class("refine").from_pretrained(stage_folder("tiny", "refine"))
     assert all(torch.equal(v, shipped.unet.state_dict()[k].float()) for k, v in stage.unet.state_dict().items())
     assert all(torch.equal(v, fresh[k]) for k, v in stage.discriminator.state_dict().items())
@@ -603,7 +603,8 @@ def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
 def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_path):
     """train reads `train.mixed_precision=no` (YAML: false) as "no", and stage 3 refuses a folder made by the
     old source-size make-refine-inputs before it reads any image."""
-    from pcdms_aug.train import load_run_config, make_dataset
+    from pcdms_aug.train import load_run_config
+    from pcdms_aug.train_data import make_dataset
 
     cfg = load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=no", f"data.root={tmp_path}",
                                                      f"data.annotations={tmp_path}/a.csv",

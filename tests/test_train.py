@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from pcdms_aug.cli import main
-from pcdms_aug.resume import read_state
-from pcdms_aug.train import list_checkpoints, load_run_config, train
+from pcdms_aug.resume import list_checkpoints, read_state
+from pcdms_aug.train import load_run_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,13 +152,13 @@ def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_z
     from pcdms_aug.config import load_config
     from pcdms_aug.pipeline import stage_folder
     from pcdms_aug.stages import build_stage, stage_class
-    from pcdms_aug.train import _warm_start
+    from pcdms_aug.warm_start import warm_start
 
     torch.set_num_threads(1)
     cfg = load_config(ROOT / "configs/tiny/refine.yaml")
     cfg["source_image_input"] = True
     stage = build_stage("refine", cfg, seed=0)
-    assert _warm_start(stage, "refine", "tiny") == (["unet.conv_in.weight"], [])
+    assert warm_start(stage, "refine", "tiny") == (["unet.conv_in.weight"], [])
     shipped = stage_class("refine").from_pretrained(stage_folder("tiny", "refine"))
     g = torch.Generator().manual_seed(0)
     src, coarse = torch.rand(2, 3, 128, 64, generator=g) * 2 - 1, torch.rand(2, 3, 64, 32, generator=g) * 2 - 1
