@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from pcdms_aug.errors import DataError
+from reid import experiment, report, schedule, training
+from reid.datasets import SYNTHETIC, repeat_items
 from tests.reid_fixtures import build_fake_generated
-
-experiment = pytest.importorskip("reid.experiment")
-from reid import report, schedule, training  # noqa: E402
-from reid.datasets import SYNTHETIC, repeat_items  # noqa: E402
 
 SMALL = dict(epochs=1, batch_size=8, height=32, width=16, batch_size_test=32)
 

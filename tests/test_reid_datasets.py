@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pcdms_aug.errors import DataError
 from pcdms_aug.data.splits import make_split, save_split
+from pcdms_aug.errors import DataError
+from reid import datasets as reid_datasets
+import torchreid  # after reid.datasets, which imports it with its Cython warning silenced
 from tests.reid_fixtures import build_fake_generated
-
-reid_datasets = pytest.importorskip("reid.datasets")
-import torchreid  # noqa: E402  (imported through reid.datasets first, without its Cython warning)
 
 REAL, SYNTH = reid_datasets.REAL, reid_datasets.SYNTHETIC
 

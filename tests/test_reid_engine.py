@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from pcdms_aug.errors import DataError
+from reid import training
+from reid.datasets import SYNTHETIC
+from reid.evaluation import evaluate, rank_cap, rank_metrics
 from tests.reid_fixtures import build_fake_generated
-
-training = pytest.importorskip("reid.training")
-from reid.datasets import SYNTHETIC  # noqa: E402
-from reid.evaluation import evaluate, rank_cap, rank_metrics  # noqa: E402
 
 SMALL = dict(epochs=1, batch_size=8, height=32, width=16, batch_size_test=32)
 

@@ -7,11 +7,10 @@ from PIL import Image
 
 from pcdms_aug.cli import main as cli_main
 from pcdms_aug.config import load_config
-from pcdms_aug.errors import DataError
 from pcdms_aug.data.splits import load_split
+from pcdms_aug.errors import DataError
+from reid import experiment
 from tests.reid_fixtures import build_fake_generated
-
-experiment = pytest.importorskip("reid.experiment")
 
 
 @pytest.fixture(scope="module")
