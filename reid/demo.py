@@ -48,16 +48,10 @@ def configure(parser):
 def run(args):
     import torch
 
-    from pcdms_aug.augment.generate import GenerateConfig, generate
     from pcdms_aug.config import load_config
-    from pcdms_aug.data.market import MarketDataset
-    from pcdms_aug.data.splits import split_filename
     from pcdms_aug.data.synthetic import build_synthetic_market
-    from pcdms_aug.metrics import compute_metrics
     from pcdms_aug.metrics.command import format_table
     from pcdms_aug.pipeline import PCDMsPipeline
-    from pcdms_aug.pose import read_annotations, read_pairs
-    from pcdms_aug.synthesize import synthesize
 
     from .experiment import run_experiment
 
@@ -80,27 +74,11 @@ def run(args):
     with _part("low-data subsets", timings):
         run_experiment(reid_cfg, splits_only=True, progress=False)
     with _part("generate views", timings):
-        n_views = 0
-        for seed in args.seeds:
-            split = out / "reid" / "splits" / split_filename(args.fraction, seed)
-            cfg = GenerateConfig(dataset=str(data), weights=args.weights, out=str(out / "generated" /
-                                 f"f{args.fraction:g}_s{seed}"), views=args.views, split=str(split),
-                                 steps=args.steps, seed=seed, batch=16)
-            n_views += generate(cfg, rank=0, world=1, pipeline=pipe, progress=True).get("planned", 0)
+        _generate_views(args, data, out, pipe)
     with _part("re-ID: augmented against the controls", timings):
         df = run_experiment(reid_cfg, progress=True)
-
     with _part("synthesis metrics", timings):
-        pairs = read_pairs(data / "market-pairs-test.csv")
-        pairs = random.Random(0).sample(pairs, min(args.metric_pairs, len(pairs)))
-        poses = {**read_annotations(data / "market-annotation-test.csv")}
-        ds = MarketDataset(data)
-        for write, stages in (("final", ("prior", "inpaint", "refine")), ("coarse", ("prior", "inpaint"))):
-            synthesize(pipe, pairs, ds, poses, out / "synthesis" / write, batch=16, steps=args.steps,
-                       stages=stages, write="coarse" if write == "coarse" else "final", progress=False)
-        metrics = {w: compute_metrics(pairs, out / "synthesis" / w, data, progress=False)
-                   for w in ("final", "coarse")}
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+        pairs, ds, poses, metrics = _synthesis_metrics(args, data, out, pipe)
 
     with _part("report", timings):
         _contact_sheet(pairs[:8], ds, poses, out)
@@ -110,6 +88,39 @@ def run(args):
     print(f"[demo] done in {timings['total']:.0f} s")
     print(f"[demo] report: {out / 'report.md'}\n[demo] results: {out / 'results.csv'}")
     return 0
+
+
+def _generate_views(args, data: Path, out: Path, pipe) -> None:
+    """The views of each seed's low-data subset, into the folder the experiment's ``generated_dir`` names."""
+    from pcdms_aug.augment.generate import GenerateConfig, generate
+    from pcdms_aug.data.splits import split_filename
+
+    for seed in args.seeds:
+        split = out / "reid" / "splits" / split_filename(args.fraction, seed)
+        cfg = GenerateConfig(dataset=str(data), weights=args.weights, out=str(out / "generated" /
+                             f"f{args.fraction:g}_s{seed}"), views=args.views, split=str(split),
+                             steps=args.steps, seed=seed, batch=16)
+        generate(cfg, rank=0, world=1, pipeline=pipe, progress=True)
+
+
+def _synthesis_metrics(args, data: Path, out: Path, pipe):
+    """Stage 2 alone and the full pipeline on a seeded sample of the test pairs, scored; -> (pairs, dataset,
+    test poses, metrics per output)."""
+    from pcdms_aug.data.market import MarketDataset
+    from pcdms_aug.metrics import compute_metrics
+    from pcdms_aug.pose import read_annotations, read_pairs
+    from pcdms_aug.synthesize import synthesize
+
+    pairs = read_pairs(data / "market-pairs-test.csv")
+    pairs = random.Random(0).sample(pairs, min(args.metric_pairs, len(pairs)))
+    poses = {**read_annotations(data / "market-annotation-test.csv")}
+    ds = MarketDataset(data)
+    for write, stages in (("final", ("prior", "inpaint", "refine")), ("coarse", ("prior", "inpaint"))):
+        synthesize(pipe, pairs, ds, poses, out / "synthesis" / write, batch=16, steps=args.steps,
+                   stages=stages, write=write, progress=False)
+    metrics = {w: compute_metrics(pairs, out / "synthesis" / w, data, progress=False) for w in ("final", "coarse")}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    return pairs, ds, poses, metrics
 
 
 def _contact_sheet(pairs, ds, poses, out: Path) -> None:
