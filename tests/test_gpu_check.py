@@ -71,9 +71,10 @@ def test_a_run_stopped_by_a_time_limit_leaves_the_figures_it_reached(tmp_path):
 
 
 def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
+    import torch
+
     from pcdms_aug.gpu_check import main
 
-    torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     assert main(["--out", str(tmp_path), "--fixture"]) == 2
