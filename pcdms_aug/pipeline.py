@@ -298,15 +298,17 @@ class PCDMsPipeline:
         return cls(stages, cfg)
 
     def save_pretrained(self, directory: str | Path, trainable_dtype=None) -> None:
-        """``directory/{prior,inpaint,refine}/`` (see :meth:`Stage.save_pretrained`) and ``pipeline.yaml``."""
+        """``directory/{prior,inpaint,refine}/`` (see :meth:`Stage.save_pretrained`) and ``pipeline.yaml``.
+        A frozen encoder two stages share is written once, by the first; the later one refers to that file."""
         import yaml
 
         from .io import atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        shared: dict = {}
         for name, stage in self.stages.items():
-            stage.save_pretrained(directory / name, trainable_dtype)
+            stage.save_pretrained(directory / name, trainable_dtype, shared)
         cfg = json.loads(json.dumps({**self.config, "stages": {n: n for n in self.stages}}, default=list))
         atomic_write_text(directory / "pipeline.yaml", "# PCDMs pipeline: stage folders and sampling defaults\n"
                           + yaml.safe_dump(cfg, sort_keys=False))

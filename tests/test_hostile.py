@@ -364,3 +364,52 @@ def test_yaml_syntax_errors_in_overrides_name_the_override(capsys):
         apply_overrides({}, ["train.lr=[1, 2"])
     assert main(["assemble", "--inpaint", "tiny", "--out", "unused", "sampling.guidance={inpaint: 2"]) == 2
     assert "not valid YAML" in _one_error_line(capsys.readouterr().err, "assemble")
+
+
+@pytest.mark.parametrize("same_as", ["../prior/clip.safetensors", "/etc/clip.safetensors",
+                                     "prior/../prior/clip.safetensors", "prior\\..\\clip.safetensors",
+                                     "inpaint/clip.safetensors", "prior/unet.safetensors", "prior/clip.safetensors/x",
+                                     "elsewhere/clip.safetensors"])
+def test_a_weights_reference_is_followed_only_to_a_sibling_stage_of_its_pipeline(tmp_path, same_as):
+    import hashlib
+
+    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.stages import InpaintStage
+
+    weights = tmp_path / "w"
+    shutil.copytree(WEIGHTS_ROOT / "tiny", weights)
+    ref = weights / "inpaint" / "clip.ref.json"
+    target = weights / "prior" / "clip.safetensors"
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    ref.write_text(json.dumps({"same_as": same_as, "sha256": digest}))
+    with pytest.raises(DataError, match="refused") as info:
+        InpaintStage.from_pretrained(weights / "inpaint")
+    assert str(ref) in str(info.value)
+
+
+def test_a_missing_or_changed_referenced_file_is_a_data_error_naming_it(tmp_path):
+    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.stages import InpaintStage
+
+    weights = tmp_path / "w"
+    shutil.copytree(WEIGHTS_ROOT / "tiny", weights)
+    target = weights / "prior" / "clip.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1  # one flipped bit in a weight
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="do not match the sha256 inpaint/clip.ref.json records") as info:
+        InpaintStage.from_pretrained(weights / "inpaint")
+    assert info.value.path == str(target)
+    target.unlink()
+    with pytest.raises(DataError, match="missing") as info:
+        InpaintStage.from_pretrained(weights / "inpaint")
+    assert info.value.path == str(target)
+    (weights / "inpaint" / "clip.ref.json").write_text("{not json")
+    with pytest.raises(DataError, match="corrupt reference"):
+        InpaintStage.from_pretrained(weights / "inpaint")
+    # A pipeline's stage folder copied out of it: the reference cannot be followed (and nothing else is tried).
+    shutil.copytree(WEIGHTS_ROOT / "tiny" / "inpaint", tmp_path / "alone" / "inpaint")
+    (tmp_path / "alone" / "prior").mkdir()
+    shutil.copy(WEIGHTS_ROOT / "tiny" / "prior" / "clip.safetensors", tmp_path / "alone" / "prior")
+    with pytest.raises(DataError, match="only inside its pipeline folder"):
+        InpaintStage.from_pretrained(tmp_path / "alone" / "inpaint")

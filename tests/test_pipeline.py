@@ -136,6 +136,48 @@ def test_save_and_from_pretrained(pipe, tmp_path):
         two(_image(0), _pose(0), [_pose(1)], **kw)
 
 
+def test_a_frozen_encoder_two_stages_share_is_written_once_and_loads_back_exactly(pipe, tmp_path):
+    import hashlib
+    import json
+
+    pipe.save_pretrained(tmp_path / "p")
+    for stage, comp, owner in (("inpaint", "clip", "prior"), ("refine", "dino", "inpaint")):
+        folder = tmp_path / "p" / stage
+        assert not (folder / f"{comp}.safetensors").exists()
+        ref = json.loads((folder / f"{comp}.ref.json").read_text())
+        assert ref["same_as"] == f"{owner}/{comp}.safetensors"
+        assert ref["sha256"] == hashlib.sha256((tmp_path / "p" / ref["same_as"]).read_bytes()).hexdigest()
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / "p").rglob("*.safetensors")]
+    assert len(digests) == len(set(digests))
+    back = PCDMsPipeline.from_pretrained(tmp_path / "p")
+    for name, stage in pipe.stages.items():
+        mine, theirs = stage.state_dict(), back.stages[name].state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), name
+    assert back.stages["prior"].clip is back.stages["inpaint"].clip
+    assert back.stages["inpaint"].dino is back.stages["refine"].dino
+    # A stage folder of the pipeline loads alone too (it follows its reference), and one saved alone (training's
+    # OUT/final) holds every file itself.
+    alone = PCDMsPipeline.from_stages({"inpaint": tmp_path / "p" / "inpaint"}).stages["inpaint"].state_dict()
+    mine = pipe.stages["inpaint"].state_dict()
+    assert alone.keys() == mine.keys() and all(torch.equal(alone[k], mine[k]) for k in mine)
+    pipe.stages["refine"].save_pretrained(tmp_path / "final")
+    assert (tmp_path / "final" / "dino.safetensors").is_file() and not list((tmp_path / "final").glob("*.ref.json"))
+
+
+def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
+    """The shipped files are the real save path's (fp16 trainables, each frozen encoder once): loading and saving
+    them again gives the same bytes, file for file."""
+    from pcdms_aug.pipeline import WEIGHTS_ROOT
+
+    torch.set_num_threads(1)
+    PCDMsPipeline.from_pretrained("tiny").save_pretrained(tmp_path / "t", trainable_dtype=torch.float16)
+    shipped = WEIGHTS_ROOT / "tiny"
+    names = sorted(str(f.relative_to(shipped)) for f in shipped.rglob("*") if f.is_file())
+    assert names == sorted(str(f.relative_to(tmp_path / "t")) for f in (tmp_path / "t").rglob("*") if f.is_file())
+    assert "inpaint/clip.ref.json" in names and "refine/dino.ref.json" in names
+    assert [n for n in names if (shipped / n).read_bytes() != (tmp_path / "t" / n).read_bytes()] == []
+
+
 def test_missing_stage_folder_and_shipped_weights_are_data_errors(pipe, tmp_path, monkeypatch):
     import shutil
 
@@ -211,7 +253,8 @@ def test_check_inputs_fills_in_the_config_defaults_and_encodes_nothing(pipe, mon
                              num_inference_steps={"prior": 3})
     assert call.steps == {**samp["steps"], "prior": 3}
     assert call.guidance == {n: float(v) for n, v in samp["guidance"].items()}
-    assert (call.scheduler, call.refine_strength, call.refine_noise) == (samp["scheduler"], samp["refine_strength"], samp["refine_noise"])
+    assert (call.scheduler, call.refine_strength, call.refine_noise) == tuple(
+        samp[k] for k in ("scheduler", "refine_strength", "refine_noise"))
     assert call.batch_size == pipe.config["batch_size"] and call.size == (256, 128)
     assert tuple(call.sources.shape) == (1, 3, *pipe.image_size) and call.pair_source == [0, 0]
     with pytest.raises(ValueError, match="1 source poses for 2 source images"):

@@ -3,11 +3,14 @@
 Saved format (one folder per stage, diffusers-style): ``config.json`` (the stage's resolved config, which is
 what loads), ``stage.yaml`` (the same as YAML, to read) and one ``<component>.safetensors`` per component.
 Frozen components loaded from a local pretrained folder are not copied (they are read from that folder again);
-randomly initialised ones are saved like the rest.
+randomly initialised ones are saved like the rest. In a pipeline folder a frozen file identical to one another
+stage already wrote is stored once: the later stage holds ``<component>.ref.json`` =
+``{"same_as": "<stage>/<component>.safetensors", "sha256": "<hex of that file>"}`` instead.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from ..errors import DataError
 from ..io import atomic_dir
 
 FROZEN = ("clip", "dino", "codec")
+REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stage's file
 
 
 class Stage(nn.Module):
@@ -117,11 +121,15 @@ class Stage(nn.Module):
         return {n: m for n, m in self.components().items()
                 if not (n in FROZEN and self._from_folder(n)) and any(True for _ in m.state_dict())}
 
-    def save_pretrained(self, directory: str | Path, trainable_dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(self, directory: str | Path, trainable_dtype: torch.dtype | None = None,
+                        shared: dict | None = None) -> None:
         """``directory``: ``config.json`` (what loads), ``stage.yaml`` (the same, to read) and one
         ``<component>.safetensors`` each; written beside and renamed into place. ``trainable_dtype`` (e.g.
         fp16, for the shipped tiny weights) stores the trained components in that type; frozen ones keep
-        theirs, so stages that share a random encoder still share it bit for bit. Loading casts back."""
+        theirs, so stages that share a random encoder still share it bit for bit. Loading casts back.
+        ``shared`` (a pipeline's save, stage folders side by side): ``{(component, sha256): "<stage
+        folder>/<component>.safetensors"}`` of the frozen files other stages wrote; a frozen file equal to one
+        of them becomes a reference to it, and the others are added. Without it the folder is self-contained."""
         import yaml
         from safetensors.torch import save_model
 
@@ -137,6 +145,8 @@ class Stage(nn.Module):
                     save_file(state, str(tmp / f"{name}.safetensors"))
                 else:
                     save_model(module, str(tmp / f"{name}.safetensors"))
+                if shared is not None and name in FROZEN:
+                    _store_once(tmp / f"{name}.safetensors", f"{Path(directory).name}/{name}.safetensors", shared)
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict:
@@ -176,6 +186,8 @@ class Stage(nn.Module):
                                 load_weights=False)
         for comp, module in stage._saved_components().items():
             f = directory / f"{comp}.safetensors"
+            if not f.is_file() and comp in FROZEN and (directory / f"{comp}{REFERENCE}").is_file():
+                f = _referenced_file(directory / f"{comp}{REFERENCE}", comp)
             if not f.is_file():
                 raise DataError(f"weights of component {comp!r} missing", f)
             try:
@@ -255,6 +267,54 @@ class _FolderOnly(dict):
 
         if is_folder_key(key):
             self.cache[key] = value
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _store_once(file: Path, name: str, shared: dict) -> None:
+    """``file`` (saved as ``name``, "<stage folder>/<component>.safetensors") replaced by a reference to the
+    equal file another stage wrote, if one did; else recorded in ``shared`` for the stages after."""
+    comp = file.name[:-len(".safetensors")]
+    digest = _sha256(file)
+    same_as = shared.setdefault((comp, digest), name)
+    if same_as != name:
+        file.unlink()
+        (file.parent / f"{comp}{REFERENCE}").write_text(json.dumps({"same_as": same_as, "sha256": digest},
+                                                                   indent=2) + "\n")
+
+
+def _referenced_file(ref: Path, comp: str) -> Path:
+    """The file ``<comp>.ref.json`` stands for: ``<comp>.safetensors`` of a sibling stage folder of the same
+    pipeline folder (no other path is followed), with the sha256 the reference records."""
+    from . import STAGES
+
+    try:
+        spec = json.loads(ref.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"corrupt reference: {e}", ref) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("same_as"), str) or not isinstance(spec.get("sha256"),
+                                                                                                  str):
+        raise DataError('corrupt reference: expected {"same_as": "<stage>/<component>.safetensors", '
+                        '"sha256": "<hex>"}', ref)
+    parts = spec["same_as"].split("/")
+    if len(parts) != 2 or parts[0] not in STAGES or parts[0] == ref.parent.name or parts[1] != f"{comp}.safetensors":
+        raise DataError(f"reference to {spec['same_as']!r} refused: it may only name {comp}.safetensors of another "
+                        f"stage folder of this pipeline ({', '.join(STAGES)})", ref)
+    pipeline = ref.parent.parent
+    if not (pipeline / "pipeline.yaml").is_file():
+        raise DataError(f"{ref.name} refers to a file of another stage, so this folder loads only inside its "
+                        "pipeline folder (pipeline.yaml beside the stage folders)", ref)
+    target = pipeline / parts[0] / parts[1]
+    if not target.is_file():
+        raise DataError(f"weights of component {comp!r} missing (the file {ref.parent.name}/{ref.name} refers to)",
+                        target)
+    if _sha256(target) != spec["sha256"]:
+        raise DataError(f"weights of component {comp!r} do not match the sha256 {ref.parent.name}/{ref.name} "
+                        "records", target)
+    return target
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
