@@ -122,7 +122,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat state dict of an official checkpoint (memory-mapped where the format allows: a 3.5 GB UNet
     is not copied into memory to be renamed). Objects pickled beside the weights (DeepSpeed's training
     arguments) are read as inert placeholders: nothing in the file runs."""
-    from .torchfile import load
+    from .torchfile import load, without_wrapper_prefix
 
     path = Path(path)
     obj = load(path, inert_objects=True, mmap=True)
@@ -141,9 +141,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise DataError(f"entry {bad[0]!r} is not a tensor ({type(state[bad[0]]).__name__})", path)
-    if all(k.startswith("module.") for k in state):  # saved from a DDP/DeepSpeed wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return without_wrapper_prefix(state)
 
 
 def detect_layout(stage: str, state: dict, path=None) -> str:

@@ -72,4 +72,13 @@ def state_dict_of(obj, path: str | Path, keys=("state_dict", "module")) -> dict:
         state = next((obj[k] for k in keys if isinstance(obj.get(k), dict)), obj)
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise DataError("the file holds no state dict (tensors by name)", path)
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    return without_wrapper_prefix(state)
+
+
+def without_wrapper_prefix(state: dict) -> dict:
+    """``state`` without the ``module.`` prefix a DataParallel / DDP / DeepSpeed wrapper puts on every key (only
+    when every key has it: a model may have a submodule of that name)."""
+    prefix = "module."
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
