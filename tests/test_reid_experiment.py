@@ -1,5 +1,4 @@
 """The experiment runner: outputs, resume, config checks, the CLI, and the shipped configs."""
-import time
 
 import pandas as pd
 import pytest
@@ -29,9 +28,7 @@ def config(root, gen, out, **kw):
 def test_runner_writes_results_and_resumes(data, tmp_path):
     root, gen = data
     out = tmp_path / "out"
-    t0 = time.perf_counter()
     df = experiment.run_experiment(config(root, gen, out), progress=False)
-    first = time.perf_counter() - t0
     assert len(df.attrs["executed"]) == 6 and df.attrs["skipped"] == []
     for name in ("results.csv", "results.md", "cmc.png", "map_vs_fraction.png"):
         assert (out / name).is_file(), name
@@ -53,10 +50,8 @@ def test_runner_writes_results_and_resumes(data, tmp_path):
     assert "| 0.5 | augmented | epochs | 2 |" in md and "±" in md and "ΔmAP vs strongest control" in md
     assert len(list((out / "runs").glob("*.json"))) == 6 and len(list((out / "splits").glob("*.json"))) == 2
 
-    t0 = time.perf_counter()
     again = experiment.run_experiment(config(root, gen, out), progress=False)
     assert again.attrs["executed"] == [] and len(again.attrs["skipped"]) == 6
-    assert time.perf_counter() - t0 < first / 2
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
 
     grown = experiment.run_experiment(config(root, gen, out, seeds=[0, 1, 2], variants=["baseline"]),
