@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
@@ -160,15 +161,12 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
           refine_noise: float | None = None, autocast=None) -> dict:
     """One timed generation of ``pairs`` images; the report :func:`run` prints. ``autocast``: a torch dtype
     to run the forward passes in under ``torch.autocast`` (weights stay as loaded)."""
-    import torch
-
-    from .pipeline import DEFAULT_STEPS, ORDER
+    from .pipeline import ORDER
 
     check_args(pipe, pairs=pairs, views=views, steps=steps, batch=batch, guidance=guidance, stages=stages,
                refine_strength=refine_strength, refine_noise=refine_noise)
     stages = tuple(n for n in ORDER if n in (stages or pipe.stages))
     refine = {"refine_strength": refine_strength, "refine_noise": refine_noise}
-    samp = pipe.config.get("sampling") or {}
     scheduler = scheduler or pipe.scheduler
     batch = int(batch or pipe.config.get("batch_size", 16))
     inputs = make_inputs(pairs, views, pipe.image_size, seed)
@@ -177,32 +175,51 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
         small["source_of"] = [0]
         with _autocast(pipe, autocast):
             run_naive(pipe, small, 1, scheduler, seed, stages, **refine)
+    if naive:
+        run = partial(run_naive, pipe, inputs, steps, scheduler, seed, stages, guidance=guidance, **refine)
+    else:
+        run = partial(run_batched, pipe, inputs, steps, scheduler, batch, seed, stages, guidance=guidance, **refine)
     clock = DenoiserClock(pipe)
-    dev = pipe.device
+    try:
+        with _autocast(pipe, autocast):
+            images, parts, wall = _wall_time(pipe.device, run)
+    finally:
+        clock.close()
+    report = {"mode": "naive" if naive else "batched", "pairs": pairs, "sources": len(inputs["sources"]),
+              "batch": 1 if naive else batch}
+    return _report(pipe, report, stages, steps, scheduler, guidance, autocast, images, parts, wall, clock)
+
+
+def _wall_time(dev, run) -> tuple:
+    """``run()``'s (images, parts) and its wall time, the device synchronised around it (peak GPU memory
+    counted from its start)."""
+    import torch
+
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    try:
-        t0 = time.perf_counter()
-        with _autocast(pipe, autocast):
-            if naive:
-                images, parts = run_naive(pipe, inputs, steps, scheduler, seed, stages, guidance=guidance, **refine)
-            else:
-                images, parts = run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, guidance=guidance,
-                                            **refine)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        wall = time.perf_counter() - t0
-    finally:
-        clock.close()
+    t0 = time.perf_counter()
+    images, parts = run()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return images, parts, time.perf_counter() - t0
+
+
+def _report(pipe, report: dict, stages, steps, scheduler, guidance, autocast, images, parts, wall, clock) -> dict:
+    """The bench report: ``report``'s workload keys, then the settings, rates, time split and memory."""
+    import torch
+
+    from .pipeline import DEFAULT_STEPS
+
+    pairs, dev = report["pairs"], pipe.device
+    samp = pipe.config.get("sampling") or {}
     mem, mem_kind = peak_memory_mb(dev)
     ms = {k: 1000 * parts.get(k, 0.0) / pairs for k in PARTS}
     ms["other"] = max(0.0, 1000 * wall / pairs - sum(ms.values()))
     ms["total"] = 1000 * wall / pairs
     steps_used = {n: int(steps) if steps else int((samp.get("steps") or {}).get(n, DEFAULT_STEPS)) for n in stages}
     return {
-        "mode": "naive" if naive else "batched",
-        "pairs": pairs, "sources": len(inputs["sources"]), "batch": 1 if naive else batch,
+        **report,
         "steps": steps_used, "scheduler": scheduler,
         "guidance": _guidance(guidance, samp, stages),
         "device": str(dev), "dtype": str(pipe.dtype).replace("torch.", ""),

@@ -34,14 +34,25 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
     report["cameras"] = sorted({it.name.camid for it in images})
     report["junk_images"] = sum(it.name.is_junk for it in images)
     report["distractor_images"] = sum(it.name.is_distractor for it in images)
+    problems += _identity_problems(ds)
+    if check_images:
+        problems += _check_images(images, report)
+    files = [Path(a) for a in annotations] if annotations else default_annotations(ds.root)
+    problems += _check_annotations(ds, images, files, report)
+    report["problems"] = problems
+    return report
 
-    for split in ("train",):
-        cams = {}
-        for it in ds.splits[split]:
-            cams.setdefault(it.name.pid, set()).add(it.name.camid)
-        single = sorted(pid for pid, c in cams.items() if len(c) < 2 and pid > 0)
-        if single:
-            problems.append(f"{len(single)} training identities seen by only one camera (e.g. {single[0]:04d})")
+
+def _identity_problems(ds: MarketDataset) -> list[str]:
+    """Identities the re-ID protocol cannot use as intended: seen by one camera, queries without a gallery
+    image, identities in both train and test."""
+    problems = []
+    cams = {}
+    for it in ds.train:
+        cams.setdefault(it.name.pid, set()).add(it.name.camid)
+    single = sorted(pid for pid, c in cams.items() if len(c) < 2 and pid > 0)
+    if single:
+        problems.append(f"{len(single)} training identities seen by only one camera (e.g. {single[0]:04d})")
     query_pids = {it.name.pid for it in ds.query}
     gallery_pids = {it.name.pid for it in ds.gallery}
     lost = sorted(query_pids - gallery_pids)
@@ -50,25 +61,33 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
     overlap = sorted(({it.name.pid for it in ds.train} & (query_pids | gallery_pids)) - {-1, 0})
     if overlap:
         problems.append(f"{len(overlap)} identities appear in both train and test (e.g. {overlap[0]:04d})")
+    return problems
 
-    if check_images:
-        sizes = Counter()
-        for it in images:
-            try:
-                with Image.open(it.path) as im:
-                    im.verify()
-                with Image.open(it.path) as im:
-                    # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
-                    im.load()
-                    sizes[(im.height, im.width)] += 1
-            except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
-                problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
-        report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())}
-        odd = sum(n for s, n in sizes.items() if s != IMAGE_SIZE)
-        if odd:
-            problems.append(f"{odd} images are not {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (Market-1501's crop size)")
 
-    files = [Path(a) for a in annotations] if annotations else default_annotations(ds.root)
+def _check_images(images: list, report: dict) -> list[str]:
+    """Every image decoded: unreadable ones and ones not of Market-1501's size; ``report["image_sizes"]``."""
+    problems = []
+    sizes = Counter()
+    for it in images:
+        try:
+            with Image.open(it.path) as im:
+                im.verify()
+            with Image.open(it.path) as im:
+                # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
+                im.load()
+                sizes[(im.height, im.width)] += 1
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
+            problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
+    report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())}
+    odd = sum(n for s, n in sizes.items() if s != IMAGE_SIZE)
+    if odd:
+        problems.append(f"{odd} images are not {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (Market-1501's crop size)")
+    return problems
+
+
+def _check_annotations(ds: MarketDataset, images: list, files: list[Path], report: dict) -> list[str]:
+    """The annotation CSVs against the images: repeated, orphan and missing rows; counts into ``report``."""
+    problems = []
     report["annotation_files"] = [str(f) for f in files]
     poses = {}
     for f in files:
@@ -95,8 +114,7 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
     unannotated_train = sum(1 for it in ds.train if it.filename not in poses)
     if files and unannotated_train:
         problems.append(f"{unannotated_train} training images have no annotation row (they cannot be sources)")
-    report["problems"] = problems
-    return report
+    return problems
 
 
 def format_report(r: dict) -> str:

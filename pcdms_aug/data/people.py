@@ -240,18 +240,30 @@ def _torso(canvas, skel: pg.Skeleton, look: Look, light):
         return
     # Only the pixels on the torso from here on, as flat arrays.
     t, vv, a, wbody = t[inside], vv[inside], a[inside], wbody[inside]
-    # The visible point of the elliptic section (a cos phi, depth sin phi) that projects to t is always
-    # phi = delta + arccos(t), with tan(delta) = depth sin(yaw) / (a cos(yaw)); expanded to avoid trigonometry.
+    cos_phi, sin_phi, shade = _torso_surface(t, a, wbody, depth, c, sn, light)
+    paint = _torso_paint(look, a * cos_phi, depth * sin_phi, cos_phi, sin_phi, a, depth, vv * length, length)
+    region = canvas[box]
+    region[inside] = np.clip(paint * shade[:, None], 0, 255)
+
+
+def _torso_surface(t, a, wbody, depth, c, sn, light):
+    """The visible point of the torso's elliptic section (a cos phi, depth sin phi) under each pixel, as
+    (cos phi, sin phi), and its shading; ``c``, ``sn``: cosine and sine of the yaw."""
+    # That point is always phi = delta + arccos(t), with tan(delta) = depth sin(yaw) / (a cos(yaw)); expanded
+    # to avoid trigonometry.
     cos_d, sin_d = a * c / wbody, depth * sn / wbody
     sin_p = np.sqrt(np.clip(1 - t * t, 0, 1))
     cos_phi, sin_phi = cos_d * t - sin_d * sin_p, sin_d * t + cos_d * sin_p
-    X, Z = a * cos_phi, depth * sin_phi
     nX, nZ = cos_phi / a, sin_phi / depth
     norm = np.sqrt(nX ** 2 + nZ ** 2)
     nX, nZ = nX / norm, nZ / norm
-    shade = _lambert(nX * c + nZ * sn, -nX * sn + nZ * c, light)
-    yb = vv * length  # body pixels below the collar
-    paint = np.empty(t.shape + (3,), np.float32)
+    return cos_phi, sin_phi, _lambert(nX * c + nZ * sn, -nX * sn + nZ * c, light)
+
+
+def _torso_paint(look: Look, X, Z, cos_phi, sin_phi, a, depth, yb, length):
+    """The top's colours at the torso points (X, Z) of the body frame, ``yb`` pixels below the collar: its
+    pattern, a chest logo and a back print."""
+    paint = np.empty(X.shape + (3,), np.float32)
     paint[:] = look.top
     second = None
     if look.top_pattern == "stripes":
@@ -279,8 +291,7 @@ def _torso(canvas, skel: pg.Skeleton, look: Look, light):
     if look.back_print:
         m = (np.abs(X) < a * 0.55) & (np.abs(yb - 0.4 * length) < 0.15 * length) & (Z < -0.4 * depth)
         paint[m] = look.logo_colour
-    region = canvas[box]
-    region[inside] = np.clip(paint * shade[:, None], 0, 255)
+    return paint
 
 
 def _head(canvas, skel: pg.Skeleton, look: Look, light):
@@ -359,14 +370,18 @@ def _box_parts(skel: pg.Skeleton, look: Look):
     return parts
 
 
+def _far(z: float) -> float:
+    """Shade factor of a limb at body depth ``z``: the far side is in the body's own shadow."""
+    return 0.82 if z < -1 else 1.0
+
+
 def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> None:
     """Draw one person onto a 4x canvas (modified in place), far parts first."""
     b, v = skel.body, skel.view
     s = v.scale
-    xy, z = skel.xy, skel.depth
+    xy = skel.xy
     J = pg  # joint indices
     parts: list[tuple[float, object]] = []
-    far = lambda zz: 0.82 if zz < -1 else 1.0  # noqa: E731 (the far side is in the body's own shadow)
 
     # Long hair hangs behind the head and over the upper back.
     if look.hair_style == "long":
@@ -383,11 +398,24 @@ def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> Non
     side_w = abs(math.sin(v.yaw)) * b.depth * s
     pel[:, 0] = np.where(pel[:, 0] < v.cx, np.minimum(pel[:, 0], v.cx - side_w), np.maximum(pel[:, 0], v.cx + side_w))
     parts.append((-0.05, lambda cv, l: _fill(cv, pel, look.bottom)))
+    parts.extend(_leg_parts(skel, look))
+    parts.extend(_arm_parts(skel, look))
+    parts.extend(_box_parts(skel, look))
+    parts.append((0.3, lambda cv, l: _head(cv, skel, look, l)))
+    for _, fn in sorted(parts, key=lambda p: p[0]):
+        fn(canvas, light)
 
+
+def _leg_parts(skel: pg.Skeleton, look: Look):
+    """Legs, shoes and a skirt: (depth, draw function)."""
+    b, s = skel.body, skel.view.scale
+    xy, z = skel.xy, skel.depth
+    J = pg  # joint indices
+    parts = []
     leg_colour = look.bottom
     for hip, knee, ankle, side in ((J.RHIP, J.RKNE, J.RANK, -1), (J.LHIP, J.LKNE, J.LANK, 1)):
         zt, zs = (z[hip] + z[knee]) / 2, (z[knee] + z[ankle]) / 2
-        f = far(zt)
+        f = _far(zt)
         thigh_w, shin_w = 8.6 * b.limb * s, 6.6 * b.limb * s
         if look.bottom_kind == "trousers":
             parts.append((zt, lambda cv, l, a=xy[hip], e=xy[knee], f=f: _line(cv, a, e, leg_colour, thigh_w, f)))
@@ -411,11 +439,19 @@ def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> Non
         sxy, sz = skel.project(pts)
         hull = cv2.convexHull(sxy.astype(np.float32)).reshape(-1, 2)
         parts.append((max(z[J.RKNE], z[J.LKNE]) + 0.05, lambda cv, l: _fill(cv, hull, look.bottom)))
+    return parts
 
+
+def _arm_parts(skel: pg.Skeleton, look: Look):
+    """Arms in long or short sleeves, and hands: (depth, draw function)."""
+    b, s = skel.body, skel.view.scale
+    xy, z = skel.xy, skel.depth
+    J = pg  # joint indices
+    parts = []
     sleeve = look.top
     for sho, elb, wri in ((J.RSHO, J.RELB, J.RWRI), (J.LSHO, J.LELB, J.LWRI)):
         zu, zf = (z[sho] + z[elb]) / 2, (z[elb] + z[wri]) / 2
-        f = far(zu)
+        f = _far(zu)
         up_w, fore_w = 5.6 * b.limb * s, 4.6 * b.limb * s
         if look.sleeves == "long":
             parts.append((zu, lambda cv, l, a=xy[sho], e=xy[elb], f=f: _line(cv, a, e, sleeve, up_w, f)))
@@ -426,10 +462,7 @@ def draw_person(canvas: np.ndarray, skel: pg.Skeleton, look: Look, light) -> Non
             parts.append((zu + 0.01, lambda cv, l, a=xy[sho], e=mid, f=f: _line(cv, a, e, sleeve, up_w * 1.1, f)))
             parts.append((zf, lambda cv, l, a=xy[elb], e=xy[wri], f=f: _line(cv, a, e, look.skin, fore_w * 0.85, f)))
         parts.append((z[wri] + 0.01, lambda cv, l, c=xy[wri], f=f: _circle(cv, c, 2.2 * s, look.skin, f)))
-    parts.extend(_box_parts(skel, look))
-    parts.append((0.3, lambda cv, l: _head(cv, skel, look, l)))
-    for _, fn in sorted(parts, key=lambda p: p[0]):
-        fn(canvas, light)
+    return parts
 
 
 def _object(canvas: np.ndarray, rng: np.random.Generator) -> None:
