@@ -217,7 +217,10 @@ def _set_up_data(run: _Run) -> None:
     if rt.distributed:
         run.model = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None,
-            find_unused_parameters=True)
+            # Every trainable parameter takes part in every forward (the unconditional inputs are zeros, not
+            # learned tokens), so DDP need not walk the graph for unused ones each step (it warned so on an
+            # H200); a stage that adds a parameter some steps skip fails here with DDP's own error.
+            find_unused_parameters=False)
     run.amp_dtype = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))[tc.mixed_precision]
     run.use_amp = run.amp_dtype is not None and rt.device.startswith("cuda")
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and run.amp_dtype == torch.float16)
@@ -289,8 +292,8 @@ def _optimizer_step(run: _Run, it) -> tuple[float, torch.Tensor | None]:
         run.scaler.scale(loss).backward()
         total += float(loss.detach())
     for p in run.params:
-        # A parameter the batch did not touch (e.g. a null token no sample dropped to) gets a zero
-        # gradient, as DDP gives it, so one and many processes take the same AdamW step.
+        # A parameter without a gradient (none in the shipped stages; one process does not fail on it as DDP
+        # does) gets a zero one, so one and many processes take the same AdamW step.
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     run.scaler.unscale_(run.optimizer)
