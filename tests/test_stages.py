@@ -598,6 +598,16 @@ def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
     assert check_refine_inputs(tmp_path, (128, 64)) == [64, 32]  # tiny: stage 2 at 64x32, stage 3 at 128x64
     with pytest.raises(DataError, match=r"stage-2 outputs are \[64, 32\], larger than data.image_size \[32, 16\]"):
         check_refine_inputs(tmp_path, [32, 16])
+    with pytest.raises(DataError, match="stage-2 outputs folder not found") as e:
+        check_refine_inputs(tmp_path / "absent", (128, 64))
+    assert "absent" in str(e.value)
+    for corrupt in ('{"image_size": [64', "\xff\xfe"):
+        (tmp_path / INFO).write_bytes(corrupt.encode("latin-1"))
+        with pytest.raises(DataError, match=f"corrupt {INFO}"):
+            check_refine_inputs(tmp_path, (128, 64))
+    (tmp_path / INFO).write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"image_size must be \[height, width\], got \[\]"):
+        check_refine_inputs(tmp_path, (128, 64))
 
 
 def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_path):
