@@ -10,6 +10,35 @@ source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 DEMO=${DEMO:-demo_out}
 OUT=${OUT:-$DEMO/study}
+# STUDY=levers: the converged protocol on seeds 3 and 4 (4 views against the controls; stage 2 only, canonical
+# poses and the identity-consistency filter against those controls) and at 40% on seeds 0 and 1
+# (docs/experiments.md, "Levers"). Results: $OUT/levers/*/results.md and the table of reid_levers.py.
+if [ "${STUDY:-views}" = levers ]; then
+  S=$OUT/levers
+  cv=(converge=true max_steps=1000 eval_every=50 patience=2 plateau_drops=1 views_per_image=4)
+  all="[baseline,augmented,baseline_steps,duplicated]"
+  pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[0.2,0.4]" \
+    "seeds=[0,1,2,3,4]" out_dir="$S/splitsrc" --splits-only
+  gen() {  # name fraction seed extra-args
+    local name=$1 f=$2 seed=$3; shift 3
+    pcdms-aug generate --config tiny/generate.yaml --dataset "$DEMO/data" --weights tiny --views 4 --seed "$seed" \
+      --split "$S/splitsrc/splits/split_f${f}_s$seed.json" --batch 16 --out "$S/gen/${name}_f${f}_s$seed" "$@"
+  }
+  for seed in 3 4; do
+    gen v4 0.2 $seed; gen s2only 0.2 $seed --stages prior,inpaint; gen canon 0.2 $seed --policy canonical
+    gen filt 0.2 $seed --filter-model train --filter-top 0.5
+  done
+  for seed in 0 1; do gen v4 0.4 $seed; done
+  exp() {  # name fraction seeds variants
+    pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[$2]" "seeds=[$3]" \
+      "variants=$4" "generated_dir=$S/gen/$1_f$2_s{seed}" out_dir="$S/$1_f$2" "${cv[@]}"
+  }
+  exp v4 0.2 3,4 "$all"; exp s2only 0.2 3,4 "[augmented]"; exp canon 0.2 3,4 "[augmented]"
+  exp filt 0.2 3,4 "[filtered]"; exp v4 0.4 0,1 "$all"
+  python experiments/reid_levers.py "$S/v4_f0.2/results.csv" "stage 2 only=$S/s2only_f0.2/results.csv" \
+    "canonical poses=$S/canon_f0.2/results.csv" "filter, top 50 %=$S/filt_f0.2/results.csv"
+  exit 0
+fi
 if [ "${STUDY:-views}" = controls ]; then
   # Against the controls (docs/experiments.md, "Re-ID controls"): 4 random-pose views per kept image at 20%,
   # then 1/2/4 of them per image, each against baseline, baseline_steps and duplicated; 8 epochs of the
