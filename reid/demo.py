@@ -37,6 +37,12 @@ def configure(parser):
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of real training images kept")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--views", type=int, default=1, help="generated views per real training image")
+    from pcdms_aug.argtypes import choice_list
+    from pcdms_aug.pipeline import ORDER
+    # Stage 2's image, not the refined one: with the tiny weights it served re-ID better at convergence
+    # (docs/experiments.md, "Levers").
+    parser.add_argument("--stages", type=choice_list(ORDER), default=("prior", "inpaint"),
+                        help="stages that make the re-ID views (default: prior,inpaint)")
     parser.add_argument("--steps", type=int, default=None,
                         help="denoising steps of every stage (default: the weights' own per stage)")
     parser.add_argument("--metric-pairs", type=int, default=120, help="test pairs scored by the synthesis metrics")
@@ -99,7 +105,7 @@ def _generate_views(args, data: Path, out: Path, pipe) -> None:
         split = out / "reid" / "splits" / split_filename(args.fraction, seed)
         cfg = GenerateConfig(dataset=str(data), weights=args.weights, out=str(out / "generated" /
                              f"f{args.fraction:g}_s{seed}"), views=args.views, split=str(split),
-                             steps=args.steps, seed=seed, batch=16)
+                             steps=args.steps, stages=tuple(args.stages), seed=seed, batch=16)
         generate(cfg, rank=0, world=1, pipeline=pipe, progress=True)
 
 
