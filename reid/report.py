@@ -81,6 +81,8 @@ def verdict(df: pd.DataFrame, fraction, variant: str) -> str | None:
         word = "helped beyond the controls"
     elif d.mean() <= 0 or pos == 0:
         word = "did not help beyond the controls"
+    elif len(d) == 1:
+        word = "helped beyond the controls on the one seed run (one seed cannot show that it holds)"
     else:
         word = "did not help consistently beyond the controls (not positive on every seed)"
     lacking = [c for c in CONTROLS if c not in controls]

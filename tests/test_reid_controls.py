@@ -145,6 +145,8 @@ def test_verdict_words_follow_the_per_seed_gains():
     assert "vs duplicated" in text and "not run: baseline_steps" in text
     assert "did not help consistently" in report.verdict(frame([16.0, 11.0, 18.0]), 0.2, "augmented")
     assert "did not help beyond" in report.verdict(frame([11.0, 11.0, 13.0]), 0.2, "augmented")
+    one = report.verdict(frame([16.0]), 0.2, "augmented")
+    assert "on the one seed run (one seed cannot show that it holds)" in one and "consistently" not in one
     gains = report.gain_over_control(frame([16.0, 11.0, 18.0]), 0.2, "augmented")
     assert list(gains) == [4.0, -2.0, 4.0] and math.isclose(gains.mean(), 2.0)
     rows = report.seed_table(frame([16.0, 11.0, 18.0]), 0.2, "augmented")
