@@ -174,8 +174,8 @@ def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg)
         "# pcdms-aug demo report", "",
         f"Synthetic Market-1501 ({args.train_ids} training / {args.test_ids} test identities), shipped tiny "
         f"weights, {_steps_text(args.steps, pipe)} ({scheduler.upper()}). Re-ID: osnet_x0_25 from scratch, "
-        f"{int(args.fraction * 100)}% of the real training images, {args.views} generated view(s) per kept image, "
-        f"seeds {', '.join(map(str, args.seeds))}; {protocol}.",
+        f"{int(args.fraction * 100)}% of the real training images, {args.views} generated view(s) per kept image "
+        f"(stages {', '.join(args.stages)}), seeds {', '.join(map(str, args.seeds))}; {protocol}.",
         "These numbers are measured on the synthetic set by this run; they are not Market-1501 numbers. The demo's "
         "re-ID runs are short (not trained to convergence): `pcdms-aug reid-experiment tiny/reid.yaml converge=true` "
         "compares the variants at convergence.", "",

@@ -20,6 +20,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "DDIM" in report and "baseline" in report and "augmented" in report
+    assert "(stages prior, inpaint)" in report  # the views are stage 2's by default
+    settings = json.loads(next(out.glob("generated/*/generate.json")).read_text())["settings"]
+    assert settings["stages"] == ["prior", "inpaint"]
     # The report leads with the gain over the strongest control, per seed, and says in words what it shows.
     lead = report.index("## Did the generated views help beyond the controls?")
     assert lead < report.index("## Downstream re-ID") < report.index("## Synthesis")
