@@ -150,25 +150,27 @@ def _steps_text(steps, pipe) -> str:
     return text
 
 
-def _lead(df, fraction: float) -> list[str]:
+def _lead(df) -> list[str]:
     """The report's first section: did the views beat the strongest control, in words and per seed?"""
     from . import report
 
-    said = [v for v in (report.verdict(df, fraction, "augmented"),) if v]
-    return ["## Did the generated views help beyond the controls?", "",
-            *[f"**{v}.**" for v in said], "",
+    return [*report.lead_lines(df),
             "Controls (real images only, same subset and seed): `baseline` (its own epochs), `baseline_steps` (the "
             "augmented run's optimizer steps and learning-rate drops), `duplicated` (the subset repeated to the "
             "augmented run's image count, same steps). The gain is augmented minus the best control of each seed.",
-            "", *report.seed_table(df, fraction, "augmented"), ""]
+            ""]
 
 
 def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg) -> None:
     from .experiment import make_config, protocol_notes
 
     scheduler = pipe.scheduler
+    from . import report
+
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""
-    reid_md = "\n".join(line for line in reid_md.splitlines() if not line.startswith("# "))  # its title
+    # Its title and its lead, which leads this report too.
+    reid_md = "\n".join(line for line in reid_md.splitlines() if not line.startswith("# "))
+    reid_md = reid_md.replace("\n".join(report.lead_lines(df)), "").strip()
     protocol = "; ".join(protocol_notes(make_config(reid_cfg)))
     lines = [
         "# pcdms-aug demo report", "",
@@ -179,7 +181,7 @@ def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg)
         "These numbers are measured on the synthetic set by this run; they are not Market-1501 numbers. The demo's "
         "re-ID runs are short (not trained to convergence): `pcdms-aug reid-experiment tiny/reid.yaml converge=true` "
         "compares the variants at convergence.", "",
-        *_lead(df, args.fraction),
+        *_lead(df),
         "## Downstream re-ID (every variant)", "", reid_md, "", "![CMC](reid/cmc.png)", "",
         "## Synthesis (test pairs of the synthetic set)", "",
         "Full pipeline (prior -> inpaint -> refine):", "", format_table(metrics["final"]), "",

@@ -117,16 +117,22 @@ def verdicts(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def markdown(df: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
-    lines = [f"# {title}", ""]
+def lead_lines(df: pd.DataFrame) -> list[str]:
+    """The verdicts in words and the per-seed gains over the strongest control; [] without a gain to report."""
     said = verdicts(df)
-    if said:
-        lines += ["## Did the generated views help beyond the controls?", ""] + [f"- {v}" for v in said] + [""]
-        for fraction in sorted(df.fraction.unique()):
-            for g in GAINS:
-                rows = seed_table(df, fraction, g)
-                if rows:
-                    lines += [f"mAP per seed, {fraction * 100:g}% of the real images, {g}:", "", *rows, ""]
+    if not said:
+        return []
+    lines = ["## Did the generated views help beyond the controls?", ""] + [f"- {v}" for v in said] + [""]
+    for fraction in sorted(df.fraction.unique()):
+        for g in GAINS:
+            rows = seed_table(df, fraction, g)
+            if rows:
+                lines += [f"mAP per seed, {fraction * 100:g}% of the real images, {g}:", "", *rows, ""]
+    return lines
+
+
+def markdown(df: pd.DataFrame, title: str, notes: list[str] = ()) -> str:
+    lines = [f"# {title}", "", *lead_lines(df)]
     lines += [f"- {n}" for n in notes]
     lines += ["- values in percent, mean ± sample std over seeds; Δ = mean ± std of the per-seed difference (same "
               "subset and initial weights); Δ control = against the strongest control of each seed (the best of "

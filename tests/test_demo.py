@@ -25,6 +25,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert settings["stages"] == ["prior", "inpaint"]
     # The report leads with the gain over the strongest control, per seed, and says in words what it shows.
     lead = report.index("## Did the generated views help beyond the controls?")
+    assert report.count("## Did the generated views help beyond the controls?") == 1  # not again in the re-ID part
     assert lead < report.index("## Downstream re-ID") < report.index("## Synthesis")
     assert "over the strongest control" in report[lead:] and "| paired mean ± std |" in report
     assert "help" in report[lead:report.index("## Downstream re-ID")]
