@@ -39,20 +39,23 @@ if [ "${STUDY:-views}" = levers ]; then
     "canonical poses=$S/canon_f0.2/results.csv" "filter, top 50 %=$S/filt_f0.2/results.csv"
   exit 0
 fi
-# STUDY=stage2: stage 2's views (the tiny default) against all three controls, converged, at 20% on seeds 0-2
-# and at 40% on seeds 0-1 (docs/experiments.md, "Stage 2's views on other seeds"). Results: $OUT/stage2/*/results.md.
+# STUDY=stage2: stage 2's views (the tiny default) against all three controls, converged, at 20% on the seeds
+# SEEDS (default 0,1,2) and at 40% on SEEDS40 (default 0,1; empty: none) (docs/experiments.md, "Stage 2's views
+# on more seeds"). Results: $OUT/stage2/s2_f<fraction>/results.md.
 if [ "${STUDY:-views}" = stage2 ]; then
-  S=$OUT/stage2
+  S=$OUT/stage2 seeds20=${SEEDS:-0,1,2} seeds40=${SEEDS40-0,1}
   cv=(converge=true max_steps=1000 eval_every=50 patience=2 plateau_drops=1 views_per_image=4)
+  runs="${seeds20//,/ }" && runs=$(for s in $runs; do echo "0.2:$s"; done; for s in ${seeds40//,/ }; do echo "0.4:$s"; done)
   pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[0.2,0.4]" \
-    "seeds=[0,1,2]" out_dir="$S/splitsrc" --splits-only
-  for fs in 0.2:0 0.2:1 0.2:2 0.4:0 0.4:1; do
+    "seeds=[$seeds20${seeds40:+,$seeds40}]" out_dir="$S/splitsrc" --splits-only
+  for fs in $runs; do
     f=${fs%:*} seed=${fs#*:}
     pcdms-aug generate --config tiny/generate.yaml --dataset "$DEMO/data" --weights tiny --views 4 --seed "$seed" \
       --split "$S/splitsrc/splits/split_f${f}_s$seed.json" --batch 16 --out "$S/gen/s2_f${f}_s$seed"
   done
-  for fs in 0.2:0,1,2 0.4:0,1; do
+  for fs in "0.2:$seeds20" "0.4:$seeds40"; do
     f=${fs%:*} seeds=${fs#*:}
+    [ -n "$seeds" ] || continue
     pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[$f]" "seeds=[$seeds]" \
       "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/s2_f${f}_s{seed}" \
       out_dir="$S/s2_f$f" "${cv[@]}"

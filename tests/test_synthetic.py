@@ -1,7 +1,6 @@
 import hashlib
 import json
 import math
-import time
 from collections import defaultdict
 from dataclasses import replace
 
@@ -102,11 +101,8 @@ def test_torchreid_reads_it_unchanged(synth_market):
 
 
 def test_same_seed_same_bytes_other_seed_differs(synth_market, tmp_path):
-    start = time.perf_counter()
     again = build_synthetic_market(tmp_path / "again", progress=False, **SYNTH_SETTINGS)
-    seconds = time.perf_counter() - start
     assert _hashes(again) == _hashes(synth_market)
-    assert seconds < 30, f"small build took {seconds:.1f} s"
     other = build_synthetic_market(tmp_path / "other", train_ids=2, test_ids=1, seed=1, progress=False)
     small = build_synthetic_market(tmp_path / "small", train_ids=2, test_ids=1, seed=0, progress=False)
     h_other, h_small = _hashes(other), _hashes(small)
@@ -116,9 +112,7 @@ def test_same_seed_same_bytes_other_seed_differs(synth_market, tmp_path):
 
 def test_idempotent_resumable_and_refusing(synth_market, tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in synth_market.rglob("*") if p.is_file()}
-    start = time.perf_counter()
     assert build_synthetic_market(synth_market, progress=False, **SYNTH_SETTINGS) == synth_market
-    assert time.perf_counter() - start < 1.0
     assert stamp == {p: p.stat().st_mtime_ns for p in synth_market.rglob("*") if p.is_file()}
     with pytest.raises(DataError, match="other settings"):
         build_synthetic_market(synth_market, train_ids=8, test_ids=6, seed=5, progress=False)
