@@ -98,7 +98,7 @@ def run_id(fraction: float, seed: int, variant: str) -> str:
 # Keys that do not change what a run computes: a finished run stays valid when only these differ.
 _NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
                        "generated_dir", "views_per_identity",
-                       "views_per_image"}
+                       "views_per_image", "generated_share"}
 # Keys that change nothing unless converge / max_steps is on (so runs made before they existed stay valid).
 _CONVERGE_KEYS = {"converge", "eval_every", "patience", "plateau_drops", "min_delta", "val_images"}
 
@@ -111,8 +111,9 @@ def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool, ext
     fp.update(data_dir=str(Path(data_dir).resolve()), generated_dir=None if generated is None
               else str(Path(generated).resolve()), kept_only=kept_only,
               views_per_identity=cfg.views_per_identity if generated else None, **(extra or {}))
-    if generated and cfg.views_per_image is not None:  # absent otherwise: older runs stay valid
-        fp["views_per_image"] = cfg.views_per_image
+    for key in ("views_per_image", "generated_share"):  # absent unless set: older runs stay valid
+        if generated and getattr(cfg, key) is not None:
+            fp[key] = getattr(cfg, key)
     return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
 
 

@@ -52,6 +52,10 @@ class TrainConfig:
     fixbase_epoch: int = 0
     open_layers: list | None = None
     batch_size: int = 32
+    # Share of each batch drawn from the generated views (items drawn by weight, with replacement, an epoch
+    # still being the images' count); None: uniform over real and generated images, so 4 views per image make
+    # 80 % of every batch generated.
+    generated_share: float | None = None
     batch_size_test: int = 100
     height: int = 128
     width: int = 64
@@ -83,6 +87,12 @@ class TrainConfig:
                 raise DataError(f"{key} must be at least 1, got {getattr(self, key)} ({where})")
         if self.max_steps is not None and int(self.max_steps) < 1:
             raise DataError(f"max_steps must be at least 1 or null, got {self.max_steps} ({where})")
+        if self.generated_share is not None and not 0 < float(self.generated_share) < 1:
+            raise DataError(f"generated_share must be between 0 and 1 (exclusive) or null, got "
+                            f"{self.generated_share} ({where})")
+        if self.generated_share is not None and self.loss == "triplet":
+            raise DataError(f"generated_share draws items by weight; the triplet loss needs torchreid's identity "
+                            f"sampler (RandomIdentitySampler): use loss=softmax or generated_share=null ({where})")
         if self.lr_steps and not self.max_steps:
             raise DataError(f"lr_steps needs max_steps (steps are counted against it) ({where})")
         if self.loss == "triplet" and self.batch_size < self.num_instances:
@@ -116,6 +126,24 @@ def build_datamanager(cfg: TrainConfig, root: str | Path, dataset: str, use_gpu:
         transforms=list(cfg.transforms), use_gpu=use_gpu, batch_size_train=cfg.batch_size,
         batch_size_test=cfg.batch_size_test, workers=cfg.workers, num_instances=cfg.num_instances,
         train_sampler="RandomIdentitySampler" if cfg.loss == "triplet" else "RandomSampler")
+
+
+def share_loader(cfg: TrainConfig, trainset, seed: int, pin_memory: bool = False):
+    """A training loader whose batches are ``cfg.generated_share`` generated views on average (seeded draws).
+
+    Real items (the duplicated control's repeats included) share the rest equally; torchreid's own loader
+    samples every item uniformly.
+    """
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    generated = [item[0] in trainset.generated_paths for item in trainset.train]
+    n_gen = sum(generated)
+    share = float(cfg.generated_share)
+    weights = [share / n_gen if g else (1 - share) / (len(generated) - n_gen) for g in generated]
+    sampler = WeightedRandomSampler(weights, len(weights), replacement=True,
+                                    generator=torch.Generator().manual_seed(seed))
+    return DataLoader(trainset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      pin_memory=pin_memory, drop_last=True)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, device: str):
@@ -196,6 +224,8 @@ def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: i
     seed_everything(seed)
     dm = build_datamanager(cfg, root, dataset, device.startswith("cuda"))
     trainset = dm.train_loader.dataset
+    if cfg.generated_share is not None and trainset.num_generated:
+        dm.train_loader = share_loader(cfg, trainset, seed, pin_memory=dm.use_gpu)
     validate, n_val = (None, 0)
     if cfg.converge:
         validate, n_val = _validator(cfg, dm, trainset.data_dir, split_file, seed, device)

@@ -89,3 +89,29 @@ def test_weights_from_a_local_file_only(tmp_path):
         training.load_weights(dst, junk)
     with pytest.raises(DataError, match="not found"):
         training.TrainConfig(weights=str(tmp_path / "absent.pth")).check()
+
+
+def test_generated_share_sets_the_batches_composition(data):
+    root, gen = data  # one view per real image: torchreid's uniform sampler draws about half views
+    training.register(generated_dir=gen)
+    dm = training.build_datamanager(training.TrainConfig(**SMALL), root, SYNTHETIC, use_gpu=False)
+    trainset = dm.train_loader.dataset
+    for share in (0.2, 0.8):
+        cfg = training.TrainConfig(generated_share=share, **SMALL)
+        loader = training.share_loader(cfg, trainset, seed=0)
+        drawn = [trainset.train[i][0] in trainset.generated_paths for _ in range(20) for i in loader.sampler]
+        assert abs(np.mean(drawn) - share) < 0.05
+        assert len(loader) == len(dm.train_loader)  # an epoch is still the images' count
+        fresh = [list(training.share_loader(cfg, trainset, seed=0).sampler) for _ in range(2)]
+        assert fresh[0] == fresh[1] != list(training.share_loader(cfg, trainset, seed=1).sampler)  # seeded
+    run = training.train_and_evaluate(training.TrainConfig(generated_share=0.5, **SMALL), root, SYNTHETIC, seed=1,
+                                      generated_dir=gen)
+    assert run["num_train_generated"] == run["num_train_real"] > 0
+
+
+@pytest.mark.parametrize("bad, match", [({"generated_share": 1.0}, "between 0 and 1"),
+                                        ({"generated_share": 0}, "between 0 and 1"),
+                                        ({"generated_share": 0.5, "loss": "triplet"}, "identity sampler")])
+def test_generated_share_refuses_what_it_cannot_do(bad, match):
+    with pytest.raises(DataError, match=match):
+        training.TrainConfig(**{**SMALL, **bad}).check()

@@ -62,6 +62,20 @@ def test_runner_writes_results_and_resumes(data, tmp_path):
         experiment.run_experiment(config(root, gen, out, epochs=2), progress=False)
 
 
+def test_generated_share_is_part_of_a_run_with_views_only(data, tmp_path):
+    root, gen = data
+    out = tmp_path / "out"
+    kw = dict(seeds=[0], variants=["baseline", "augmented"])
+    experiment.run_experiment(config(root, gen, out, **kw), progress=False)
+    # The baseline has no views, so the share changes nothing it computed; the augmented run it changes.
+    with pytest.raises(DataError, match="another config.*generated_share") as err:
+        experiment.run_experiment(config(root, gen, out, generated_share=0.5, **kw), progress=False)
+    assert "augmented" in str(err.value)
+    shared = experiment.run_experiment(config(root, gen, tmp_path / "shared", generated_share=0.5, **kw),
+                                       progress=False)
+    assert set(shared.variant) == {"baseline", "augmented"}
+
+
 def test_cli_resumes_and_writes_splits(data, tmp_path, capsys):
     root, gen = data
     cfg = tmp_path / "reid.yaml"
