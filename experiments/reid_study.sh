@@ -41,11 +41,13 @@ if [ "${STUDY:-views}" = levers ]; then
 fi
 # STUDY=stage2: stage 2's views (the tiny default) against all three controls, converged, at 20% on the seeds
 # SEEDS (default 0,1,2) and at 40% on SEEDS40 (default 0,1; empty: none) (docs/experiments.md, "Stage 2's views
-# on more seeds"). Results: $OUT/stage2/s2_f<fraction>/results.md.
+# on more seeds"). SHARE=0.5: the same with generated_share=0.5 (half of each batch generated, instead of the
+# 80 % that 4 views per image give). Results: $OUT/stage2/s2[_share<SHARE>]_f<fraction>/results.md.
 if [ "${STUDY:-views}" = stage2 ]; then
-  S=$OUT/stage2 seeds20=${SEEDS:-0,1,2} seeds40=${SEEDS40-0,1}
-  cv=(converge=true max_steps=1000 eval_every=50 patience=2 plateau_drops=1 views_per_image=4)
-  runs="${seeds20//,/ }" && runs=$(for s in $runs; do echo "0.2:$s"; done; for s in ${seeds40//,/ }; do echo "0.4:$s"; done)
+  S=$OUT/stage2 seeds20=${SEEDS:-0,1,2} seeds40=${SEEDS40-0,1} share=${SHARE:-}
+  cv=(converge=true max_steps=1000 eval_every=50 patience=2 plateau_drops=1 views_per_image=4
+      ${share:+generated_share=$share})
+  runs=$(for s in ${seeds20//,/ }; do echo "0.2:$s"; done; for s in ${seeds40//,/ }; do echo "0.4:$s"; done)
   pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[0.2,0.4]" \
     "seeds=[$seeds20${seeds40:+,$seeds40}]" out_dir="$S/splitsrc" --splits-only
   for fs in $runs; do
@@ -58,7 +60,7 @@ if [ "${STUDY:-views}" = stage2 ]; then
     [ -n "$seeds" ] || continue
     pcdms-aug reid-experiment tiny/reid.yaml root="$DEMO/data" dataset=synthetic "fractions=[$f]" "seeds=[$seeds]" \
       "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/s2_f${f}_s{seed}" \
-      out_dir="$S/s2_f$f" "${cv[@]}"
+      out_dir="$S/s2${share:+_share$share}_f$f" "${cv[@]}"
   done
   exit 0
 fi
