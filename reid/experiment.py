@@ -27,6 +27,7 @@ from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_split, split_filename
 from pcdms_aug.errors import DataError
 from pcdms_aug.io import atomic_write_text
+from pcdms_aug.paths import check_out_dir
 from pcdms_aug.runtime import pick_device
 
 from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
@@ -175,9 +176,9 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
     from tqdm import tqdm
 
     cfg = make_config(cfg)
-    out = Path(cfg.out_dir)
     name = dataset_name(cfg.dataset)
     data_dir = locate(cfg.root, DATASET_DIRS[name])
+    out = check_out_dir(cfg.out_dir, "out_dir", {"the dataset": data_dir})
     splits = make_splits(cfg, data_dir)
     if splits_only:
         for (fraction, seed), path in splits.items():

@@ -249,6 +249,10 @@ def test_outputs_never_go_into_the_dataset_or_a_file(synth_market, tmp_path, cap
     assert main(["synthesize-pairs", "--pairs", str(pairs), "--dataset", str(synth_market), "--weights", "tiny",
                  "--out", str(afile)]) == 2
     assert "is a file" in _one_error_line(capsys.readouterr().err, "synthesize-pairs")
+    for out, said in ((afile, "is a file"), (synth_market / "runs", "inside the dataset")):
+        assert main(["reid-experiment", "tiny/reid.yaml", f"root={synth_market}", f"out_dir={out}",
+                     "fractions=[0.5]", "seeds=[0]", "variants=[baseline]"]) == 2
+        assert said in _one_error_line(capsys.readouterr().err, "reid-experiment")
     assert _files(synth_market) == before
 
 
