@@ -66,6 +66,31 @@ def pair_sheet(pairs: Sequence[tuple[str, str]], dataset, poses, columns: dict[s
     return contact_sheet(rows, col_labels=["source", "pose", *columns, "truth"])
 
 
+def views_sheet(plan: Sequence, dataset, folder: str | Path, identities: int = 8) -> Image.Image | None:
+    """One row per identity (its first source in plan order, up to ``identities``): the source, then each of its
+    views beside the target pose it was drawn for (``generate``'s plan rows); None when no view exists yet."""
+    from .data.market import load_image
+
+    by_source: dict[str, list] = {}
+    pids: dict[int, str] = {}
+    for v in plan:
+        if (Path(folder) / v.file).is_file():
+            by_source.setdefault(v.source, []).append(v)
+            pids.setdefault(v.pid, v.source)
+    chosen = list(pids.values())[:identities]
+    if not chosen:
+        return None
+    rows = []
+    for src in chosen:
+        row = [load_image(dataset.path_of(src))]
+        for v in by_source[src]:
+            row += [pose_tile(v.target), Image.open(Path(folder) / v.file)]
+        rows.append(row)
+    k = max(len(by_source[s]) for s in chosen)
+    labels = ["source"] + [x for i in range(k) for x in ("pose", f"view {i + 1}")]
+    return contact_sheet(rows, col_labels=labels)
+
+
 def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Image | None = None) -> np.ndarray:
     """A pose drawn on black, or over ``image`` (resized to ``size``) when one is given."""
     size = size or (pose.size if image is None else (image.height, image.width))

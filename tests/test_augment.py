@@ -33,7 +33,7 @@ from pcdms_aug.pose import read_annotations
 WEIGHTS = "tiny/pipeline.yaml"
 TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")  # torchreid's Market1501 parser
 REPO = Path(__file__).resolve().parent.parent
-BOOKKEEPING = {"manifest.csv", "plan.csv", "generate.json", "generate.log", "shards", "filter"}
+BOOKKEEPING = {"manifest.csv", "plan.csv", "generate.json", "generate.log", "shards", "filter", "views.png"}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,28 @@ def test_policies_give_valid_poses(market):
             for pid in own:  # farthest-point picks do not repeat while candidates remain
                 assert len({v.target_index for v in plan if v.pid == pid}) == 3
     assert mean_dist["coverage"] > 1.2 * mean_dist["random"]
+
+
+def test_views_sheet_shows_each_identity_with_its_poses_and_views(reference, market, split_file, pipe, tmp_path):
+    from PIL import Image
+
+    from pcdms_aug.augment.outputs import remove_run
+
+    out, _ = reference
+    rows = read_rows(out)
+    with Image.open(out / "views.png") as sheet:
+        assert sheet.format == "PNG"
+        # 2 identities of 64x32 views: label strip + 2 rows; source + (pose, view) per view of a source
+        views = max(sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows})
+        assert sheet.height == 12 + 2 * (128 + 2) + 2 and sheet.width == (1 + 2 * views) * (64 + 2) + 2
+        first = np.asarray(sheet.convert("RGB"))[14:14 + 128, 2 + 2 * 66:2 + 2 * 66 + 64]  # row 1, view 1
+    view = rows[0]["file"]
+    assert np.array_equal(first, np.asarray(Image.open(out / view).convert("RGB").resize((64, 128), Image.BICUBIC)))
+    again = tmp_path / "again"
+    generate(make_cfg(market, split_file, again), pipeline=pipe, progress=False)
+    assert (again / "views.png").read_bytes() == (out / "views.png").read_bytes()
+    remove_run(again)
+    assert not (again / "views.png").exists()
 
 
 # ------------------------------------------------------------------------- determinism, ranks, resume

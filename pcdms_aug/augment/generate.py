@@ -413,7 +413,13 @@ def _group_images(pipe, cfg: GenerateConfig, inputs: Inputs, views: list, out: P
 
 def _merge(out: Path, plan: list, cfg: GenerateConfig, inputs: Inputs, scorer_fp: str | None, counts: dict) -> None:
     """Rank 0 after every rank: manifest.csv, and the settings with this run's summary."""
+    from ..io import atomic_save_image
+    from ..viz import views_sheet
+
     counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
+    sheet = views_sheet(plan, inputs.dataset, out)
+    if sheet is not None:
+        atomic_save_image(out / outputs.SHEET, sheet)
     summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
                                       "not_in_split", "planned", "manifest_rows", "kept", "complete")}
     outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,

@@ -5,7 +5,8 @@
 ``OUT/shards/manifest-rank<r>-of-<w>.jsonl``  one line per finished batch (its files and consistency scores),
                        appended by the rank that made it; a line cut by a crash does not parse and is ignored;
 ``OUT/manifest.csv``   the merge of every shard log over the plan, sorted by plan order (rewritten atomically
-                       at the end of every run, on rank 0 after a barrier).
+                       at the end of every run, on rank 0 after a barrier);
+``OUT/views.png``      a contact sheet of the first identities' sources, target poses and views (the same).
 A batch counts as finished when a shard log holds it (scored by the current filter, if any) and all its images
 exist; images are written atomically, so an existing image is a whole one.
 """
@@ -29,6 +30,7 @@ PLAN = "plan.csv"
 MANIFEST = "manifest.csv"
 SHARDS = "shards"
 LOG = "generate.log"
+SHEET = "views.png"  # source, target pose and view of the first identities: to look at before training on them
 FILTER = "filter"  # --filter-model train writes its checkpoint here
 FORMAT = "pcdms-aug generate v1"
 MANIFEST_COLUMNS = ("file", "pid", "camid", "source", "target_pose_origin", "target_pose_index", "seed", "policy",
@@ -95,7 +97,7 @@ def remove_run(out: Path) -> None:
         p = (out / name).resolve()
         if p.parent == root and p.is_file():
             p.unlink()
-    for n in (MANIFEST, PLAN, SETTINGS):
+    for n in (MANIFEST, PLAN, SETTINGS, SHEET):
         if (out / n).is_file():
             (out / n).unlink()
     for folder in (SHARDS, FILTER):
