@@ -542,7 +542,8 @@ def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_again
         loss.backward()
         terms = stage.loss_terms  # what the training log names, beside the total
         assert set(terms) == {"discriminator", "generator", "mse"} and terms["discriminator"] > 0
-        assert float(loss) == pytest.approx(terms["mse"] + terms["discriminator"] + w * terms["generator"], rel=1e-4)
+        total = terms["mse"] + terms["discriminator"] + w * terms["generator"]
+        assert float(loss.detach()) == pytest.approx(total, rel=1e-4)
         grads[w] = (torch.cat([p.grad.flatten() for p in stage.discriminator.parameters()]),
                     stage.unet.conv_in.weight.grad.clone())
     assert grads[0.0][0].abs().sum() > 0
