@@ -36,7 +36,7 @@ def configure(parser):
     parser.add_argument("--weights", default="tiny", help="'tiny' (shipped), a saved pipeline folder or a YAML")
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of real training images kept")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--views", type=int, default=1, help="generated views per real training image")
+    parser.add_argument("--views", type=int, default=2, help="generated views per real training image (default 2)")
     from pcdms_aug.argtypes import choice_list
     from pcdms_aug.pipeline import ORDER
     # Stage 2's image, not the refined one: with the tiny weights it served re-ID better at convergence
