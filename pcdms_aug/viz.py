@@ -61,7 +61,7 @@ def pair_sheet(pairs: Sequence[tuple[str, str]], dataset, poses, columns: dict[s
     from .data.pairs import pair_image_name
 
     rows = [[load_image(dataset.path_of(f)), pose_tile(poses[t])] +
-            [Image.open(Path(d) / pair_image_name(f, t)) for d in columns.values()] + [load_image(dataset.path_of(t))]
+            [load_image(Path(d) / pair_image_name(f, t)) for d in columns.values()] + [load_image(dataset.path_of(t))]
             for f, t in pairs]
     return contact_sheet(rows, col_labels=["source", "pose", *columns, "truth"])
 
@@ -84,7 +84,7 @@ def views_sheet(plan: Sequence, dataset, folder: str | Path, identities: int = 8
     for src in chosen:
         row = [load_image(dataset.path_of(src))]
         for v in by_source[src]:
-            row += [pose_tile(v.target), Image.open(Path(folder) / v.file)]
+            row += [pose_tile(v.target), load_image(Path(folder) / v.file)]
         rows.append(row)
     k = max(len(by_source[s]) for s in chosen)
     labels = ["source"] + [x for i in range(k) for x in ("pose", f"view {i + 1}")]

@@ -162,11 +162,10 @@ def _lead(df) -> list[str]:
 
 
 def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg) -> None:
+    from . import report
     from .experiment import make_config, protocol_notes
 
     scheduler = pipe.scheduler
-    from . import report
-
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""
     # Its title and its lead, which leads this report too.
     reid_md = "\n".join(line for line in reid_md.splitlines() if not line.startswith("# "))
