@@ -20,8 +20,8 @@ from PIL import Image
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.metrics.pixels import psnr, ssim_upstream
-from pcdms_aug.pipeline import PCDMsPipeline
-from pcdms_aug.pose import read_pairs
+from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+from pcdms_aug.data.pose import read_pairs
 
 
 def _tensor(path):

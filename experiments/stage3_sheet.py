@@ -8,8 +8,8 @@ one per DIR, truth.
 import sys
 
 from pcdms_aug.data.market import MarketDataset
-from pcdms_aug.pose import read_annotations, read_pairs
-from pcdms_aug.viz import pair_sheet
+from pcdms_aug.data.pose import read_annotations, read_pairs
+from pcdms_aug.data.viz import pair_sheet
 
 
 def main(pairs_csv, dataset, out, *columns, n=8):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from pcdms_aug.pipeline import PCDMsPipeline
+from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
 
 def main():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcdms_aug.consistency import ConsistencyScorer, FilterConfig
+from pcdms_aug.generation.identity_filter import ConsistencyScorer, FilterConfig
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.splits import load_split
 from reid.filter_model import train_filter_model

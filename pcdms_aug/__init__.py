@@ -6,9 +6,9 @@ __all__ = ["PCDMsPipeline", "Pose", "__version__"]
 def __getattr__(name):
     # Lazy: `import pcdms_aug` for the pose toolkit or the CLI must not pay for torch/diffusers.
     if name == "PCDMsPipeline":
-        from .pipeline import PCDMsPipeline
+        from pcdms_aug.pipelines.pipeline import PCDMsPipeline
         return PCDMsPipeline
     if name == "Pose":
-        from .pose import Pose
+        from pcdms_aug.data.pose import Pose
         return Pose
     raise AttributeError(f"module 'pcdms_aug' has no attribute {name!r}")

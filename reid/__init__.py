@@ -3,7 +3,7 @@
     import reid
     reid.register(generated_dir="gen/f0.2_s0", kept_only=True, split_file="runs/reid/splits/split_f0.2_s0.json")
     dm = torchreid.data.ImageDataManager(root="data/synthetic", sources="synthetic_market1501_pcdms", ...)
-    df = reid.run_experiment(pcdms_aug.config.load_config("tiny/reid.yaml", ["fractions=[0.2]"]))
+    df = reid.run_experiment(pcdms_aug.config.loading.load_config("tiny/reid.yaml", ["fractions=[0.2]"]))
 
 Names that need torchreid (seconds to import) are loaded on first use. The low-data split files are a dataset
 tool: :mod:`pcdms_aug.data.splits`.

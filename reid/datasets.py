@@ -23,7 +23,7 @@ from pathlib import Path
 from pcdms_aug.data.market import DISTRACTOR_PID, JUNK_PID, MarketDataset, find_root
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.data.synthetic import META
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 
 with warnings.catch_warnings():
     # torchreid warns at import that its Cython ranking is absent; the Python fallback is what we use.

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pcdms_aug.io import atomic_save_image, atomic_write_text
+from pcdms_aug.utils.io import atomic_save_image, atomic_write_text
 
 # The controls are the point: a gain is only claimed over the strongest of them (same subset and seed).
 VARIANTS = ["baseline", "augmented", "baseline_steps", "duplicated"]
@@ -37,8 +37,8 @@ def configure(parser):
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of real training images kept")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--views", type=int, default=2, help="generated views per real training image (default 2)")
-    from pcdms_aug.argtypes import choice_list
-    from pcdms_aug.pipeline import ORDER
+    from pcdms_aug.utils.argtypes import choice_list
+    from pcdms_aug.pipelines.pipeline import ORDER
     # Stage 2's image, not the refined one: with the tiny weights it served re-ID better at convergence
     # (docs/experiments.md, "Levers").
     parser.add_argument("--stages", type=choice_list(ORDER), default=("prior", "inpaint"),
@@ -54,10 +54,10 @@ def configure(parser):
 def run(args):
     import torch
 
-    from pcdms_aug.config import load_config
+    from pcdms_aug.config.loading import load_config
     from pcdms_aug.data.synthetic import build_synthetic_market
     from pcdms_aug.metrics.command import format_table
-    from pcdms_aug.pipeline import PCDMsPipeline
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
     from .experiment import run_experiment
 
@@ -98,7 +98,7 @@ def run(args):
 
 def _generate_views(args, data: Path, out: Path, pipe) -> None:
     """The views of each seed's low-data subset, into the folder the experiment's ``generated_dir`` names."""
-    from pcdms_aug.augment.generate import GenerateConfig, generate
+    from pcdms_aug.generation.generate import GenerateConfig, generate
     from pcdms_aug.data.splits import split_filename
 
     for seed in args.seeds:
@@ -114,8 +114,8 @@ def _synthesis_metrics(args, data: Path, out: Path, pipe):
     test poses, metrics per output)."""
     from pcdms_aug.data.market import MarketDataset
     from pcdms_aug.metrics import compute_metrics
-    from pcdms_aug.pose import read_annotations, read_pairs
-    from pcdms_aug.synthesize import synthesize
+    from pcdms_aug.data.pose import read_annotations, read_pairs
+    from pcdms_aug.generation.pairs import synthesize
 
     pairs = read_pairs(data / "market-pairs-test.csv")
     pairs = random.Random(0).sample(pairs, min(args.metric_pairs, len(pairs)))
@@ -132,7 +132,7 @@ def _synthesis_metrics(args, data: Path, out: Path, pipe):
 def _contact_sheet(pairs, ds, poses, out: Path) -> None:
     from PIL import Image
 
-    from pcdms_aug.viz import pair_sheet
+    from pcdms_aug.data.viz import pair_sheet
 
     sheet = pair_sheet(pairs, ds, poses, {n: out / "synthesis" / n for n in ("coarse", "final")})
     atomic_save_image(out / "contact_sheet.png", sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST))

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcdms_aug.config import build, load_config, to_dict
+from pcdms_aug.config.loading import build, load_config, to_dict
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_split, split_filename
-from pcdms_aug.errors import DataError
-from pcdms_aug.io import atomic_write_text
-from pcdms_aug.paths import check_out_dir
-from pcdms_aug.runtime import pick_device
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_write_text
+from pcdms_aug.utils.paths import check_out_dir
+from pcdms_aug.utils.runtime import pick_device
 
 from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
 from .report import write_reports

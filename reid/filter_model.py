@@ -14,8 +14,8 @@ import torch
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.data.synthetic import META
-from pcdms_aug.io import atomic_path
-from pcdms_aug.runtime import seed_everything
+from pcdms_aug.utils.io import atomic_path
+from pcdms_aug.utils.runtime import seed_everything
 
 from .datasets import REAL, SYNTHETIC, register
 from .training import TrainConfig, build_datamanager, build_engine, build_model, train_epochs

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcdms_aug.io import atomic_path, atomic_write_text
+from pcdms_aug.utils.io import atomic_path, atomic_write_text
 
 VARIANTS = ("baseline", "augmented", "filtered", "baseline_steps", "duplicated")
 CONTROLS = ("baseline", "baseline_steps", "duplicated")  # real images only

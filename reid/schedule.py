@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pcdms_aug.errors import DataError
-from pcdms_aug.runtime import seed_everything
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.runtime import seed_everything
 
 from .datasets import dataset_name, register, torchreid, validation_items, validation_loader
 from .evaluation import evaluate, extract_features, rank_metrics
@@ -105,7 +105,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
     Read with ``weights_only=True`` (torch >= 2.6's default); torchreid's own checkpoints also hold numpy
     scalars, which are allowed as safe globals rather than unpickling arbitrary objects.
     """
-    from pcdms_aug.torchfile import load, state_dict_of
+    from pcdms_aug.utils.torchfile import load, state_dict_of
 
     state = state_dict_of(load(path, what="weights"), path)
     own = model.state_dict()

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from pcdms_aug import cli
-from pcdms_aug import io as aio
-from pcdms_aug.augment import (FilterConfig, GenerateConfig, collect_sources, generate, view_name,
+from pcdms_aug.cli import main as cli
+from pcdms_aug.utils import io as aio
+from pcdms_aug.generation import (FilterConfig, GenerateConfig, collect_sources, generate, view_name,
                                make_plan, outputs)
 from pcdms_aug.data.market import MarketDataset, parse_name
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import read_annotations
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import read_annotations
 
 WEIGHTS = "tiny/pipeline.yaml"
 TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")  # torchreid's Market1501 parser
@@ -38,7 +38,7 @@ BOOKKEEPING = {"manifest.csv", "plan.csv", "generate.json", "generate.log", "sha
 
 @pytest.fixture(scope="module")
 def pipe():
-    from pcdms_aug.pipeline import PCDMsPipeline
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
     return PCDMsPipeline.from_config(WEIGHTS, seed=0).to("cpu", torch.float32)
 
@@ -154,7 +154,7 @@ def test_policies_give_valid_poses(market):
             assert all(len(s) == 8 for s in per_source.values())
 
     # coverage: poses farther from those the identity already has than the paper's random draw
-    from pcdms_aug.augment import TargetPoses
+    from pcdms_aug.generation import TargetPoses
 
     bank = TargetPoses(sources.sources, 0).bank
     mean_dist = {}
@@ -172,7 +172,7 @@ def test_policies_give_valid_poses(market):
 def test_views_sheet_shows_each_identity_with_its_poses_and_views(reference, market, split_file, pipe, tmp_path):
     from PIL import Image
 
-    from pcdms_aug.augment.outputs import remove_run
+    from pcdms_aug.generation.outputs import remove_run
 
     out, _ = reference
     rows = read_rows(out)
@@ -389,7 +389,7 @@ def test_kill9_then_rerun_gives_the_expected_set(reference, market, split_file, 
     ref, _ = reference
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "pcdms_aug.cli", *_cli(out, market[0].root, split_file)],
+    proc = subprocess.Popen([sys.executable, "-m", "pcdms_aug", *_cli(out, market[0].root, split_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -411,7 +411,7 @@ def test_torchrun_two_processes_equal_one_run(reference, market, split_file, tmp
     # the reference's thread count: float rounding depends on it (torchrun would set 1 per process)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "pcdms_aug.cli", *_cli(out, market[0].root, split_file)],
+                          "-m", "pcdms_aug", *_cli(out, market[0].root, split_file)],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["manifest-rank0-of-2.jsonl",

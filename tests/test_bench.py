@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from pcdms_aug.bench import bench, make_inputs, run_batched, run_naive
-from pcdms_aug.pipeline import PCDMsPipeline
+from pcdms_aug.perf.bench import bench, make_inputs, run_batched, run_naive
+from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
 torch.set_num_threads(1)
 
@@ -44,7 +44,7 @@ def test_naive_and_batched_generate_the_same_images(pipe):
 
 
 def test_cli_json(capsys):
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     assert main(["bench", "--config", "tiny/pipeline.yaml", "--pairs", "2", "--steps", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -71,7 +71,7 @@ def test_cli_json(capsys):
     (["--refine-noise", "2"], "--refine-noise"), (["--stages", "prior,bogus"], "--stages"),
     (["--pairs", "0"], "--pairs")])
 def test_bad_arguments_are_one_line_errors_naming_them(args, named, capsys):
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     assert main(["bench", "--weights", "tiny", "--device", "cpu", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -79,7 +79,7 @@ def test_bad_arguments_are_one_line_errors_naming_them(args, named, capsys):
 
 
 def test_fp64_is_refused_by_the_parser(capsys):
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["bench", "--weights", "tiny", "--dtype", "fp64"])
@@ -88,7 +88,7 @@ def test_fp64_is_refused_by_the_parser(capsys):
 
 def test_bf16_runs_under_autocast_with_fp32_weights(capsys):
     """Mixed precision as training: weights stay fp32, the report names the autocast type."""
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     assert main(["bench", "--weights", "tiny", "--device", "cpu", "--dtype", "bf16", "--pairs", "2", "--steps", "1",
                  "--stages", "prior,inpaint", "--json"]) == 0
@@ -102,7 +102,7 @@ def test_every_generating_command_takes_dtype(command):
     import argparse
     import importlib
 
-    from pcdms_aug.cli import COMMANDS
+    from pcdms_aug.cli.main import COMMANDS
 
     parser = argparse.ArgumentParser()
     importlib.import_module(COMMANDS[command][0]).configure(parser)

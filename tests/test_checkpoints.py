@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from pcdms_aug.checkpoints import IMAGE_PROJ, POSE_PROJ, import_official, read_official
-from pcdms_aug.config import load_config
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import Pose
+from pcdms_aug.pipelines.import_official import IMAGE_PROJ, POSE_PROJ, import_official, read_official
+from pcdms_aug.config.loading import load_config
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import Pose
 from pcdms_aug.stages import Stage
 
 torch.set_num_threads(1)
@@ -248,7 +248,7 @@ def test_inpaint_import(tmp_path, released):
                       torch.Generator().manual_seed(0), num_inference_steps=1)
     assert out.shape == (1, 3, 64, 32)
     if released:  # the released stage 2 works without a prior and without target embeddings
-        from pcdms_aug.pipeline import PCDMsPipeline
+        from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
         pipe = PCDMsPipeline.from_stages({"inpaint": tmp_path / "inpaint"})
         a, b = poses_pair()
@@ -259,7 +259,7 @@ def test_inpaint_import(tmp_path, released):
 
 # ----------------------------------------------------------------------------------- stage 3 and the CLI
 def test_refine_import_through_the_cli(tmp_path, capsys):
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     up_unet, up_proj = randomize(tiny_unet("refine", 24, False), 9), randomize(UpstreamMLP(64, 64, 64, False), 10)
     state = save_deepspeed(tmp_path / "s3.pt", {"unet.": up_unet, "image_proj_model_p.": up_proj})

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # about a minute of CPU: generation, four re-ID variants, synthesis metrics
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "pcdms_aug.cli", "demo", "--out", str(out), "--train-ids", "12", "--test-ids", "8", "--fraction", "0.5",
+    cmd = [sys.executable, "-m", "pcdms_aug", "demo", "--out", str(out), "--train-ids", "12", "--test-ids", "8", "--fraction", "0.5",
            "--seeds", "0", "--epochs", "1", "--metric-pairs", "6", "--steps", "2"]
     env = {"OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT)

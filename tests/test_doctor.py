@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcdms_aug.cli import main
-from pcdms_aug.doctor import inspect_dataset
-from pcdms_aug.pose import read_annotations
+from pcdms_aug.cli.main import main
+from pcdms_aug.data.doctor import inspect_dataset
+from pcdms_aug.data.pose import read_annotations
 
 from .conftest_data import REAL, real_or_skip
 

@@ -73,7 +73,7 @@ def test_a_run_stopped_by_a_time_limit_leaves_the_figures_it_reached(tmp_path):
 def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
     import torch
 
-    from pcdms_aug.gpu_check import main
+    from pcdms_aug.perf.gpu_check import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -88,7 +88,7 @@ def test_memory_arithmetic_and_saved_tensor_count():
     saved weight is not counted again as an activation, and one activation saved twice is held once."""
     import torch
 
-    from pcdms_aug.gpu_estimate import GB, _SavedCounter, memory_estimate
+    from pcdms_aug.perf.gpu_estimate import GB, _SavedCounter, memory_estimate
 
     m = memory_estimate(10**9, 10**9, 1.5)
     assert (m["trainable_weights"], m["gradients"], m["adamw_moments"], m["ema"]) == (4.0, 4.0, 8.0, 4.0)
@@ -107,7 +107,7 @@ def test_memory_arithmetic_and_saved_tensor_count():
 def test_paper_estimate_counts_the_published_architectures_and_fits_80_gb():
     from types import SimpleNamespace
 
-    from pcdms_aug.gpu_check import Check
+    from pcdms_aug.perf.gpu_check import Check
 
     check = Check(SimpleNamespace(out="unused", reduced=False, steps=None, batch=None), SimpleNamespace(
         device="cpu"))
@@ -120,7 +120,7 @@ def test_paper_estimate_counts_the_published_architectures_and_fits_80_gb():
     assert e["train_tflops"] == {"inpaint": pytest.approx(10.0 * e["training_flops_per_sample"]["inpaint"] / 1e12)}
     assert all(20 < gb < 80 for gb in e["training_memory_gb"].values())
     # SD-2.1-base's UNet at 64x64 latents: about 0.8 TFLOPs a sample, doubled under guidance
-    from pcdms_aug.gpu_estimate import build_meta, parameter_counts
+    from pcdms_aug.perf.gpu_estimate import build_meta, parameter_counts
 
     counts = parameter_counts(build_meta("inpaint"))["components"]
     assert counts["unet"] == 868_876_804 and counts["clip"] == 632_076_800

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pcdms_aug import cli
-from pcdms_aug.cli import main
-from pcdms_aug.errors import DataError
-from pcdms_aug.io import atomic_dir, atomic_path, folder_lock
-from pcdms_aug.pose import read_annotation_files, read_annotations, read_pairs
+from pcdms_aug.cli import main as cli
+from pcdms_aug.cli.main import main
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_dir, atomic_path, folder_lock
+from pcdms_aug.data.pose import read_annotation_files, read_annotations, read_pairs
 
 ROW = "0001_c1s1_000001_00.jpg: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 10, 20, 30, 40, 50, 60]: " \
       "[5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 5, 10, 15, 20, 25, 30]\n"
@@ -74,7 +74,7 @@ def test_render_pose_names_are_plain(tmp_path, capsys):
 
 # ------------------------------------------------------------------ only our own temporaries are removed
 def test_user_files_that_look_temporary_survive(tmp_path):
-    from pcdms_aug.augment.outputs import remove_temp_files
+    from pcdms_aug.generation.outputs import remove_temp_files
 
     mine = [".notes.tmp", ".holiday.tmp.jpg", ".x.1234.tmp.png"]
     for n in mine:
@@ -266,7 +266,7 @@ def test_read_only_out_is_refused_first(synth_market, tmp_path, capsys):
 
 
 def test_filter_model_flag_reaches_the_filter_without_a_config(synth_market, tmp_path, capsys):
-    from pcdms_aug.augment.command import config_from_args
+    from pcdms_aug.generation.command import config_from_args
 
     parser = _parser("generate")
     ckpt = tmp_path / "model.pth"
@@ -301,9 +301,9 @@ def test_a_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path):
 
 # ------------------------------------------------------------------------------------------ configs
 def test_config_typos_are_refused_with_the_nearest_key(tmp_path):
-    from pcdms_aug.config import CONFIG_ROOT
-    from pcdms_aug.pipeline import PCDMsPipeline
-    from pcdms_aug.train import load_run_config
+    from pcdms_aug.config.loading import CONFIG_ROOT
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+    from pcdms_aug.training.loop import load_run_config
 
     with pytest.raises(DataError, match="did you mean 'sampling.refine_strength'"):
         PCDMsPipeline.from_config("tiny/pipeline.yaml", overrides=["sampling.refine_strenght=0.3"])
@@ -313,7 +313,7 @@ def test_config_typos_are_refused_with_the_nearest_key(tmp_path):
     stage.write_text((CONFIG_ROOT / "tiny" / "inpaint.yaml").read_text().replace("scheduler:", "sheduler:")
                      .replace("_base_: encoders.yaml", f"_base_: {CONFIG_ROOT / 'tiny' / 'encoders.yaml'}"))
     from pcdms_aug.stages import stage_class
-    from pcdms_aug.config import load_config
+    from pcdms_aug.config.loading import load_config
     with pytest.raises(DataError, match="sheduler; did you mean 'scheduler'"):
         stage_class("inpaint").from_config(load_config(stage))
     cfg = load_run_config("tiny/train_inpaint.yaml", ["model.unet.config.layers_per_blok=2"])
@@ -334,7 +334,7 @@ def test_train_refuses_a_model_override_typo_before_training(tmp_path, capsys, s
 
 
 def test_synthesize_pairs_refuses_a_folder_made_with_other_settings(tmp_path):
-    from pcdms_aug.synthesize import SETTINGS, check_settings
+    from pcdms_aug.generation.pairs import SETTINGS, check_settings
 
     check_settings(tmp_path, {"steps": 10, "seed": 0}, overwrite=False)
     check_settings(tmp_path, {"steps": 10, "seed": 0}, overwrite=False)  # the same: resume
@@ -356,13 +356,13 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, 
     rc = main(["export-checkpoint", str(bad), "--out", str(tmp_path / "o")])
     assert rc == 2
     _one_error_line(capsys.readouterr().err, "export-checkpoint")
-    r = subprocess.run([sys.executable, "-m", "pcdms_aug.cli", "--debug", "render-pose", "--annotations",
+    r = subprocess.run([sys.executable, "-m", "pcdms_aug", "--debug", "render-pose", "--annotations",
                         str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 def test_yaml_syntax_errors_in_overrides_name_the_override(capsys):
-    from pcdms_aug.config import apply_overrides
+    from pcdms_aug.config.loading import apply_overrides
 
     with pytest.raises(DataError, match=r"override 'train.lr=\[1, 2': the value is not valid YAML"):
         apply_overrides({}, ["train.lr=[1, 2"])
@@ -377,7 +377,7 @@ def test_yaml_syntax_errors_in_overrides_name_the_override(capsys):
 def test_a_weights_reference_is_followed_only_to_a_sibling_stage_of_its_pipeline(tmp_path, same_as):
     import hashlib
 
-    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
     from pcdms_aug.stages import InpaintStage
 
     weights = tmp_path / "w"
@@ -392,7 +392,7 @@ def test_a_weights_reference_is_followed_only_to_a_sibling_stage_of_its_pipeline
 
 
 def test_a_missing_or_changed_referenced_file_is_a_data_error_naming_it(tmp_path):
-    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
     from pcdms_aug.stages import InpaintStage
 
     weights = tmp_path / "w"

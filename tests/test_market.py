@@ -4,8 +4,8 @@ from PIL import Image
 
 from pcdms_aug.data.market import (MarketDataset, MarketName, find_root, load_image, make_pairs, parse_name,
                                    valid_for_pairs)
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import Pose, read_annotations, read_pairs
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import Pose, read_annotations, read_pairs
 
 from .conftest_data import REAL, real_or_skip
 

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pcdms_aug.cli import main as cli_main
+from pcdms_aug.cli.main import main as cli_main
 from pcdms_aug.data.market import MarketDataset
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from pcdms_aug.metrics import compute_metrics, frechet_distance, frechet_distance_of, psnr
 from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.metrics import ssim_upstream
 from pcdms_aug.metrics.pixels import SSIM_K1
-from pcdms_aug.pose import read_pairs, write_pairs
+from pcdms_aug.data.pose import read_pairs, write_pairs
 
 RNG = np.random.default_rng(0)
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from pcdms_aug.config import load_config
+from pcdms_aug.config.loading import load_config
 from pcdms_aug.stages import build_stage
 
 torch.set_num_threads(1)
@@ -170,7 +170,7 @@ def test_prior_initialises_from_a_kandinsky_prior_folder(folders):
 
 
 def test_missing_or_wrong_folders_are_named(folders, tmp_path):
-    from pcdms_aug.errors import DataError
+    from pcdms_aug.utils.errors import DataError
 
     cfg = _stage_cfg("refine", folders)
     cfg["weights"]["dinov2"] = str(tmp_path / "absent")
@@ -258,7 +258,7 @@ def test_paper_configs_run_the_whole_cli_loop_on_downloaded_layouts(tmp_path, sy
     metrics run on the result."""
     import shutil
 
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
     from pcdms_aug.testing.paper_fixture import stage_overrides, write_folders
 
     torch.set_num_threads(2)

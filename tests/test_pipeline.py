@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from pcdms_aug import PCDMsPipeline
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import Pose
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import Pose
 
 # One thread: the tests share two cores with other work, and spinning OpenMP threads cost more than they give.
 torch.set_num_threads(1)
@@ -125,7 +125,7 @@ def test_save_and_from_pretrained(pipe, tmp_path):
     assert back.stages["prior"].clip is back.stages["inpaint"].clip
     assert back.stages["inpaint"].dino is back.stages["refine"].dino
     # a stage folder alone, and stages assembled from folders
-    from pcdms_aug.pipeline import PCDMsPipeline as P
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline as P
     two = P.from_stages({"prior": tmp_path / "p" / "prior", "inpaint": tmp_path / "p" / "inpaint"})
     c = two(_image(0), _pose(0), [_pose(1)], generator=torch.Generator().manual_seed(1), stages=("prior", "inpaint"),
             **kw)
@@ -167,7 +167,7 @@ def test_a_frozen_encoder_two_stages_share_is_written_once_and_loads_back_exactl
 def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
     """The shipped files are the real save path's (fp16 trainables, each frozen encoder once): loading and saving
     them again gives the same bytes, file for file."""
-    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
 
     torch.set_num_threads(1)
     PCDMsPipeline.from_pretrained("tiny").save_pretrained(tmp_path / "t", trainable_dtype=torch.float16)
@@ -181,7 +181,7 @@ def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
 def test_missing_stage_folder_and_shipped_weights_are_data_errors(pipe, tmp_path, monkeypatch):
     import shutil
 
-    import pcdms_aug.pipeline as pl
+    import pcdms_aug.pipelines.pipeline as pl
 
     pipe.save_pretrained(tmp_path / "p")
     shutil.rmtree(tmp_path / "p" / "refine")
@@ -277,7 +277,7 @@ def test_per_stage_settings_are_checked(pipe):
 
 
 def test_fp16_storage_of_trained_parts_loads_back_in_fp32(tmp_path):
-    from pcdms_aug.pipeline import PCDMsPipeline as P
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline as P
     pipe = P.from_config("tiny/pipeline.yaml", seed=0)
     pipe.save_pretrained(tmp_path / "h", trainable_dtype=torch.float16)
     pipe.save_pretrained(tmp_path / "f")
@@ -292,7 +292,7 @@ def test_fp16_storage_of_trained_parts_loads_back_in_fp32(tmp_path):
 
 
 def test_shipped_tiny_weights_load_and_generate():
-    from pcdms_aug.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
     if not (WEIGHTS_ROOT / "tiny" / "pipeline.yaml").is_file():
         pytest.fail("the shipped tiny weights are missing from the checkout (scripts/train_tiny.sh makes them)")
     torch.set_num_threads(1)
@@ -354,7 +354,7 @@ def test_refine_noise_zero_makes_stage_3_a_function_of_the_coarse_image(pipe, mo
 def test_assemble_command(pipe, tmp_path, capsys):
     """`pcdms-aug assemble`: stage folders (a saved pipeline's or OUT/final) -> one loadable pipeline folder with
     the sampling defaults of a pipeline YAML plus overrides; images equal to the source pipeline's."""
-    from pcdms_aug.cli import main
+    from pcdms_aug.cli.main import main
 
     pipe.save_pretrained(tmp_path / "p")
     final = tmp_path / "refine_run" / "final"
@@ -388,7 +388,7 @@ def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path):
     folder as it was and no temporary folder; a full disk is a DataError naming the folder."""
     import errno
 
-    from pcdms_aug.io import atomic_dir
+    from pcdms_aug.utils.io import atomic_dir
 
     target = tmp_path / "w"
     with atomic_dir(target) as tmp:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import (FLIP_PERMUTATION, JOINTS, NUM_JOINTS, VECTOR_DIM, Pose, PoseBank, format_annotation_row,
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import (FLIP_PERMUTATION, JOINTS, NUM_JOINTS, VECTOR_DIM, Pose, PoseBank, format_annotation_row,
                             read_annotations, read_pairs, render_pose, write_annotations, write_pairs)
 
 from .conftest_data import REAL, real_or_skip

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from reid import experiment, report, schedule, training
 from reid.datasets import SYNTHETIC, repeat_items
 from tests.reid_fixtures import build_fake_generated

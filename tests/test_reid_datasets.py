@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pcdms_aug.data.splits import make_split, save_split
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from reid import datasets as reid_datasets
 import torchreid  # after reid.datasets, which imports it with its Cython warning silenced
 from tests.reid_fixtures import build_fake_generated

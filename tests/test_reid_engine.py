@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from reid import training
 from reid.datasets import SYNTHETIC
 from reid.evaluation import evaluate, rank_cap, rank_metrics

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pcdms_aug.cli import main as cli_main
-from pcdms_aug.config import load_config
+from pcdms_aug.cli.main import main as cli_main
+from pcdms_aug.config.loading import load_config
 from pcdms_aug.data.splits import load_split
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from reid import experiment
 from tests.reid_fixtures import build_fake_generated
 

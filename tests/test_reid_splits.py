@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from pcdms_aug.data.market import MarketDataset
-from pcdms_aug.errors import DataError
+from pcdms_aug.utils.errors import DataError
 from pcdms_aug.data.splits import Split, load_split, make_split, save_split, split_filename, split_names
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pcdms_aug.config import load_config
-from pcdms_aug.diffusion import SCHEDULERS, apply_drop, cfg_double, drop_masks
-from pcdms_aug.errors import DataError
+from pcdms_aug.config.loading import load_config
+from pcdms_aug.stages.diffusion import SCHEDULERS, apply_drop, cfg_double, drop_masks
+from pcdms_aug.utils.errors import DataError
 from pcdms_aug.stages import Stage, build_stage
 from pcdms_aug.stages.base import FROZEN as FROZEN_PARTS
 
@@ -335,7 +335,7 @@ def test_pair_dataset_items_and_batches(synth_market, tmp_path, stages):
 def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
     from diffusers import DDPMScheduler
 
-    from pcdms_aug.diffusion import denoise, sampling_scheduler
+    from pcdms_aug.stages.diffusion import denoise, sampling_scheduler
 
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
                           clip_sample=False)
@@ -363,7 +363,7 @@ def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
 def test_img2img_init_noise_scales_the_start_noise_and_zero_is_deterministic():
     from diffusers import DDPMScheduler
 
-    from pcdms_aug.diffusion import denoise, sampling_scheduler
+    from pcdms_aug.stages.diffusion import denoise, sampling_scheduler
 
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
                           clip_sample=False)
@@ -432,7 +432,7 @@ def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages,
 def test_training_timesteps_and_start_image_shape_what_the_loss_sees():
     from diffusers import DDPMScheduler
 
-    from pcdms_aug.diffusion import diffusion_loss
+    from pcdms_aug.stages.diffusion import diffusion_loss
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample")
     x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -555,9 +555,9 @@ def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_again
 
 
 def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm_starting(tmp_path):
-    from pcdms_aug.pipeline import stage_folder
+    from pcdms_aug.pipelines.pipeline import stage_folder
     from pcdms_aug.stages import stage_class
-    from pcdms_aug.warm_start import warm_start
+    from pcdms_aug.training.warm_start import warm_start
 
     cfg = load_config("tiny/refine.yaml")
     cfg.update(adversarial={"weight": 0.1, "channels": [8, 16]})
@@ -575,9 +575,9 @@ def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm
 def test_assemble_refuses_bad_overrides_and_a_config_of_another_scale_before_loading(tmp_path, capsys):
     """Unknown keys and bad values of `assemble key=value` are refused at once, naming the key; a --config whose
     image size is not the stages' is refused; without --config the stages' own scale gives the defaults."""
-    from pcdms_aug.assemble import pipeline_config, stage_scale
-    from pcdms_aug.cli import main
-    from pcdms_aug.pipeline import stage_folder
+    from pcdms_aug.pipelines.assemble import pipeline_config, stage_scale
+    from pcdms_aug.cli.main import main
+    from pcdms_aug.pipelines.pipeline import stage_folder
 
     for over, key in [("sampling.refine_strength=7", "sampling.refine_strength"),
                       ("sampling.scheduler=nonsense", "sampling.scheduler"), ("sampling.stepz.prior=3", "stepz"),
@@ -596,7 +596,7 @@ def test_assemble_refuses_bad_overrides_and_a_config_of_another_scale_before_loa
 
 
 def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
-    from pcdms_aug.refine_inputs import INFO, check_refine_inputs
+    from pcdms_aug.data.refine_inputs import INFO, check_refine_inputs
 
     with pytest.raises(DataError, match="older make-refine-inputs"):
         check_refine_inputs(tmp_path, (128, 64))
@@ -619,8 +619,8 @@ def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
 def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_path):
     """train reads `train.mixed_precision=no` (YAML: false) as "no", and stage 3 refuses a folder made by the
     old source-size make-refine-inputs before it reads any image."""
-    from pcdms_aug.train import load_run_config
-    from pcdms_aug.train_data import make_dataset
+    from pcdms_aug.training.loop import load_run_config
+    from pcdms_aug.training.data import make_dataset
 
     cfg = load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=no", f"data.root={tmp_path}",
                                                      f"data.annotations={tmp_path}/a.csv",
@@ -634,7 +634,7 @@ def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_
 
 def test_pipeline_returns_working_size_images_on_request():
     """make-refine-inputs' images: the stages' own size, not resized back to the source's."""
-    from pcdms_aug.pipeline import PCDMsPipeline
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
 
     pipe = PCDMsPipeline.from_pretrained("tiny")
     src = torch.zeros(1, 3, 64, 32)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcdms_aug.cli import main
+from pcdms_aug.cli.main import main
 from pcdms_aug.data import people as pp
 from pcdms_aug.data import posegen as pg
 from pcdms_aug.data.market import MarketDataset, make_pairs, pid_of, valid_for_pairs
 from pcdms_aug.data.synthetic import ANNOTATIONS, META, PAIRS, build_synthetic_market, planned_poses
-from pcdms_aug.errors import DataError
-from pcdms_aug.pose import JOINTS, read_annotations, read_pairs
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import JOINTS, read_annotations, read_pairs
 
 from .conftest import SYNTH_SETTINGS
 from .conftest_data import REAL, real_or_skip

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pcdms_aug.cli import main
-from pcdms_aug.resume import list_checkpoints, read_state
-from pcdms_aug.train import load_run_config, train
+from pcdms_aug.cli.main import main
+from pcdms_aug.training.checkpoints import list_checkpoints, read_state
+from pcdms_aug.training.loop import load_run_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,11 +97,11 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path, synth_
               "train.warmup_steps=1", "data.max_pairs=24"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "pcdms_aug.cli", "train", "tiny/train_prior.yaml", *common,
+    subprocess.run([sys.executable, "-m", "pcdms_aug", "train", "tiny/train_prior.yaml", *common,
                     f"train.out={one}", "train.grad_accum=2", "--no-progress"], check=True, env=env, cwd=ROOT)
     two = tmp_path / "two"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                    "-m", "pcdms_aug.cli", "train", "tiny/train_prior.yaml", *common, f"train.out={two}",
+                    "-m", "pcdms_aug", "train", "tiny/train_prior.yaml", *common, f"train.out={two}",
                     "train.grad_accum=1", "--no-progress"], check=True, env=env, cwd=ROOT)
     a, b = _weights(one / "checkpoint-3"), _weights(two / "checkpoint-3")
     assert a.keys() == b.keys()
@@ -130,7 +130,7 @@ def test_init_from_warm_starts_from_a_saved_stage_and_refuses_another_architectu
     cold = train(_cfg(tmp_path / "c", synth_market, "prior", "train.max_steps=1", "train.lr=0"), progress=False)
     c = load_file(str(cold / "prior.safetensors"))
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    from pcdms_aug.errors import DataError
+    from pcdms_aug.utils.errors import DataError
     other = tmp_path / "prior_1layer.yaml"
     other.write_text(f"_base_: {ROOT / 'configs/tiny/prior.yaml'}\nprior: {{layers: 1}}\n")
     with pytest.raises(DataError, match="does not match this config"):
@@ -149,10 +149,10 @@ def test_overrides_reach_the_model_config_named_by_path():
 def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_zero_new_channels():
     """The widened conv_in starts at zero on the source channels, so the warm-started refiner samples exactly
     what the shipped one does; trained, the source channels matter (and guidance on them runs)."""
-    from pcdms_aug.config import load_config
-    from pcdms_aug.pipeline import stage_folder
+    from pcdms_aug.config.loading import load_config
+    from pcdms_aug.pipelines.pipeline import stage_folder
     from pcdms_aug.stages import build_stage, stage_class
-    from pcdms_aug.warm_start import warm_start
+    from pcdms_aug.training.warm_start import warm_start
 
     torch.set_num_threads(1)
     cfg = load_config(ROOT / "configs/tiny/refine.yaml")

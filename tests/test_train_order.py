@@ -1,4 +1,4 @@
-from pcdms_aug.train_data import MicroBatchSampler
+from pcdms_aug.training.data import MicroBatchSampler
 
 
 def _take(sampler, n):

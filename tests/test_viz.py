@@ -1,9 +1,9 @@
 import numpy as np
 from PIL import Image
 
-from pcdms_aug.cli import main
-from pcdms_aug.pose import Pose, format_annotation_row
-from pcdms_aug.viz import contact_sheet
+from pcdms_aug.cli.main import main
+from pcdms_aug.data.pose import Pose, format_annotation_row
+from pcdms_aug.data.viz import contact_sheet
 
 
 def test_contact_sheet_layout():

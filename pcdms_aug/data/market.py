@@ -9,8 +9,8 @@ from itertools import permutations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import DataError
-from ..pose import Pose
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import Pose
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 TORCHREID_NESTING = ("market1501", "Market-1501-v15.09.15")

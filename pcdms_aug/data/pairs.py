@@ -7,9 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import DataError
-from ..pose import read_annotations, render_pose
-from .market import IMAGE_SIZE, MarketDataset, load_image, make_pairs
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import read_annotations, render_pose
+from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, load_image, make_pairs
 
 
 def pair_image_name(frm: str, to: str, k: int | None = None) -> str:

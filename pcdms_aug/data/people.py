@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import posegen as pg
+from pcdms_aug.data import posegen as pg
 
 SS = 4  # supersampling factor of the drawing
 SHIFT = 3  # cv2 sub-pixel bits

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pose import NUM_JOINTS, Pose
+from pcdms_aug.data.pose import NUM_JOINTS, Pose
 
 H, W = 128, 64
 NOSE, NECK, RSHO, RELB, RWRI, LSHO, LELB, LWRI, RHIP, RKNE, RANK, LHIP, LKNE, LANK, REYE, LEYE, REAR, LEAR = range(18)
@@ -262,7 +262,7 @@ def pose_statistics(poses) -> dict:
 
 def compare_table(synthetic: dict, real: dict, names=None) -> str:
     """Markdown: synthetic versus real statistics (as ``pose_statistics`` returns them), joint by joint."""
-    from ..pose import JOINTS
+    from pcdms_aug.data.pose import JOINTS
     names = names or [n + f" ({i})" for i, n in enumerate(JOINTS)]
     out = [f"images: synthetic {synthetic['images']}, real {real['images']}; joints marked -1: synthetic "
            f"{synthetic['missing']:.1%}, real {real['missing']:.1%}; crops with no keypoint: synthetic "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import DataError
-from ..io import atomic_write_text
-from .market import MarketImage, parse_name
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_write_text
+from pcdms_aug.data.market import MarketImage, parse_name
 
 FORMAT = "pcdms-aug reid split v1"
 

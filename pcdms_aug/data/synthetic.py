@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..io import atomic_save_image, atomic_write_text
-from ..pose import Pose, read_annotations, write_annotations, write_pairs
-from . import people as pp
-from . import posegen as pg
-from .market import SPLITS, make_pairs
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_save_image, atomic_write_text
+from pcdms_aug.data.pose import Pose, read_annotations, write_annotations, write_pairs
+from pcdms_aug.data import people as pp
+from pcdms_aug.data import posegen as pg
+from pcdms_aug.data.market import SPLITS, make_pairs
 
 log = logging.getLogger(__name__)
 

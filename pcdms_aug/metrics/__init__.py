@@ -4,11 +4,11 @@ only; absent ones refuse a metric.
 
 The CLI (`pcdms-aug metrics`) is :mod:`.command`; the heavy parts (torch networks) are imported when used.
 """
-from .command import configure, format_table, run
-from .config import MetricsConfig
-from .evaluate import compute_metrics
-from .frechet import feature_stats, frechet_distance, frechet_distance_of
-from .pixels import psnr, ssim_upstream
+from pcdms_aug.metrics.command import configure, format_table, run
+from pcdms_aug.metrics.config import MetricsConfig
+from pcdms_aug.metrics.evaluate import compute_metrics
+from pcdms_aug.metrics.frechet import feature_stats, frechet_distance, frechet_distance_of
+from pcdms_aug.metrics.pixels import psnr, ssim_upstream
 
 __all__ = ["compute_metrics", "configure", "feature_stats", "format_table", "frechet_distance",
            "frechet_distance_of", "MetricsConfig", "psnr", "run", "ssim_upstream"]

@@ -6,10 +6,10 @@ import json
 import logging
 import math
 
-from ..errors import DataError
-from ..io import atomic_write_text
-from .config import as_config
-from .evaluate import compute_metrics
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_write_text
+from pcdms_aug.metrics.config import as_config
+from pcdms_aug.metrics.evaluate import compute_metrics
 
 COLUMNS = (("ssim", "SSIM", "{:.4f}"), ("psnr", "PSNR", "{:.3f}"), ("lpips", "LPIPS", "{:.4f}"),
            ("fid", "FID", "fid"), ("fid_reid", "FID-reid", "fid"))
@@ -57,7 +57,7 @@ def format_table(result: dict) -> str:
 
 
 def configure(parser) -> None:
-    from ..argtypes import positive_int
+    from pcdms_aug.utils.argtypes import positive_int
 
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to) whose targets were generated")
     parser.add_argument("--generated", required=True, metavar="DIR",
@@ -82,7 +82,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from ..config import apply_overrides, load_config, to_dict
+    from pcdms_aug.config.loading import apply_overrides, load_config, to_dict
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     raw = load_config(args.config) if args.config else to_dict(as_config(None))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ..config import build, load_config
-from ..errors import DataError
+from pcdms_aug.config.loading import build, load_config
+from pcdms_aug.utils.errors import DataError
 
 REFERENCES = ("train", "targets")
 

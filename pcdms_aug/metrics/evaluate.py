@@ -18,14 +18,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..data.market import MarketDataset, load_image
-from ..errors import DataError
-from ..pose import read_pairs
-from .config import MetricsConfig, as_config
-from .frechet import frechet_distance_of
-from .networks import build_networks
-from .pixels import psnr, ssim_upstream
-from ..data.pairs import pair_image_name
+from pcdms_aug.data.market import MarketDataset, load_image
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.data.pose import read_pairs
+from pcdms_aug.metrics.config import MetricsConfig, as_config
+from pcdms_aug.metrics.frechet import frechet_distance_of
+from pcdms_aug.metrics.networks import build_networks
+from pcdms_aug.metrics.pixels import psnr, ssim_upstream
+from pcdms_aug.data.pairs import pair_image_name
 
 ROWS = ("generated", "copy_source", "ground_truth")
 ORACLE_LABEL = "oracle best-of-{k} (uses ground truth; not available for augmentation)"
@@ -304,7 +304,7 @@ def compute_metrics(pairs: Iterable[tuple[str, str]] | str | Path, generated_dir
     ``None`` in every row. ``best_of=K`` reads ``<from>_to_<to>_<k>.png`` (k = 0..K-1) and keeps, per pair, the
     sample with the best SSIM against the ground truth: upstream's oracle protocol, labelled as such.
     """
-    from ..runtime import pick_device
+    from pcdms_aug.utils.runtime import pick_device
 
     cfg = as_config(config)
     sel = _select_pairs(pairs, generated_dir, dataset_root, best_of, allow_missing)

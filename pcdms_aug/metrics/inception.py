@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception as tv_inception
 
-from ..errors import DataError
-from .weights import read_state, resolve_weight_path
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.metrics.weights import read_state, resolve_weight_path
 
 HINT = ("Inception-v3 weights: torchvision's ImageNet file inception_v3_google-0cc3c7bd.pth "
         "(torchvision.models.Inception_V3_Weights.IMAGENET1K_V1; the FID network of upstream PCDMs/PIDM/GFLA) "

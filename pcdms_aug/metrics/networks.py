@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import DataError
-from .config import MetricsConfig
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.metrics.config import MetricsConfig
 
 log = logging.getLogger(__name__)
 
 
 def _lpips(cfg: MetricsConfig):
-    from .perceptual import load_lpips
+    from pcdms_aug.metrics.perceptual import load_lpips
 
     return load_lpips(cfg.lpips.alexnet_weights, cfg.lpips.linear_weights)
 
 
 def _inception(cfg: MetricsConfig):
-    from .inception import load_inception
+    from pcdms_aug.metrics.inception import load_inception
 
     return load_inception(cfg.fid.inception_weights)
 
 
 def _reid(cfg: MetricsConfig):
-    from .reid_features import load_reid_features
+    from pcdms_aug.metrics.reid_features import load_reid_features
 
     c = cfg.fid_reid
     return load_reid_features(c.model, c.weights, (c.height, c.width))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..errors import DataError
-from .weights import read_state, resolve_weight_path
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.metrics.weights import read_state, resolve_weight_path
 
 ALEXNET_HINT = ("torchvision's AlexNet ImageNet weights, alexnet-owt-7be5be79.pth "
                 "(torchvision.models.AlexNet_Weights.IMAGENET1K_V1; on a machine with network, "

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
-from .weights import read_state, resolve_weight_path
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.metrics.weights import read_state, resolve_weight_path
 
 HINT = ("a torchreid checkpoint of that model (torchreid's engine writes model.pth.tar-<epoch> under its save_dir; "
         "any state dict of the same architecture works)")

@@ -1,13 +1,13 @@
 """Where the metric networks' weights come from: local files named in the metrics config, nothing downloaded.
 
 A missing file refuses its metric with a one-line DataError naming the config key, the path and where to get
-the file; files are read by :mod:`pcdms_aug.torchfile` (``weights_only=True``, ``module.`` prefixes dropped).
+the file; files are read by :mod:`pcdms_aug.utils.torchfile` (``weights_only=True``, ``module.`` prefixes dropped).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from pcdms_aug.utils.errors import DataError
 
 
 def resolve_weight_path(value, key: str, hint: str, special: dict | None = None) -> Path:
@@ -28,6 +28,6 @@ def resolve_weight_path(value, key: str, hint: str, special: dict | None = None)
 
 def read_state(path: Path, what: str) -> dict:
     """The state dict in ``path`` (bare, or under ``state_dict`` / ``module``), ``module.`` prefixes removed."""
-    from ..torchfile import load, state_dict_of
+    from pcdms_aug.utils.torchfile import load, state_dict_of
 
     return state_dict_of(load(path, what=what), path)

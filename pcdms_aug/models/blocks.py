@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pose import NUM_JOINTS, VECTOR_SENTINEL
+from pcdms_aug.data.pose import NUM_JOINTS, VECTOR_SENTINEL
 
 
 class PoseMLP(nn.Module):

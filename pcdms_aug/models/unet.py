@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DataError
-from .encoders import SOURCES
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.models.encoders import SOURCES
 
 
 def build_unet(cfg: dict, stage_cfg: dict, in_channels: int, out_channels: int,
@@ -15,7 +15,7 @@ def build_unet(cfg: dict, stage_cfg: dict, in_channels: int, out_channels: int,
     builds the architecture only (the weights then come from a saved stage)."""
     from diffusers import UNet2DConditionModel
 
-    from .encoders import pretrained_folder
+    from pcdms_aug.models.encoders import pretrained_folder
 
     arch = dict(cfg.get("config") or {})
     path = pretrained_folder(cfg, stage_cfg, "unet")

@@ -1,10 +1,10 @@
 """The three PCDMs stages; ``pipeline.py`` is the only place that knows their order."""
 from __future__ import annotations
 
-from .base import Stage
-from .inpaint import InpaintStage
-from .prior import PriorStage
-from .refine import RefineStage
+from pcdms_aug.stages.base import Stage
+from pcdms_aug.stages.inpaint import InpaintStage
+from pcdms_aug.stages.prior import PriorStage
+from pcdms_aug.stages.refine import RefineStage
 
 STAGES = {"prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
-from ..io import atomic_dir
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import atomic_dir
 
 FROZEN = ("clip", "dino", "codec")
 REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stage's file
@@ -38,7 +38,7 @@ class Stage(nn.Module):
         self._load_weights = load_weights
 
     def frozen(self, name: str) -> nn.Module:
-        from ..models.encoders import build_frozen
+        from pcdms_aug.models.encoders import build_frozen
 
         return build_frozen(name, self.cfg[name], self.cfg, self._cache)
 
@@ -47,7 +47,7 @@ class Stage(nn.Module):
     def from_config(cls, cfg: dict, seed: int = 0, cache: dict | None = None,
                     load_weights: bool = True) -> "Stage":
         """Trainable parts random (``seed``) or from SD-2.1-base; frozen parts as their config says."""
-        from ..schema import check_stage_config
+        from pcdms_aug.config.schema import check_stage_config
 
         cfg = copy.deepcopy(dict(cfg))
         check_stage_config(cfg, cls.name, f"{cls.name} stage config")
@@ -110,7 +110,7 @@ class Stage(nn.Module):
     # ---------------------------------------------------------------- save / load
     def _from_folder(self, name: str) -> bool:
         """Whether a frozen component is read from a local pretrained folder (then it is not saved)."""
-        from ..models.encoders import pretrained_folder
+        from pcdms_aug.models.encoders import pretrained_folder
 
         part = self.cfg.get(name) or {}
         if name == "codec" and part.get("type") != "vae":
@@ -171,7 +171,7 @@ class Stage(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_model
 
-        from ..models.encoders import frozen_key
+        from pcdms_aug.models.encoders import frozen_key
 
         directory = Path(directory)
         cfg = cls.read_config(directory)
@@ -179,7 +179,7 @@ class Stage(nn.Module):
         if cls.name and name != cls.name:
             raise DataError(f"this folder holds stage {name!r}, not {cls.name!r}", directory)
         if not cls.name:
-            from . import stage_class
+            from pcdms_aug.stages import stage_class
             return stage_class(name).from_pretrained(directory, cache)
         # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
         stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache, cfg),
@@ -210,7 +210,7 @@ class Stage(nn.Module):
     def check_inputs(self, **tensors) -> int:
         """Every named input must be a tensor of the expected kind, all with one batch size (returned):
         ``*_image`` (B, 3, H, W); ``*_pose`` (B, 54) pose vectors; ``*_embed`` (B, D)."""
-        from ..pose import VECTOR_DIM
+        from pcdms_aug.data.pose import VECTOR_DIM
 
         sizes = {}
         for key, x in tensors.items():
@@ -255,7 +255,7 @@ class _FolderOnly(dict):
         self.cache, self.cfg = cache, cfg
 
     def __contains__(self, key):
-        from ..models.encoders import is_folder_key
+        from pcdms_aug.models.encoders import is_folder_key
 
         return is_folder_key(key) and key in self.cache
 
@@ -263,7 +263,7 @@ class _FolderOnly(dict):
         return self.cache[key]
 
     def __setitem__(self, key, value):
-        from ..models.encoders import is_folder_key
+        from pcdms_aug.models.encoders import is_folder_key
 
         if is_folder_key(key):
             self.cache[key] = value
@@ -289,7 +289,7 @@ def _store_once(file: Path, name: str, shared: dict) -> None:
 def _referenced_file(ref: Path, comp: str) -> Path:
     """The file ``<comp>.ref.json`` stands for: ``<comp>.safetensors`` of a sibling stage folder of the same
     pipeline folder (no other path is followed), with the sha256 the reference records."""
-    from . import STAGES
+    from pcdms_aug.stages import STAGES
 
     try:
         spec = json.loads(ref.read_text())

@@ -12,11 +12,11 @@ import math
 
 import torch
 
-from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
+from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
-from ..models.blocks import ImageProjection, PoseEncoder
-from ..models.unet import build_unet, pose_residual
-from .base import Stage, to_uint8
+from pcdms_aug.models.blocks import ImageProjection, PoseEncoder
+from pcdms_aug.models.unet import build_unet, pose_residual
+from pcdms_aug.stages.base import Stage, to_uint8
 
 CONDITIONS = ("source_features", "target_embed")
 

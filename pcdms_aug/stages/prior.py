@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
+from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
-from ..errors import DataError
-from ..models.blocks import PriorTransformer
-from ..pose import VECTOR_DIM
-from .base import Stage
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.models.blocks import PriorTransformer
+from pcdms_aug.data.pose import VECTOR_DIM
+from pcdms_aug.stages.base import Stage
 
 CONDITIONS = ("source_image", "source_pose", "target_pose")
 
@@ -16,7 +16,7 @@ CONDITIONS = ("source_image", "source_pose", "target_pose")
 def init_from_kandinsky(prior: PriorTransformer, part: dict, stage_cfg: dict) -> int:
     """Copy the Kandinsky-2.2 prior's tensors whose names and shapes agree (its transformer blocks, time
     embedding, ``prd`` token, norm); the rest keeps its random init. Returns how many tensors were copied."""
-    from ..models.encoders import pretrained_folder
+    from pcdms_aug.models.encoders import pretrained_folder
 
     path = pretrained_folder(part, stage_cfg, "prior")
     if path is None:

@@ -17,11 +17,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
+from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
     training_scheduler
-from ..models.blocks import ImageProjection, PatchDiscriminator
-from ..models.unet import build_unet
-from .base import Stage, to_uint8
+from pcdms_aug.models.blocks import ImageProjection, PatchDiscriminator
+from pcdms_aug.models.unet import build_unet
+from pcdms_aug.stages.base import Stage, to_uint8
 
 CONDITIONS = ("source_features",)
 

@@ -20,8 +20,8 @@ import copy
 import json
 from pathlib import Path
 
-from ..config import load_config
-from ..io import atomic_dir
+from pcdms_aug.config.loading import load_config
+from pcdms_aug.utils.io import atomic_dir
 
 # Kandinsky-2.2 prior (kandinsky-2-2-prior/prior/config.json): 32 heads x 64, 20 layers, 1280-d, 77 tokens.
 KANDINSKY = {"num_attention_heads": 32, "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 1280,

@@ -1,0 +1,174 @@
+"""The typed structure of a stage config (YAML, ``config.json`` of a saved stage, ``model.*`` overrides).
+
+A stage keeps its config as plain data (that is what it saves); this module only says what the data may hold,
+so a typo (``sheduler:``) or a wrong value is refused at load, with its path and the nearest valid key, instead
+of silently falling back to a default. The architecture blocks (``unet.config``, ``clip.config``,
+``scheduler``, ...) are checked against the signature of the library class they are passed to.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from pcdms_aug.config.loading import build, unknown_key_error
+
+
+@dataclass
+class Encoder:  # clip / dino: a transformers vision model, frozen
+    pretrained: Optional[str] = None
+    seed: int = 0
+    image_size: Optional[tuple[int, int]] = None
+    config: dict = field(default_factory=dict)
+    normalize: Optional[Literal["imagenet", "clip"]] = None
+
+
+@dataclass
+class Codec:
+    type: Literal["pixel", "space_to_depth", "vae"] = "pixel"
+    factor: int = 2
+    pretrained: Optional[str] = None
+    seed: int = 0
+    scaling_factor: Optional[float] = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Weights:
+    sd21_base: Optional[str] = None
+    dinov2: Optional[str] = None
+    clip_vit_h: Optional[str] = None
+    kandinsky22_prior: Optional[str] = None
+
+
+@dataclass
+class Prior:
+    width: int = 2048
+    layers: int = 20
+    heads: int = 32
+    pose_hidden: int = 512
+    dropout: float = 0.0
+    pose_dim: int = 54
+    pose_missing: float = -1.0
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class UNet:
+    pretrained: Optional[str] = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Projection:
+    hidden: int = 768
+
+
+@dataclass
+class PoseEncoder:
+    channels: tuple[int, ...] = (16, 32, 96, 256)
+    downsample: int = 3
+    out_kernel: int = 1
+    signed_input: bool = False
+
+
+@dataclass
+class Adversarial:
+    weight: float = 0.1
+    channels: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass
+class Common:
+    stage: Optional[str] = None
+    image_size: tuple[int, int] = (128, 64)
+    clip: Optional[Encoder] = None
+    dino: Optional[Encoder] = None
+    codec: Codec = field(default_factory=Codec)
+    scheduler: dict = field(default_factory=dict)
+    noise_offset: float = 0.0
+    drop: dict[str, float] = field(default_factory=dict)
+    weights: Weights = field(default_factory=Weights)
+    random_weights: bool = False
+    gradient_checkpointing: bool = False
+    origin: Optional[dict] = None  # provenance of an imported checkpoint (import-official)
+
+
+@dataclass
+class PriorStage(Common):
+    prior: Prior = field(default_factory=Prior)
+    embed_mean: float = 0.0
+    embed_std: float = 1.0
+
+
+@dataclass
+class InpaintStage(Common):
+    unet: UNet = field(default_factory=UNet)
+    projection: Projection = field(default_factory=Projection)
+    pose_encoder: PoseEncoder = field(default_factory=PoseEncoder)
+    loss_region: Literal["canvas", "target"] = "canvas"
+    target_embed: bool = True
+
+
+@dataclass
+class RefineStage(Common):
+    unet: UNet = field(default_factory=UNet)
+    projection: Projection = field(default_factory=Projection)
+    source_image_input: bool = False
+    adversarial: Optional[Adversarial] = None
+    ssim_loss: float = 0.0
+    train_timesteps: Optional[tuple[int, int]] = None
+    train_coarse_start: float = 0.0
+    train_coarse_noise: float = 1.0
+
+
+SCHEMAS = {"prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(kind: str) -> frozenset:
+    """The keyword arguments the library class of an architecture block accepts."""
+    if kind == "unet":
+        from diffusers import UNet2DConditionModel as cls
+    elif kind == "vae":
+        from diffusers import AutoencoderKL as cls
+    elif kind == "scheduler":
+        from diffusers import DDPMScheduler as cls
+    elif kind == "clip":
+        from transformers import CLIPVisionConfig as cls
+    else:
+        from transformers import Dinov2Config as cls
+    names = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "args"}
+    if kind in ("clip", "dino"):
+        names |= set(cls().to_dict())  # transformers configs take the common PretrainedConfig keys too
+    return frozenset(names)
+
+
+def _check_block(block: dict, kind: str, where: str) -> None:
+    known = _parameters(kind)
+    for key in block:
+        if not str(key).startswith("_") and key not in known:  # _class_name, _diffusers_version: metadata
+            raise unknown_key_error(str(key), known, where)
+
+
+def check_stage_config(cfg: dict, name: str, where: str = "stage config") -> None:
+    """A DataError naming the first unknown key or bad value of stage ``name``'s config."""
+    from pcdms_aug.utils.errors import DataError
+
+    if name not in SCHEMAS:
+        raise DataError(f"{where}: unknown stage {name!r}; use {', '.join(SCHEMAS)}")
+    typed = build(SCHEMAS[name], cfg, where)
+    _check_block(typed.scheduler, "scheduler", f"{where}.scheduler")
+    for enc in ("clip", "dino"):
+        part = getattr(typed, enc)
+        if part is not None:
+            _check_block(part.config, enc, f"{where}.{enc}.config")
+    if typed.codec.type == "vae":
+        _check_block(typed.codec.config, "vae", f"{where}.codec.config")
+    unet = getattr(typed, "unet", None)
+    if unet is not None:
+        _check_block(unet.config, "unet", f"{where}.unet.config")
+    for key, rate in typed.drop.items():
+        if not 0.0 <= rate <= 1.0:
+            raise DataError(f"{where}.drop.{key} must be a rate in [0, 1], got {rate}")

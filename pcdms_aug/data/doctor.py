@@ -1,0 +1,155 @@
+"""`pcdms-aug inspect`: a dataset doctor for Market-1501-layout folders and their annotation CSVs."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pcdms_aug.data.market import IMAGE_SIZE, SPLITS, MarketDataset
+from pcdms_aug.data.pose import NUM_JOINTS, read_annotations
+
+
+def default_annotations(root: Path) -> list[Path]:
+    """Annotation CSVs that sit beside the split folders (the synthetic set writes them there)."""
+    return sorted(root.glob("market-annotation-*.csv")) + sorted(root.parent.glob("market-annotation-*.csv"))
+
+
+def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = None,
+                    check_images: bool = True) -> dict:
+    """Counts and problems of a dataset. Bad names or CSV rows raise DataError; bad images are problems."""
+    ds = MarketDataset(root)
+    problems: list[str] = []
+    report: dict = {"root": str(ds.root)}
+    for split in SPLITS:
+        items = ds.splits[split]
+        pids = {it.name.pid for it in items if it.name.pid > 0}
+        report[f"{split}_images"] = len(items)
+        report[f"{split}_ids"] = len(pids)
+        if not items:
+            problems.append(f"split {SPLITS[split]} is empty")
+    images = list(ds.all_images())
+    report["cameras"] = sorted({it.name.camid for it in images})
+    report["junk_images"] = sum(it.name.is_junk for it in images)
+    report["distractor_images"] = sum(it.name.is_distractor for it in images)
+    problems += _identity_problems(ds)
+    if check_images:
+        problems += _check_images(images, report)
+    files = [Path(a) for a in annotations] if annotations else default_annotations(ds.root)
+    problems += _check_annotations(ds, images, files, report)
+    report["problems"] = problems
+    return report
+
+
+def _identity_problems(ds: MarketDataset) -> list[str]:
+    """Identities the re-ID protocol cannot use as intended: seen by one camera, queries without a gallery
+    image, identities in both train and test."""
+    problems = []
+    cams = {}
+    for it in ds.train:
+        cams.setdefault(it.name.pid, set()).add(it.name.camid)
+    single = sorted(pid for pid, c in cams.items() if len(c) < 2 and pid > 0)
+    if single:
+        problems.append(f"{len(single)} training identities seen by only one camera (e.g. {single[0]:04d})")
+    query_pids = {it.name.pid for it in ds.query}
+    gallery_pids = {it.name.pid for it in ds.gallery}
+    lost = sorted(query_pids - gallery_pids)
+    if lost:
+        problems.append(f"{len(lost)} query identities have no gallery image (e.g. {lost[0]:04d})")
+    overlap = sorted(({it.name.pid for it in ds.train} & (query_pids | gallery_pids)) - {-1, 0})
+    if overlap:
+        problems.append(f"{len(overlap)} identities appear in both train and test (e.g. {overlap[0]:04d})")
+    return problems
+
+
+def _check_images(images: list, report: dict) -> list[str]:
+    """Every image decoded: unreadable ones and ones not of Market-1501's size; ``report["image_sizes"]``."""
+    problems = []
+    sizes = Counter()
+    for it in images:
+        try:
+            with Image.open(it.path) as im:
+                im.verify()
+            with Image.open(it.path) as im:
+                # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
+                im.load()
+                sizes[(im.height, im.width)] += 1
+        except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
+            problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
+    report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())}
+    odd = sum(n for s, n in sizes.items() if s != IMAGE_SIZE)
+    if odd:
+        problems.append(f"{odd} images are not {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (Market-1501's crop size)")
+    return problems
+
+
+def _check_annotations(ds: MarketDataset, images: list, files: list[Path], report: dict) -> list[str]:
+    """The annotation CSVs against the images: repeated, orphan and missing rows; counts into ``report``."""
+    problems = []
+    report["annotation_files"] = [str(f) for f in files]
+    poses = {}
+    for f in files:
+        for name, pose in read_annotations(f).items():
+            if name in poses:
+                problems.append(f"{name} is annotated in more than one file (last: {f})")
+            poses[name] = pose
+    names = {it.filename for it in images}
+    matched = [n for n in poses if n in names]
+    report["annotated_images"] = len(matched)
+    report["unannotated_images"] = len(names) - len(matched)
+    orphans = sorted(set(poses) - names)
+    report["orphan_annotations"] = len(orphans)
+    if orphans:
+        problems.append(f"{len(orphans)} annotation rows name images not in the dataset (e.g. {orphans[0]})")
+    if matched:
+        vis = np.stack([poses[n].visible for n in matched])
+        report["missing_joint_fraction"] = round(float(1.0 - vis.mean()), 4)
+        report["pair_valid_images"] = int(sum(poses[n].has_torso() for n in matched))
+    else:
+        report["missing_joint_fraction"] = None
+        if files:
+            problems.append("no annotation row matches an image of the dataset")
+    unannotated_train = sum(1 for it in ds.train if it.filename not in poses)
+    if files and unannotated_train:
+        problems.append(f"{unannotated_train} training images have no annotation row (they cannot be sources)")
+    return problems
+
+
+def format_report(r: dict) -> str:
+    lines = [f"dataset: {r['root']}"]
+    for split in SPLITS:
+        lines.append(f"  {split:8s} {r[f'{split}_images']:6d} images  {r[f'{split}_ids']:5d} identities")
+    lines.append(f"  cameras  {', '.join(f'c{c}' for c in r['cameras'])}")
+    lines.append(f"  junk (-1) {r['junk_images']}, distractors (0000) {r['distractor_images']}")
+    if "image_sizes" in r:
+        lines.append(f"  image sizes {r['image_sizes']}")
+    if r["annotation_files"]:
+        lines.append("annotations: " + ", ".join(Path(f).name for f in r["annotation_files"]))
+        lines.append(f"  annotated {r['annotated_images']}, unannotated {r['unannotated_images']}, "
+                     f"orphan rows {r['orphan_annotations']}")
+        if r["missing_joint_fraction"] is not None:
+            lines.append(f"  missing joints {100 * r['missing_joint_fraction']:.1f}% of {NUM_JOINTS} per image; "
+                         f"{r['pair_valid_images']} images valid for pairs (shoulders and hips)")
+    else:
+        lines.append("annotations: none given or found")
+    lines.append("problems: none" if not r["problems"] else "problems:")
+    lines += [f"  - {p}" for p in r["problems"]]
+    return "\n".join(lines)
+
+
+def configure(parser):
+    parser.add_argument("root", help="folder with bounding_box_train/, query/, bounding_box_test/ "
+                                     "(or torchreid's market1501/Market-1501-v15.09.15/ nesting)")
+    from pcdms_aug.utils.argtypes import add_annotations_argument
+
+    add_annotations_argument(parser, "annotation CSV(s); default: market-annotation-*.csv beside the split folders")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-image-check", action="store_true", help="skip opening every image")
+
+
+def run(args):
+    report = inspect_dataset(args.root, args.annotations, check_images=not args.no_image_check)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,504 @@
+"""The generation run: settings, plan, this rank's batches, the shard log and the merged manifest.
+
+Deterministic: a view's noise comes from its own generator seeded by (seed, source image, view), and every batch
+is a fixed group of the plan generated in one forward pass; so one run, a resumed run and a run on any number of
+ranks write the same bytes, given the same kind of device, library versions and (on CPU) number of threads: float
+rounding depends on those (torchrun sets OMP_NUM_THREADS=1 unless it is set). ``generate.json`` records them and a
+resume in another environment warns. Resumable: a rerun skips every batch a shard log holds whose images exist; a
+run killed at any moment leaves only whole images (atomic writes) and whole log lines behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pcdms_aug.utils import io as aio
+from pcdms_aug.config.loading import to_dict
+from pcdms_aug.generation.identity_filter import (ConsistencyScorer, FilterConfig, file_sha256, load_filter_trainer,
+                           scorer_fingerprint, select)
+from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, load_image
+from pcdms_aug.data.splits import load_split
+from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import folder_lock
+from pcdms_aug.data.pose import read_annotation_files
+from pcdms_aug.generation import outputs
+from pcdms_aug.generation.plan import PER, POLICIES, collect_sources, make_plan, read_plan, write_plan
+
+log = logging.getLogger("pcdms_aug.generation")
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
+
+
+@dataclass
+class GenerateConfig:
+    dataset: str | None = None  # Market-1501-layout folder (or torchreid's root above it)
+    annotations: Any = None  # annotation CSV(s); default market-annotation-train.csv beside the split folders
+    weights: str | None = None  # folder written by save_pretrained, "tiny", or a pipeline YAML (random weights)
+    out: str | None = None
+    views: int = 4  # per source image (per="image") or per identity (per="identity")
+    per: str = "image"
+    policy: str = "random"  # random | canonical | coverage
+    split: str | None = None  # low-data subset (data.splits JSON): its images are the sources and the pose pool
+    batch: int = 8  # views per forward pass (fixed groups of the plan; part of the settings)
+    steps: Any = None  # a number or {prior: n, inpaint: n, refine: n}; None: the pipeline's own
+    guidance: Any = None  # a number or per stage; None: the pipeline's own defaults
+    scheduler: str | None = None  # None: the pipeline's own
+    stages: tuple = ("prior", "inpaint", "refine")
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 | auto (bf16/fp16 on GPU); part of the settings
+    canonical_poses: int = 8  # k of the canonical policy (PN-GAN used 8)
+    coverage_candidates: int = 32  # k-means candidates the coverage policy picks from
+    require_torso: bool = True  # skip sources whose annotation lacks a shoulder or hip (as the training pairs)
+    image_format: str = "jpg"  # jpg (as Market-1501) | png
+    jpeg_quality: int = 95
+    overwrite: bool = False
+    filter: FilterConfig = field(default_factory=FilterConfig)
+
+    def check(self) -> None:
+        for key in ("dataset", "weights", "out"):
+            if not getattr(self, key):
+                raise DataError(f"--{key} is required (or {key}: in --config)")
+        if self.policy not in POLICIES:
+            raise DataError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.per not in PER:
+            raise DataError(f"--per must be one of {', '.join(PER)}, got {self.per!r}")
+        for key in ("views", "batch", "canonical_poses", "coverage_candidates"):
+            if int(getattr(self, key)) < 1:
+                raise DataError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise DataError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+        from pcdms_aug.pipelines.pipeline import ORDER
+        from pcdms_aug.utils.runtime import DTYPE_CHOICES
+
+        _check_per_stage(self.steps, "steps", integer=True)
+        _check_per_stage(self.guidance, "guidance", integer=False)
+        if self.dtype not in DTYPE_CHOICES:
+            raise DataError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
+        if not self.stages or any(s not in ORDER for s in self.stages) or len(set(self.stages)) != len(self.stages):
+            raise DataError(f"stages must be distinct names of {', '.join(ORDER)}, got {list(self.stages)}")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise DataError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        self.filter.check()
+        if self.filter.model not in (None, "train") and not Path(self.filter.model).is_file():
+            raise DataError("filter model not found (a torchreid checkpoint file, or 'train')", self.filter.model)
+        from pcdms_aug.utils.paths import check_out_dir
+
+        check_out_dir(self.out, not_inside={"the dataset": self.dataset})
+
+
+def _check_per_stage(value, what: str, integer: bool) -> None:
+    """None (the pipeline's own), one number, or {stage: number}: steps integers >= 1, guidance finite >= 0."""
+    import math
+
+    from pcdms_aug.pipelines.pipeline import ORDER
+
+    if value is None:
+        return
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    for stage, v in items:
+        key = what if stage is None else f"{what}.{stage}"
+        if stage is not None and stage not in ORDER:
+            raise DataError(f"{key}: unknown stage {stage!r}; use {', '.join(ORDER)}")
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if integer and not (number and float(v).is_integer() and v >= 1):
+            raise DataError(f"{key} must be an integer >= 1 (or one per stage), got {v!r}")
+        if not integer and not (number and v >= 0):
+            raise DataError(f"{key} must be a finite number >= 0 (or one per stage), got {v!r}")
+
+
+# ---------------------------------------------------------------------------------------- fingerprints
+def _short(h) -> str:
+    return h.hexdigest()[:12]
+
+
+def weights_fingerprint(weights: str, pipe=None) -> str:
+    """sha256 (12 hex digits) of the weights files; of the initial tensors for a pipeline YAML (random weights)."""
+    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+
+    spec = str(weights)
+    h = hashlib.sha256()
+    if spec.endswith((".yaml", ".yml")):
+        if pipe is None:
+            from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+            pipe = PCDMsPipeline.load(spec, "cpu", "fp32")
+        for name in sorted(pipe.stages):
+            for key, t in sorted(pipe.stages[name].state_dict().items()):
+                h.update(f"{name}.{key}".encode())
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return "init-" + _short(h)
+    folder = WEIGHTS_ROOT / "tiny" if spec == "tiny" else Path(spec)
+    if not folder.is_dir():
+        raise DataError("weights folder not found (a folder written by save_pretrained, 'tiny' for the shipped "
+                        "weights, or a pipeline YAML for random weights)", folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError("weights folder is empty", folder)
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(file_sha256(p).encode())
+    return _short(h)
+
+
+def _content_sha(path: Path) -> str:
+    return file_sha256(path)[:12]
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def annotation_files(cfg: GenerateConfig, root: Path) -> list[Path]:
+    given = cfg.annotations
+    if given:
+        files = [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
+    else:
+        files = [p / "market-annotation-train.csv" for p in (root, root.parent)]
+        files = [p for p in files if p.is_file()][:1]
+        if not files:
+            raise DataError("no market-annotation-train.csv beside the split folders; pass --annotations CSV",
+                            root)
+    for p in files:
+        if not p.is_file():
+            raise DataError("annotation file not found", p)
+    return files
+
+
+@dataclass
+class Inputs:
+    dataset: MarketDataset
+    sources: Any  # plan.SourceSet
+    real_by_pid: dict  # pid -> paths of its real training images (of the split): the filter's references
+    settings: dict
+    weights_fp: str
+
+
+def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
+    from pcdms_aug.utils.runtime import pick_device, pick_dtype
+
+    dataset = MarketDataset(cfg.dataset)
+    ann = annotation_files(cfg, dataset.root)
+    poses = read_annotation_files(ann, IMAGE_SIZE)
+    split_names = list(load_split(cfg.split).files) if cfg.split else None
+    source_set = collect_sources(dataset, poses, split_names, cfg.require_torso, cfg.split)
+    wanted = None if split_names is None else set(split_names)
+    real_by_pid: dict[int, list[Path]] = {}
+    for it in dataset.train:
+        if it.name.pid > 0 and (wanted is None or it.filename in wanted):
+            real_by_pid.setdefault(it.name.pid, []).append(it.path)
+    weights_fp = weights_fingerprint(cfg.weights, pipe)
+    dtype = str(pick_dtype(cfg.dtype, pick_device(cfg.device))).replace("torch.", "")
+    settings = {
+        "dataset": str(dataset.root.resolve()),
+        "annotations": [f"{p.resolve()}@{_content_sha(p)}" for p in ann],
+        "split": None if not cfg.split else f"{Path(cfg.split).resolve()}@{_content_sha(Path(cfg.split))}",
+        "weights": weights_fp, "views": int(cfg.views), "per": cfg.per, "policy": cfg.policy,
+        "batch": int(cfg.batch), "steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler,
+        "stages": list(cfg.stages), "seed": int(cfg.seed), "dtype": dtype,
+        "canonical_poses": int(cfg.canonical_poses), "coverage_candidates": int(cfg.coverage_candidates),
+        "require_torso": bool(cfg.require_torso), "image_format": cfg.image_format,
+        "jpeg_quality": int(cfg.jpeg_quality) if cfg.image_format == "jpg" else None,
+    }
+    return Inputs(dataset, source_set, real_by_pid, json.loads(json.dumps(settings)), weights_fp)
+
+
+def encode_image(image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        image.save(buf, format="JPEG", quality=int(quality))
+    else:
+        image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+def _no_space(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC or (
+        isinstance(e, DataError) and "no space left" in str(e))
+
+
+# ------------------------------------------------------------------------------------------------- run
+def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None = None, merge: bool | None = None,
+             pipeline=None, progress: bool = True) -> dict:
+    """Generate (or resume) this rank's share of the plan; rank 0 (``merge``) then writes manifest.csv.
+
+    ``rank``/``world`` default to torchrun's environment. ``pipeline``: an already loaded PCDMsPipeline for
+    ``cfg.weights`` (saves loading it again). Returns counts of the run.
+    """
+    import torch.distributed as dist
+
+    from pcdms_aug.utils.runtime import dist_env
+
+    cfg.check()
+    env_rank, env_world, _ = dist_env()
+    rank = env_rank if rank is None else int(rank)
+    world = env_world if world is None else int(world)
+    if not 0 <= rank < world:
+        raise DataError(f"rank {rank} is not in 0..{world - 1}")
+    merge = rank == 0 if merge is None else merge
+    joined = dist.is_available() and dist.is_initialized()
+    start = time.perf_counter()
+    out = Path(cfg.out)
+
+    with folder_lock(out) if rank == 0 or not joined else contextlib.nullcontext():
+        return _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress)
+
+
+def _warn_tiny_on_real(cfg: GenerateConfig, root: Path) -> None:
+    from pcdms_aug.data.synthetic import META
+
+    if str(cfg.weights) == "tiny" and not (root / META).is_file() and not (root.parent / META).is_file():
+        log.warning("the shipped tiny weights were trained on drawn (synthetic) people only: on %s, which is "
+                    "not the synthetic Market-1501, their views are colour blobs (on 64 real Market-1501 pairs "
+                    "SSIM 0.2139 against 0.2103 for copying the source). Train the paper-scale stages on real "
+                    "data (docs/gpu.md) for views worth adding", root)
+
+
+def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress) -> dict:
+    from pcdms_aug.utils.runtime import barrier
+
+    inputs = load_inputs(cfg, pipeline)
+    leader = rank == 0 or not joined
+    if rank == 0:
+        _warn_about_sources(cfg, inputs)
+    # One process prepares the folder: refusal of foreign content, --overwrite, settings and plan.
+    if leader:
+        _prepare_folder(cfg, inputs, out)
+    if cfg.filter.model == "train":
+        cfg = replace(cfg, filter=replace(cfg.filter, model=str(_trained_filter(cfg, out, leader))))
+    barrier()
+    plan = read_plan(out / outputs.PLAN, IMAGE_SIZE)
+    groups: dict[int, list] = {}
+    for v in plan:
+        groups.setdefault(v.group, []).append(v)
+
+    scorer_fp = scorer_fingerprint(cfg.filter)
+    mine = [g for g in sorted(groups) if g % world == rank]
+    todo = _pending(out, groups, mine, scorer_fp)
+    counts = dict(inputs.sources.counts)
+    counts.update(planned=len(plan), batches=len(groups), rank=rank, world=world,
+                  batches_this_rank=len(mine), batches_done_before=len(mine) - len(todo), generated=0, rescored=0)
+    if todo:
+        _run_batches(cfg, inputs, out, groups, todo, scorer_fp, pipeline, counts, progress)
+    counts["seconds"] = round(time.perf_counter() - start, 3)
+    counts["images_per_second"] = round(counts["generated"] / max(counts["seconds"], 1e-9), 4)
+    barrier()
+    if merge:
+        _merge(out, plan, cfg, inputs, scorer_fp, counts)
+    return counts
+
+
+def _warn_about_sources(cfg: GenerateConfig, inputs: Inputs) -> None:
+    _warn_tiny_on_real(cfg, inputs.dataset.root)
+    counts = inputs.sources.counts
+    skipped = counts["no_annotation"] + counts["no_torso"]
+    if skipped:
+        log.warning("%d training image(s) skipped as sources: %d without a pose annotation, %d without a full "
+                    "torso", skipped, counts["no_annotation"], counts["no_torso"])
+
+
+def _prepare_folder(cfg: GenerateConfig, inputs: Inputs, out: Path) -> None:
+    """Refuse foreign content, apply --overwrite, and write the settings and the plan unless a resume has them."""
+    mode = outputs.check_out(out, inputs.settings, cfg.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.remove_temp_files(out)
+    env = _environment(cfg)
+    if mode == "resume":
+        before = (outputs.read_settings(out) or {}).get("environment")
+        if before and before != env:
+            log.warning("resuming with another environment (%s, before %s): images made now may differ in the "
+                        "last bits from those one uninterrupted run would make (float rounding depends on "
+                        "the device, the library versions and the number of CPU threads)", env, before)
+    if mode != "resume" or not (out / outputs.PLAN).is_file():
+        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": env})
+        plan = make_plan(inputs.sources, views=int(cfg.views), per=cfg.per, policy=cfg.policy,
+                         seed=int(cfg.seed), batch=int(cfg.batch), canonical_poses=int(cfg.canonical_poses),
+                         coverage_candidates=int(cfg.coverage_candidates), ext=cfg.image_format)
+        write_plan(out / outputs.PLAN, plan)
+    log.info("%s in %s (settings in %s)", {"new": "new run", "resume": "resuming the run",
+                                           "overwrite": "replaced the previous run; new run"}[mode],
+             out, outputs.SETTINGS)
+
+
+def _pending(out: Path, groups: dict, mine: list, scorer_fp: str | None) -> list[tuple[int, bool]]:
+    """(group, needs generation) of this rank's groups not finished yet: a group is finished when all its images
+    exist and a shard log holds its scores by the current filter; with its images present it is only rescored."""
+    logged = outputs.read_shard_logs(out, scorer_fp)
+    todo = []
+    for g in mine:
+        have = all((out / v.file).is_file() for v in groups[g])
+        entry = logged.get(g)
+        if have and entry is not None and entry.scorer == scorer_fp:
+            continue
+        todo.append((g, not have))
+    return todo
+
+
+def _run_batches(cfg: GenerateConfig, inputs: Inputs, out: Path, groups: dict, todo: list, scorer_fp: str | None,
+                 pipeline, counts: dict, progress: bool) -> None:
+    """Generate (or read back) and score each pending group, logging it to this rank's shard log; counts the
+    generated and rescored views into ``counts``."""
+    from tqdm import tqdm
+
+    from pcdms_aug.utils.runtime import pick_device
+
+    device = pick_device(cfg.device)
+    pipe = _pipeline_for(cfg, todo, pipeline, device)
+    scorer = _scorer_for(cfg, inputs, groups, todo, scorer_fp, device)
+    rank, world = counts["rank"], counts["world"]
+    shard = outputs.ShardLog(out, rank, world)
+    desc = f"generate [rank {rank}/{world}]" if world > 1 else "generate"
+    bar = tqdm(total=sum(len(groups[g]) for g, _ in todo), desc=desc, unit="img", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for g, needs_generation in todo:
+            views = groups[g]
+            decoded = _group_images(pipe, cfg, inputs, views, out, needs_generation, counts)
+            scores = scorer.score(decoded, [v.pid for v in views]) if scorer else [None] * len(views)
+            shard.add(g, scorer_fp, {v.file: None if s is None else round(float(s), 6)
+                                      for v, s in zip(views, scores)})
+            bar.update(len(views))
+    except (OSError, DataError) as e:
+        if _no_space(e):
+            raise DataError(f"no space left on device after {counts['generated']} new image(s) in this run; "
+                            "free space and run the same command again: finished images are kept and the "
+                            "run resumes where it stopped", out) from e
+        raise
+    finally:
+        bar.close()
+
+
+def _pipeline_for(cfg: GenerateConfig, todo: list, pipeline, device: str):
+    """The pipeline, loaded only when some pending group needs generation (rescoring needs none)."""
+    if not any(gen for _, gen in todo):
+        return None
+    if pipeline is not None:
+        return pipeline
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+
+    return PCDMsPipeline.load(cfg.weights, device, cfg.dtype)
+
+
+def _scorer_for(cfg: GenerateConfig, inputs: Inputs, groups: dict, todo: list, scorer_fp: str | None, device: str):
+    """The filter's scorer with the real images of every identity the pending groups show (None: no filter)."""
+    if scorer_fp is None:
+        return None
+    scorer = ConsistencyScorer(cfg.filter, device)
+    for pid in sorted({v.pid for g, _ in todo for v in groups[g]}):
+        scorer.add_identity(pid, [load_image(p) for p in inputs.real_by_pid[pid]])
+    return scorer
+
+
+def _group_images(pipe, cfg: GenerateConfig, inputs: Inputs, views: list, out: Path, needs_generation: bool,
+                  counts: dict) -> list:
+    """A group's images as they will be scored: generated now, or read back from the files of an earlier run."""
+    if needs_generation:
+        images = _generate_group(pipe, cfg, inputs, views, out)
+        counts["generated"] += sum(1 for v in views if v.file in images["written"])
+        return images["decoded"]
+    decoded = [load_image(out / v.file) for v in views]
+    counts["rescored"] += len(views)
+    return decoded
+
+
+def _merge(out: Path, plan: list, cfg: GenerateConfig, inputs: Inputs, scorer_fp: str | None, counts: dict) -> None:
+    """Rank 0 after every rank: manifest.csv, and the settings with this run's summary."""
+    from pcdms_aug.utils.io import atomic_save_image
+    from pcdms_aug.data.viz import views_sheet
+
+    counts.update(merge_manifest(out, plan, cfg, inputs.weights_fp, scorer_fp))
+    sheet = views_sheet(plan, inputs.dataset, out)
+    if sheet is not None:
+        atomic_save_image(out / outputs.SHEET, sheet)
+    summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
+                                      "not_in_split", "planned", "manifest_rows", "kept", "complete")}
+    outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,
+                                                  "environment": _environment(cfg)})
+
+
+def _environment(cfg: GenerateConfig) -> dict:
+    """What float rounding depends on besides the settings: recorded, and compared on a resume (a warning)."""
+    import torch
+
+    from pcdms_aug.utils.runtime import pick_device
+
+    device = pick_device(cfg.device)
+    env = {"device": device.split(":")[0], "torch": torch.__version__.split("+")[0]}
+    if env["device"] == "cpu":
+        env["cpu_threads"] = torch.get_num_threads()
+    else:
+        env["gpu"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    return env
+
+
+def _trained_filter(cfg: GenerateConfig, out: Path, leader: bool) -> Path:
+    """--filter-model train: a small re-ID model trained on the real source images (of the split), once."""
+    from pcdms_aug.utils.runtime import barrier, pick_device
+
+    f = cfg.filter
+    path = out / outputs.FILTER / f"{f.arch}-{int(f.size[0])}x{int(f.size[1])}-e{int(f.train_epochs)}.pth.tar"
+    if leader and not path.is_file():
+        train = load_filter_trainer()
+        log.info("training the filter's re-ID model (%s, %d epochs) on the real training images", f.arch,
+                 f.train_epochs)
+        train(cfg.dataset, path, split=cfg.split, arch=f.arch, epochs=int(f.train_epochs), size=tuple(f.size),
+              seed=int(cfg.seed), device=pick_device(cfg.device))
+    barrier()
+    return path
+
+
+def _generate_group(pipe, cfg: GenerateConfig, inputs: Inputs, views: list, out: Path) -> dict:
+    import torch
+
+    names = sorted({v.source for v in views})
+    known = {s.name: s for s in inputs.sources.sources}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise DataError(f"the plan names source {missing[0]}, which is no usable source now (annotations or "
+                        "split changed?); rerun with --overwrite", out / outputs.PLAN)
+    images = {n: load_image(known[n].path, IMAGE_SIZE) for n in names}
+    src_pose = {n: known[n].pose for n in names}
+    # One distinct source is passed once, so the pipeline encodes it once.
+    srcs = [images[names[0]]] if len(names) == 1 else [images[v.source] for v in views]
+    spos = [src_pose[names[0]]] if len(names) == 1 else [src_pose[v.source] for v in views]
+    result = pipe(srcs, spos, [v.target for v in views], num_inference_steps=cfg.steps,
+                  guidance_scale=cfg.guidance, generator=[torch.Generator().manual_seed(v.seed) for v in views],
+                  scheduler=cfg.scheduler, stages=tuple(cfg.stages), output_type="pil", batch_size=len(views))
+    written, decoded = set(), []
+    for v, im in zip(views, result.images):
+        data = encode_image(im, cfg.image_format, cfg.jpeg_quality)
+        path = out / v.file
+        if not path.is_file():
+            aio.atomic_write_bytes(path, data)
+            written.add(v.file)
+        # Scores come from the bytes on disk, so a view scored now and one re-read on a resume agree.
+        decoded.append(decode_image(data))
+    return {"written": written, "decoded": decoded}
+
+
+def merge_manifest(out: Path, plan: list, cfg: GenerateConfig, weights_fp: str, scorer_fp: str | None) -> dict:
+    """Write manifest.csv from every shard log (any rank, any earlier run) in plan order; apply the filter rule.
+
+    Only views scored by the current filter (or logged without one, when there is none) and whose image exists
+    are listed; the rule (threshold or top fraction) is applied over those.
+    """
+    done = {}
+    for g, e in outputs.read_shard_logs(out, scorer_fp).items():
+        if e.scorer == scorer_fp:
+            done[g] = outputs.Finished(g, e.scorer, {f: s for f, s in e.scores.items() if (out / f).is_file()})
+    rows = [v for v in plan if v.group in done and v.file in done[v.group].scores]
+    scores = [done[v.group].scores[v.file] for v in rows]
+    kept = [True] * len(rows) if scorer_fp is None else select(
+        scores, [v.pid for v in rows], cfg.filter.threshold, cfg.filter.top, cfg.filter.top_scope)
+    n = outputs.write_manifest(out, plan, done, {v.file: k for v, k in zip(rows, kept)}, cfg.policy, weights_fp)
+    return {"manifest_rows": n, "kept": int(sum(kept)), "complete": n == len(plan)}
