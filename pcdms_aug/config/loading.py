@@ -16,7 +16,7 @@ import yaml
 
 from pcdms_aug.utils.errors import DataError
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -32,7 +32,7 @@ from pcdms_aug.data.pose import NUM_JOINTS, Pose, as_pose, render_pose
 from pcdms_aug.stages import STAGES, Stage, stage_class
 
 ORDER = ("prior", "inpaint", "refine")
-WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
+WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_STEPS = 20
 DEFAULT_SCHEDULER = "unipc"  # where a pipeline config names none
 DEFAULT_GUIDANCE = {"prior": 1.0, "inpaint": 2.0, "refine": 2.0}  # upstream: no guidance in stage 1
