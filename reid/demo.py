@@ -98,7 +98,7 @@ def run(args):
 
 def _generate_views(args, data: Path, out: Path, pipe) -> None:
     """The views of each seed's low-data subset, into the folder the experiment's ``generated_dir`` names."""
-    from pcdms_aug.generation.generate import GenerateConfig, generate
+    from pcdms_aug.generation import GenerateConfig, generate
     from pcdms_aug.data.splits import split_filename
 
     for seed in args.seeds:

@@ -10,7 +10,9 @@ Output folder: the images (Market-1501 names with sequence digit 9, see :mod:`.n
 """
 from pcdms_aug.generation.identity_filter import FilterConfig
 from pcdms_aug.generation.command import config_from_args, configure, run
-from pcdms_aug.generation.generate import GenerateConfig, generate, merge_manifest, weights_fingerprint
+from pcdms_aug.generation.config import GenerateConfig
+from pcdms_aug.generation.generate import generate, merge_manifest
+from pcdms_aug.generation.inputs import weights_fingerprint
 from pcdms_aug.generation.names import GENERATED_SEQUENCE, view_name, is_view_name
 from pcdms_aug.generation.outputs import MANIFEST, MANIFEST_COLUMNS, PLAN, SETTINGS
 from pcdms_aug.generation.plan import POLICIES, PlannedView, TargetPoses, collect_sources, make_plan, read_plan

@@ -12,7 +12,8 @@ from pcdms_aug.config.loading import build, load_config
 from pcdms_aug.generation.identity_filter import REDUCE, TOP_SCOPE
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import file_log
-from pcdms_aug.generation.generate import IMAGE_FORMATS, GenerateConfig, generate
+from pcdms_aug.generation.config import IMAGE_FORMATS, GenerateConfig
+from pcdms_aug.generation.generate import generate
 from pcdms_aug.generation.plan import PER, POLICIES
 
 # flag destination -> key in the config (dotted: a key of the filter section)

@@ -1,4 +1,4 @@
-"""The generation run: settings, plan, this rank's batches, the shard log and the merged manifest.
+"""The generation run: the plan, this rank's batches, the shard log and the merged manifest.
 
 Deterministic: a view's noise comes from its own generator seeded by (seed, source image, view), and every batch
 is a fixed group of the plan generated in one forward pass; so one run, a resumed run and a run on any number of
@@ -11,199 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
-import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from pcdms_aug.utils import io as aio
 from pcdms_aug.config.loading import to_dict
-from pcdms_aug.generation.identity_filter import (ConsistencyScorer, FilterConfig, file_sha256, load_filter_trainer,
-                           scorer_fingerprint, select)
-from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, load_image
-from pcdms_aug.data.splits import load_split
+from pcdms_aug.data.market import IMAGE_SIZE, load_image
+from pcdms_aug.generation import outputs
+from pcdms_aug.generation.config import GenerateConfig
+from pcdms_aug.generation.identity_filter import (ConsistencyScorer, load_filter_trainer, scorer_fingerprint,
+                                                  select)
+from pcdms_aug.generation.inputs import Inputs, load_inputs
+from pcdms_aug.generation.plan import make_plan, read_plan, write_plan
+from pcdms_aug.utils import io as aio
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import folder_lock
-from pcdms_aug.data.pose import read_annotation_files
-from pcdms_aug.generation import outputs
-from pcdms_aug.generation.plan import PER, POLICIES, collect_sources, make_plan, read_plan, write_plan
 
 log = logging.getLogger("pcdms_aug.generation")
-IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
-
-
-@dataclass
-class GenerateConfig:
-    dataset: str | None = None  # Market-1501-layout folder (or torchreid's root above it)
-    annotations: Any = None  # annotation CSV(s); default market-annotation-train.csv beside the split folders
-    weights: str | None = None  # folder written by save_pretrained, "tiny", or a pipeline YAML (random weights)
-    out: str | None = None
-    views: int = 4  # per source image (per="image") or per identity (per="identity")
-    per: str = "image"
-    policy: str = "random"  # random | canonical | coverage
-    split: str | None = None  # low-data subset (data.splits JSON): its images are the sources and the pose pool
-    batch: int = 8  # views per forward pass (fixed groups of the plan; part of the settings)
-    steps: Any = None  # a number or {prior: n, inpaint: n, refine: n}; None: the pipeline's own
-    guidance: Any = None  # a number or per stage; None: the pipeline's own defaults
-    scheduler: str | None = None  # None: the pipeline's own
-    stages: tuple = ("prior", "inpaint", "refine")
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "fp32"  # fp32 | fp16 | bf16 | auto (bf16/fp16 on GPU); part of the settings
-    canonical_poses: int = 8  # k of the canonical policy (PN-GAN used 8)
-    coverage_candidates: int = 32  # k-means candidates the coverage policy picks from
-    require_torso: bool = True  # skip sources whose annotation lacks a shoulder or hip (as the training pairs)
-    image_format: str = "jpg"  # jpg (as Market-1501) | png
-    jpeg_quality: int = 95
-    overwrite: bool = False
-    filter: FilterConfig = field(default_factory=FilterConfig)
-
-    def check(self) -> None:
-        for key in ("dataset", "weights", "out"):
-            if not getattr(self, key):
-                raise DataError(f"--{key} is required (or {key}: in --config)")
-        if self.policy not in POLICIES:
-            raise DataError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.per not in PER:
-            raise DataError(f"--per must be one of {', '.join(PER)}, got {self.per!r}")
-        for key in ("views", "batch", "canonical_poses", "coverage_candidates"):
-            if int(getattr(self, key)) < 1:
-                raise DataError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.image_format not in IMAGE_FORMATS:
-            raise DataError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
-        from pcdms_aug.pipelines.pipeline import ORDER
-        from pcdms_aug.utils.runtime import DTYPE_CHOICES
-
-        _check_per_stage(self.steps, "steps", integer=True)
-        _check_per_stage(self.guidance, "guidance", integer=False)
-        if self.dtype not in DTYPE_CHOICES:
-            raise DataError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
-        if not self.stages or any(s not in ORDER for s in self.stages) or len(set(self.stages)) != len(self.stages):
-            raise DataError(f"stages must be distinct names of {', '.join(ORDER)}, got {list(self.stages)}")
-        if not 1 <= int(self.jpeg_quality) <= 100:
-            raise DataError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
-        self.filter.check()
-        if self.filter.model not in (None, "train") and not Path(self.filter.model).is_file():
-            raise DataError("filter model not found (a torchreid checkpoint file, or 'train')", self.filter.model)
-        from pcdms_aug.utils.paths import check_out_dir
-
-        check_out_dir(self.out, not_inside={"the dataset": self.dataset})
-
-
-def _check_per_stage(value, what: str, integer: bool) -> None:
-    """None (the pipeline's own), one number, or {stage: number}: steps integers >= 1, guidance finite >= 0."""
-    import math
-
-    from pcdms_aug.pipelines.pipeline import ORDER
-
-    if value is None:
-        return
-    items = value.items() if isinstance(value, dict) else [(None, value)]
-    for stage, v in items:
-        key = what if stage is None else f"{what}.{stage}"
-        if stage is not None and stage not in ORDER:
-            raise DataError(f"{key}: unknown stage {stage!r}; use {', '.join(ORDER)}")
-        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if integer and not (number and float(v).is_integer() and v >= 1):
-            raise DataError(f"{key} must be an integer >= 1 (or one per stage), got {v!r}")
-        if not integer and not (number and v >= 0):
-            raise DataError(f"{key} must be a finite number >= 0 (or one per stage), got {v!r}")
-
-
-# ---------------------------------------------------------------------------------------- fingerprints
-def _short(h) -> str:
-    return h.hexdigest()[:12]
-
-
-def weights_fingerprint(weights: str, pipe=None) -> str:
-    """sha256 (12 hex digits) of the weights files; of the initial tensors for a pipeline YAML (random weights)."""
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
-
-    spec = str(weights)
-    h = hashlib.sha256()
-    if spec.endswith((".yaml", ".yml")):
-        if pipe is None:
-            from pcdms_aug.pipelines.pipeline import PCDMsPipeline
-            pipe = PCDMsPipeline.load(spec, "cpu", "fp32")
-        for name in sorted(pipe.stages):
-            for key, t in sorted(pipe.stages[name].state_dict().items()):
-                h.update(f"{name}.{key}".encode())
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return "init-" + _short(h)
-    folder = WEIGHTS_ROOT / "tiny" if spec == "tiny" else Path(spec)
-    if not folder.is_dir():
-        raise DataError("weights folder not found (a folder written by save_pretrained, 'tiny' for the shipped "
-                        "weights, or a pipeline YAML for random weights)", folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise DataError("weights folder is empty", folder)
-    for p in files:
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        h.update(file_sha256(p).encode())
-    return _short(h)
-
-
-def _content_sha(path: Path) -> str:
-    return file_sha256(path)[:12]
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def annotation_files(cfg: GenerateConfig, root: Path) -> list[Path]:
-    given = cfg.annotations
-    if given:
-        files = [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
-    else:
-        files = [p / "market-annotation-train.csv" for p in (root, root.parent)]
-        files = [p for p in files if p.is_file()][:1]
-        if not files:
-            raise DataError("no market-annotation-train.csv beside the split folders; pass --annotations CSV",
-                            root)
-    for p in files:
-        if not p.is_file():
-            raise DataError("annotation file not found", p)
-    return files
-
-
-@dataclass
-class Inputs:
-    dataset: MarketDataset
-    sources: Any  # plan.SourceSet
-    real_by_pid: dict  # pid -> paths of its real training images (of the split): the filter's references
-    settings: dict
-    weights_fp: str
-
-
-def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
-    from pcdms_aug.utils.runtime import pick_device, pick_dtype
-
-    dataset = MarketDataset(cfg.dataset)
-    ann = annotation_files(cfg, dataset.root)
-    poses = read_annotation_files(ann, IMAGE_SIZE)
-    split_names = list(load_split(cfg.split).files) if cfg.split else None
-    source_set = collect_sources(dataset, poses, split_names, cfg.require_torso, cfg.split)
-    wanted = None if split_names is None else set(split_names)
-    real_by_pid: dict[int, list[Path]] = {}
-    for it in dataset.train:
-        if it.name.pid > 0 and (wanted is None or it.filename in wanted):
-            real_by_pid.setdefault(it.name.pid, []).append(it.path)
-    weights_fp = weights_fingerprint(cfg.weights, pipe)
-    dtype = str(pick_dtype(cfg.dtype, pick_device(cfg.device))).replace("torch.", "")
-    settings = {
-        "dataset": str(dataset.root.resolve()),
-        "annotations": [f"{p.resolve()}@{_content_sha(p)}" for p in ann],
-        "split": None if not cfg.split else f"{Path(cfg.split).resolve()}@{_content_sha(Path(cfg.split))}",
-        "weights": weights_fp, "views": int(cfg.views), "per": cfg.per, "policy": cfg.policy,
-        "batch": int(cfg.batch), "steps": cfg.steps, "guidance": cfg.guidance, "scheduler": cfg.scheduler,
-        "stages": list(cfg.stages), "seed": int(cfg.seed), "dtype": dtype,
-        "canonical_poses": int(cfg.canonical_poses), "coverage_candidates": int(cfg.coverage_candidates),
-        "require_torso": bool(cfg.require_torso), "image_format": cfg.image_format,
-        "jpeg_quality": int(cfg.jpeg_quality) if cfg.image_format == "jpg" else None,
-    }
-    return Inputs(dataset, source_set, real_by_pid, json.loads(json.dumps(settings)), weights_fp)
 
 
 def encode_image(image, fmt: str, quality: int) -> bytes:

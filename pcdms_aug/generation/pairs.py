@@ -141,7 +141,7 @@ def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def run(args):
-    from pcdms_aug.generation.generate import weights_fingerprint
+    from pcdms_aug.generation.inputs import weights_fingerprint
     from pcdms_aug.data.doctor import default_annotations
     from pcdms_aug.utils.paths import check_out_dir
     from pcdms_aug.pipelines.pipeline import PCDMsPipeline

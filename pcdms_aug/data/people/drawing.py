@@ -1,188 +1,27 @@
-"""Procedural pedestrians for the synthetic Market-1501: an identity's look, a camera's scene, and the drawing.
-
-A person is drawn from the 3-D skeleton of ``posegen`` at 4x resolution and reduced to 128x64, so that thin
-parts keep their colour. The torso and head are shaded surfaces (an elliptic cylinder and an ellipsoid) whose
-paint is fixed on the body: a print on the chest shows only from the front, a backpack from behind, the face
-from the front and the hair from behind, and a side view is narrower. The same look in another pose or view is
-therefore new information, as in real re-ID data.
-"""
+"""Drawing a person on the 4x canvas from a ``posegen`` skeleton: the torso and head as shaded surfaces whose
+paint is fixed on the body, limbs and bags as lines and boxes, far parts first."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from pcdms_aug.data import posegen as pg
+from pcdms_aug.data.people.looks import Look
 
 SS = 4  # supersampling factor of the drawing
 SHIFT = 3  # cv2 sub-pixel bits
-H, W = pg.H, pg.W
-
-# Clothing colours (RGB) and how common they are: dark and neutral clothes dominate real street scenes.
-PALETTE = {
-    "black": (28, 28, 32), "charcoal": (62, 62, 68), "grey": (128, 128, 132), "white": (226, 226, 220),
-    "navy": (32, 42, 92), "blue": (46, 86, 176), "sky": (126, 172, 222), "denim": (58, 80, 128),
-    "red": (184, 34, 38), "maroon": (112, 24, 36), "pink": (230, 142, 172), "orange": (232, 124, 34),
-    "yellow": (232, 204, 56), "green": (44, 132, 62), "olive": (102, 112, 52), "khaki": (182, 162, 112),
-    "brown": (112, 72, 42), "purple": (104, 54, 134), "teal": (32, 140, 140), "beige": (214, 196, 160),
-}
-TOP_WEIGHTS = {"black": 4, "charcoal": 2, "grey": 2, "white": 4, "navy": 2, "blue": 2, "sky": 1.5, "red": 2,
-               "maroon": 1, "pink": 1.5, "orange": 1, "yellow": 1.5, "green": 1.5, "olive": 1, "khaki": 1,
-               "brown": 1, "purple": 1, "teal": 1, "beige": 1.5}
-BOTTOM_WEIGHTS = {"black": 5, "charcoal": 3, "grey": 2, "white": 1, "navy": 2, "denim": 4, "blue": 1,
-                  "khaki": 2, "brown": 1, "beige": 1, "red": 0.5, "green": 0.5, "olive": 0.7}
-HAIR = {"black": (22, 20, 20), "dark brown": (56, 36, 26), "brown": (104, 68, 38), "blond": (196, 164, 104),
-        "grey": (150, 148, 146)}
-HAIR_WEIGHTS = {"black": 6, "dark brown": 3, "brown": 1.5, "blond": 0.8, "grey": 0.7}
-SHOES = {"black": (26, 26, 28), "white": (232, 232, 228), "brown": (96, 62, 36), "grey": (120, 120, 124),
-         "red": (180, 40, 40), "blue": (50, 80, 160)}
-SHOE_WEIGHTS = {"black": 5, "white": 3, "brown": 1.5, "grey": 1, "red": 0.5, "blue": 0.5}
 
 
-def _pick(rng: np.random.Generator, weights: dict, table: dict | None = None, avoid=None):
-    names = [n for n in weights if n != avoid]
-    p = np.array([weights[n] for n in names], float)
-    name = names[int(rng.choice(len(names), p=p / p.sum()))]
-    base = np.array((table or PALETTE)[name], float)
-    return name, tuple(np.clip(base * rng.uniform(0.88, 1.12) + rng.normal(0, 6, 3), 0, 255))
-
-
-@dataclass(frozen=True)
-class Look:
-    """What one identity wears; colours are RGB floats."""
-
-    skin: tuple
-    hair: tuple
-    hair_style: str  # short | long | cap
-    cap: tuple
-    top: tuple
-    top2: tuple
-    top_pattern: str  # plain | stripes | checks | yoke | jacket
-    period: float  # stripe / check size, body pixels
-    sleeves: str  # long | short
-    logo: str  # none | circle | square | triangle | bar
-    logo_colour: tuple
-    back_print: bool
-    bottom: tuple
-    bottom2: tuple
-    bottom_kind: str  # trousers | shorts | skirt
-    bottom_stripe: bool  # a side stripe down each leg
-    shoes: tuple
-    bag: str  # none | backpack | shoulder
-    bag_colour: tuple
-    bag_side: int  # +1 the person's left, -1 right (shoulder bag)
-
-
-def sample_look(rng: np.random.Generator) -> Look:
-    top_name, top = _pick(rng, TOP_WEIGHTS)
-    _, top2 = _pick(rng, TOP_WEIGHTS, avoid=top_name)
-    bottom_name, bottom = _pick(rng, BOTTOM_WEIGHTS)
-    _, bottom2 = _pick(rng, TOP_WEIGHTS, avoid=bottom_name)
-    _, hair = _pick(rng, HAIR_WEIGHTS, HAIR)
-    _, shoes = _pick(rng, SHOE_WEIGHTS, SHOES)
-    _, bag_colour = _pick(rng, TOP_WEIGHTS)
-    _, cap = _pick(rng, TOP_WEIGHTS)
-    _, logo_colour = _pick(rng, TOP_WEIGHTS, avoid=top_name)
-    tone = rng.uniform(0, 1)
-    skin = tuple(np.array([238, 198, 168]) * (1 - tone) + np.array([118, 80, 56]) * tone)
-    return Look(
-        skin=skin, hair=hair, hair_style=str(rng.choice(["short", "long", "cap"], p=[0.55, 0.3, 0.15])), cap=cap,
-        top=top, top2=top2,
-        top_pattern=str(rng.choice(["plain", "stripes", "checks", "yoke", "jacket"], p=[0.4, 0.18, 0.12, 0.12, 0.18])),
-        period=float(rng.uniform(3.0, 5.5)), sleeves=str(rng.choice(["long", "short"], p=[0.55, 0.45])),
-        logo=str(rng.choice(["none", "circle", "square", "triangle", "bar"], p=[0.35, 0.18, 0.17, 0.15, 0.15])),
-        logo_colour=logo_colour, back_print=bool(rng.random() < 0.2),
-        bottom=bottom, bottom2=bottom2,
-        bottom_kind=str(rng.choice(["trousers", "shorts", "skirt"], p=[0.68, 0.18, 0.14])),
-        bottom_stripe=bool(rng.random() < 0.12), shoes=shoes,
-        bag=str(rng.choice(["none", "backpack", "shoulder"], p=[0.4, 0.35, 0.25])), bag_colour=bag_colour,
-        bag_side=int(rng.choice([-1, 1])))
-
-
-# --------------------------------------------------------------------------------------------- cameras
-WALLS = [(150, 146, 140), (168, 116, 92), (96, 120, 128), (196, 186, 160), (120, 124, 116), (80, 84, 92),
-         (186, 180, 170), (140, 150, 120)]
-GROUNDS = [(120, 118, 114), (168, 160, 140), (96, 96, 100), (150, 140, 124), (110, 124, 92), (136, 132, 128)]
-
-
-@dataclass(frozen=True)
-class Camera:
-    """One of the six cameras: its scene, how big people appear, its light and its optics."""
-
-    camid: int
-    scene: np.ndarray  # (H*SS + 64, 3*W*SS, 3) uint8, cropped per image
-    scale: float
-    gain: float
-    tint: tuple
-    gamma: float
-    light: tuple  # (x, z) direction of the key light in the camera frame
-    blur: float  # Gaussian sigma at 128x64
-    noise: float
-
-
-def make_camera(camid: int, rng: np.random.Generator) -> Camera:
-    return Camera(camid=camid, scene=_scene(rng), scale=float(rng.uniform(0.95, 1.04)),
-                  gain=float(rng.uniform(0.78, 1.15)), tint=tuple(rng.uniform(0.86, 1.14, 3)),
-                  gamma=float(rng.uniform(0.85, 1.2)),
-                  light=tuple(np.array([rng.uniform(-0.8, 0.8), 1.0]) / math.hypot(0.8, 1.0)),
-                  blur=float(rng.uniform(0.35, 0.8)), noise=float(rng.uniform(1.5, 4.5)))
-
-
-def _jitter(rng, colour, amount=18):
-    return tuple(int(v) for v in np.clip(np.array(colour) + rng.normal(0, amount, 3), 0, 255))
-
-
-def _scene(rng: np.random.Generator) -> np.ndarray:
-    """A street backdrop: a wall with panels and windows over a tiled ground, with poles and shrubs."""
-    h, w = H * SS + 64, 3 * W * SS
-    img = np.zeros((h, w, 3), np.uint8)
-    wall, ground = WALLS[rng.integers(len(WALLS))], GROUNDS[rng.integers(len(GROUNDS))]
-    horizon = int(h * rng.uniform(0.38, 0.62))
-    x = 0
-    while x < w:
-        pw = int(rng.integers(60, 220))
-        img[:horizon, x:x + pw] = _jitter(rng, wall, 14)
-        for _ in range(int(rng.integers(0, 3))):
-            wx, ww = x + int(rng.integers(0, max(1, pw - 30))), int(rng.integers(20, 70))
-            wy, wh = int(rng.integers(0, max(1, horizon - 60))), int(rng.integers(30, 110))
-            cv2.rectangle(img, (wx, wy), (wx + ww, min(horizon - 4, wy + wh)),
-                          _jitter(rng, (60, 70, 80) if rng.random() < 0.6 else (200, 200, 190), 20), -1)
-        x += pw
-    img[horizon:] = ground
-    shade = np.linspace(0.9, 1.1, h - horizon)[:, None, None]
-    img[horizon:] = np.clip(img[horizon:] * shade, 0, 255).astype(np.uint8)
-    step = int(rng.integers(40, 90))
-    line = _jitter(rng, np.array(ground) * 0.8, 6)
-    for y in range(horizon + step // 2, h, step):
-        cv2.line(img, (0, y), (w, y), line, 2)
-    for x in range(int(rng.integers(0, step)), w, step * 2):
-        cv2.line(img, (x, horizon), (x + int(rng.normal(0, 60)), h), line, 2)
-    cv2.line(img, (0, horizon), (w, horizon), _jitter(rng, (70, 70, 70), 10), 6)
-    for _ in range(int(rng.integers(1, 4))):
-        px = int(rng.integers(0, w))
-        cv2.rectangle(img, (px, int(rng.integers(0, horizon // 2))), (px + int(rng.integers(6, 14)), horizon + 10),
-                      _jitter(rng, (50, 50, 55), 15), -1)
-    for _ in range(int(rng.integers(0, 4))):
-        bx = int(rng.integers(0, w))
-        cv2.ellipse(img, (bx, horizon), (int(rng.integers(30, 90)), int(rng.integers(20, 50))), 0, 180, 360,
-                    _jitter(rng, (50, 100, 50), 20), -1)
-    img = cv2.GaussianBlur(img, (0, 0), 2.0)
-    noise = rng.normal(0, 6, (h // 8, w // 8, 1))
-    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------- drawing
-def _pt(xy) -> tuple:
+def canvas_point(xy) -> tuple:
     """Image pixel coordinates (pixel centres at integers) -> fixed-point coordinates of the 4x canvas."""
     x, y = xy
     return (int(round(((x + 0.5) * SS - 0.5) * (1 << SHIFT))), int(round(((y + 0.5) * SS - 0.5) * (1 << SHIFT))))
 
 
 def _poly(points) -> np.ndarray:
-    return np.array([_pt(p) for p in points], np.int32)
+    return np.array([canvas_point(p) for p in points], np.int32)
 
 
 def _shade(colour, factor) -> tuple:
@@ -190,11 +29,11 @@ def _shade(colour, factor) -> tuple:
 
 
 def _line(canvas, a, b, colour, width_px, factor=1.0):
-    cv2.line(canvas, _pt(a), _pt(b), _shade(colour, factor), max(1, int(round(width_px * SS))), cv2.LINE_AA, SHIFT)
+    cv2.line(canvas, canvas_point(a), canvas_point(b), _shade(colour, factor), max(1, int(round(width_px * SS))), cv2.LINE_AA, SHIFT)
 
 
 def _circle(canvas, c, radius_px, colour, factor=1.0):
-    cv2.circle(canvas, _pt(c), int(round(radius_px * SS * (1 << SHIFT))), _shade(colour, factor), -1, cv2.LINE_AA,
+    cv2.circle(canvas, canvas_point(c), int(round(radius_px * SS * (1 << SHIFT))), _shade(colour, factor), -1, cv2.LINE_AA,
                SHIFT)
 
 
@@ -463,45 +302,3 @@ def _arm_parts(skel: pg.Skeleton, look: Look):
             parts.append((zf, lambda cv, l, a=xy[elb], e=xy[wri], f=f: _line(cv, a, e, look.skin, fore_w * 0.85, f)))
         parts.append((z[wri] + 0.01, lambda cv, l, c=xy[wri], f=f: _circle(cv, c, 2.2 * s, look.skin, f)))
     return parts
-
-
-def _object(canvas: np.ndarray, rng: np.random.Generator) -> None:
-    """A street object on the canvas: what a detector's false positive often boxes."""
-    h, w = canvas.shape[:2]
-    colour = _jitter(rng, PALETTE[list(PALETTE)[rng.integers(len(PALETTE))]], 20)
-    x, y = int(rng.integers(0, w)), int(rng.integers(h // 4, h))
-    kind = rng.integers(3)
-    if kind == 0:  # a bin, a box, a sign
-        cv2.rectangle(canvas, (x - int(rng.integers(20, 90)), y - int(rng.integers(40, 200))),
-                      (x + int(rng.integers(20, 90)), y), colour, -1, cv2.LINE_AA)
-    elif kind == 1:  # a wheel, a shrub, a ball
-        r = int(rng.integers(20, 70))
-        cv2.circle(canvas, (x, y), r, colour, int(rng.choice([-1, 8])), cv2.LINE_AA)
-    else:  # a pole or railing
-        cv2.line(canvas, (x, 0), (x + int(rng.normal(0, 30)), h), colour, int(rng.integers(6, 24)), cv2.LINE_AA)
-
-
-def render(skel: pg.Skeleton | None, look: Look | None, camera: Camera, rng: np.random.Generator,
-           clutter: int = 0) -> np.ndarray:
-    """A 128x64 uint8 RGB crop: the camera's scene, ``clutter`` street objects (boxes, signs, wheels, poles),
-    the person (if any) and the camera's light and optics."""
-    scene = camera.scene
-    ox = int(rng.integers(0, scene.shape[1] - W * SS + 1))
-    oy = int(rng.integers(0, scene.shape[0] - H * SS + 1))
-    canvas = scene[oy:oy + H * SS, ox:ox + W * SS].copy()
-    for _ in range(clutter):
-        _object(canvas, rng)
-    if skel is not None:
-        scale = skel.view.scale
-        feet = max(skel.xy[pg.RANK, 1], skel.xy[pg.LANK, 1]) + 3 * scale
-        shadow = canvas.copy()
-        cv2.ellipse(shadow, _pt((skel.view.cx, feet)), (int(15 * scale * SS) << SHIFT, int(3.5 * scale * SS) << SHIFT),
-                    0, 0, 360, (0, 0, 0), -1, cv2.LINE_AA, SHIFT)
-        cv2.addWeighted(canvas, 0.72, shadow, 0.28, 0, dst=canvas)
-        draw_person(canvas, skel, look, camera.light)
-    img = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    gain = camera.gain * rng.uniform(0.94, 1.06)
-    img = np.power(img, camera.gamma) * gain * np.array(camera.tint, np.float32)
-    img = cv2.GaussianBlur(img, (0, 0), camera.blur)
-    img = img * 255.0 + rng.normal(0, camera.noise, img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
