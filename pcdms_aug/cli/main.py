@@ -22,6 +22,8 @@ from pcdms_aug.utils.errors import DataError
 COMMANDS = {
     "synth-market": ("pcdms_aug.data.synthetic", "build the synthetic Market-1501 (the embedded default)"),
     "inspect": ("pcdms_aug.data.doctor", "check a Market-1501-layout dataset and its annotations"),
+    "annotate": ("pcdms_aug.data.annotate", "pose annotations for every image of a dataset or folder, by ViTPose"),
+    "pose-agreement": ("pcdms_aug.data.pose_agreement", "PCK of one annotation CSV against another, per joint"),
     "render-pose": ("pcdms_aug.data.viz", "draw poses (or skeletons over images) and contact sheets as PNG"),
     "train": ("pcdms_aug.training.loop", "train one stage (prior, inpaint or refine)"),
     "export-checkpoint": ("pcdms_aug.training.export", "a stage folder (EMA weights) from a training checkpoint"),

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pcdms_aug.data.market import IMAGE_SIZE, SPLITS, MarketDataset
-from pcdms_aug.data.pose import NUM_JOINTS, read_annotations
+from pcdms_aug.data.market import SPLITS, MarketDataset
+from pcdms_aug.data.pose import MISSING, NUM_JOINTS, TORSO, check_in_image, read_annotation_rows
+
+MOST_COMMON_SIZES = 10  # sizes listed one by one in the report; MSMT17 alone has thousands
 
 
 def default_annotations(root: Path) -> list[Path]:
@@ -35,10 +37,12 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
     report["junk_images"] = sum(it.name.is_junk for it in images)
     report["distractor_images"] = sum(it.name.is_distractor for it in images)
     problems += _identity_problems(ds)
+    sizes: dict[str, tuple[int, int]] | None = None
     if check_images:
-        problems += _check_images(images, report)
+        sizes = {}
+        problems += _check_images(images, report, sizes)
     files = [Path(a) for a in annotations] if annotations else default_annotations(ds.root)
-    problems += _check_annotations(ds, images, files, report)
+    problems += _check_annotations(ds, files, report, sizes)
     report["problems"] = problems
     return report
 
@@ -64,10 +68,10 @@ def _identity_problems(ds: MarketDataset) -> list[str]:
     return problems
 
 
-def _check_images(images: list, report: dict) -> list[str]:
-    """Every image decoded: unreadable ones and ones not of Market-1501's size; ``report["image_sizes"]``."""
+def _check_images(images: list, report: dict, sizes: dict) -> list[str]:
+    """Every image decoded: unreadable ones are problems; each one's (height, width) into ``sizes``, the most
+    common sizes into ``report["image_sizes"]`` (any size is fine: keypoints are in each image's own pixels)."""
     problems = []
-    sizes = Counter()
     for it in images:
         try:
             with Image.open(it.path) as im:
@@ -75,46 +79,61 @@ def _check_images(images: list, report: dict) -> list[str]:
             with Image.open(it.path) as im:
                 # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
                 im.load()
-                sizes[(im.height, im.width)] += 1
+                sizes[it.filename] = (im.height, im.width)
         except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
             problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
-    report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())}
-    odd = sum(n for s, n in sizes.items() if s != IMAGE_SIZE)
-    if odd:
-        problems.append(f"{odd} images are not {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (Market-1501's crop size)")
+    counts = Counter(sizes.values())
+    common = sorted(counts.most_common(MOST_COMMON_SIZES))
+    report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in common}
+    if len(counts) > len(common):
+        report["image_sizes"]["other"] = sum(counts.values()) - sum(n for _, n in common)
     return problems
 
 
-def _check_annotations(ds: MarketDataset, images: list, files: list[Path], report: dict) -> list[str]:
-    """The annotation CSVs against the images: repeated, orphan and missing rows; counts into ``report``."""
+def _check_annotations(ds: MarketDataset, files: list[Path], report: dict, sizes: dict | None) -> list[str]:
+    """The annotation CSVs against the images: repeated, orphan and missing rows, keypoints inside their image
+    (when ``sizes`` were read); counts and pose coverage per split into ``report``."""
     problems = []
     report["annotation_files"] = [str(f) for f in files]
-    poses = {}
+    rows: dict[str, np.ndarray] = {}
+    names = {it.filename for it in ds.all_images()}
     for f in files:
-        for name, pose in read_annotations(f).items():
-            if name in poses:
+        for name, (arr, line) in read_annotation_rows(f).items():
+            if name in rows:
                 problems.append(f"{name} is annotated in more than one file (last: {f})")
-            poses[name] = pose
-    names = {it.filename for it in images}
-    matched = [n for n in poses if n in names]
+            if sizes is not None and name in sizes:
+                check_in_image(name, arr, sizes[name], f, line)
+            rows[name] = arr[:, 0] != MISSING
+    matched = [n for n in rows if n in names]
     report["annotated_images"] = len(matched)
     report["unannotated_images"] = len(names) - len(matched)
-    orphans = sorted(set(poses) - names)
+    orphans = sorted(set(rows) - names)
     report["orphan_annotations"] = len(orphans)
     if orphans:
         problems.append(f"{len(orphans)} annotation rows name images not in the dataset (e.g. {orphans[0]})")
     if matched:
-        vis = np.stack([poses[n].visible for n in matched])
+        vis = np.stack([rows[n] for n in matched])
         report["missing_joint_fraction"] = round(float(1.0 - vis.mean()), 4)
-        report["pair_valid_images"] = int(sum(poses[n].has_torso() for n in matched))
+        report["pair_valid_images"] = int(vis[:, list(TORSO)].all(axis=1).sum())
     else:
         report["missing_joint_fraction"] = None
         if files:
             problems.append("no annotation row matches an image of the dataset")
-    unannotated_train = sum(1 for it in ds.train if it.filename not in poses)
+    report["pose_coverage"] = {split: _coverage([rows.get(it.filename) for it in ds.splits[split]])
+                               for split in SPLITS}
+    unannotated_train = sum(1 for it in ds.train if it.filename not in rows)
     if files and unannotated_train:
         problems.append(f"{unannotated_train} training images have no annotation row (they cannot be sources)")
     return problems
+
+
+def _coverage(visible: list) -> dict:
+    """Of a split's images: with a row that has at least one joint, without one (no row, or no joint), and with
+    both shoulders and both hips (usable as a source)."""
+    with_pose = sum(v is not None and bool(v.any()) for v in visible)
+    torso = sum(v is not None and bool(v[list(TORSO)].all()) for v in visible)
+    return {"images": len(visible), "with_pose": with_pose, "without_pose": len(visible) - with_pose,
+            "with_torso": torso}
 
 
 def format_report(r: dict) -> str:
@@ -129,6 +148,9 @@ def format_report(r: dict) -> str:
         lines.append("annotations: " + ", ".join(Path(f).name for f in r["annotation_files"]))
         lines.append(f"  annotated {r['annotated_images']}, unannotated {r['unannotated_images']}, "
                      f"orphan rows {r['orphan_annotations']}")
+        for split, c in r["pose_coverage"].items():
+            lines.append(f"  {split:8s} {c['with_pose']} of {c['images']} images with a pose, {c['without_pose']} "
+                         f"without; {c['with_torso']} with shoulders and hips")
         if r["missing_joint_fraction"] is not None:
             lines.append(f"  missing joints {100 * r['missing_joint_fraction']:.1f}% of {NUM_JOINTS} per image; "
                          f"{r['pair_valid_images']} images valid for pairs (shoulders and hips)")

@@ -141,13 +141,13 @@ def read_text_lines(path: Path) -> list[str]:
     return text.splitlines(keepends=True)
 
 
-def read_annotations(path: str | Path, image_size: tuple[int, int] = (128, 64)) -> dict[str, Pose]:
-    """Read ``name:keypoints_y:keypoints_x`` rows into {image name: Pose}. Every bad row is an error."""
+def read_annotation_rows(path: str | Path) -> dict[str, tuple[np.ndarray, int]]:
+    """Read ``name:keypoints_y:keypoints_x`` rows into {image name: ((18, 2) float32 (x, y), line number)}, -1
+    for a missing joint. Every malformed row is an error; coordinates are not checked against an image."""
     path = Path(path)
     if not path.is_file():
         raise DataError("annotation file not found", path)
-    h, w = image_size
-    poses: dict[str, Pose] = {}
+    rows: dict[str, tuple[np.ndarray, int]] = {}
     lines = read_text_lines(path)
     header = lines[0].strip() if lines else ""
     if header.replace(" ", "") != ANNOTATION_HEADER:
@@ -162,25 +162,49 @@ def read_annotations(path: str | Path, image_size: tuple[int, int] = (128, 64)) 
         name = plain_name(parts[0].strip(), path, line_no)
         ys = _parse_int_list(parts[1], "keypoints_y", path, line_no)
         xs = _parse_int_list(parts[2], "keypoints_x", path, line_no)
-        if name in poses:
+        if name in rows:
             raise DataError(f"image {name} annotated twice", path, line_no)
         arr = np.array([xs, ys], dtype=np.float32).T
-        missing = (arr[:, 0] == MISSING) | (arr[:, 1] == MISSING)
         if np.any((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING)):
             bad = [JOINTS[i] for i in np.nonzero((arr[:, 0] == MISSING) != (arr[:, 1] == MISSING))[0]]
             raise DataError(f"{name}: joint(s) {', '.join(bad)} missing in one list only", path, line_no)
-        out = ~missing & ((arr[:, 0] < 0) | (arr[:, 0] >= w) | (arr[:, 1] < 0) | (arr[:, 1] >= h))
-        if out.any():
-            j = int(np.nonzero(out)[0][0])
-            raise DataError(f"{name}: joint {JOINTS[j]} at (x={xs[j]}, y={ys[j]}) is outside the "
-                            f"{h}x{w} image", path, line_no)
-        poses[name] = Pose.from_array(arr, image_size)
+        rows[name] = (arr, line_no)
+    return rows
+
+
+def read_annotations(path: str | Path,
+                     image_size: tuple[int, int] | Mapping[str, tuple[int, int]] = (128, 64)) -> dict[str, Pose]:
+    """Read ``name:keypoints_y:keypoints_x`` rows into {image name: Pose}. Every bad row is an error.
+
+    ``image_size``: (height, width) of every image, or {image name: (height, width)} for images of many sizes;
+    with a mapping, rows of images it does not name are left out (one annotation file may cover more images
+    than a command reads). A joint outside its image is an error."""
+    sizes = image_size if isinstance(image_size, Mapping) else None
+    poses: dict[str, Pose] = {}
+    for name, (arr, line_no) in read_annotation_rows(path).items():
+        size = tuple(image_size) if sizes is None else sizes.get(name)
+        if size is None:
+            continue
+        check_in_image(name, arr, size, path, line_no)
+        poses[name] = Pose.from_array(arr, size)
     return poses
 
 
-def read_annotation_files(paths: Sequence[str | Path], image_size: tuple[int, int] = (128, 64)) -> dict[str, Pose]:
-    """Several annotation CSVs as one mapping. An image in two files with different poses is refused (which
-    one is right is the user's call, not the last file's); identical rows are the same annotation."""
+def check_in_image(name: str, arr: np.ndarray, size: tuple[int, int], path=None, line: int | None = None) -> None:
+    """A DataError naming the row when a joint of the (18, 2) (x, y) array lies outside the (height, width)."""
+    h, w = size
+    out = (arr[:, 0] != MISSING) & ((arr[:, 0] < 0) | (arr[:, 0] >= w) | (arr[:, 1] < 0) | (arr[:, 1] >= h))
+    if out.any():
+        j = int(np.nonzero(out)[0][0])
+        raise DataError(f"{name}: joint {JOINTS[j]} at (x={int(arr[j, 0])}, y={int(arr[j, 1])}) is outside the "
+                        f"{h}x{w} image", path, line)
+
+
+def read_annotation_files(paths: Sequence[str | Path],
+                          image_size: tuple[int, int] | Mapping[str, tuple[int, int]] = (128, 64)) -> dict[str, Pose]:
+    """Several annotation CSVs as one mapping (``image_size`` as :func:`read_annotations`). An image in two
+    files with different poses is refused (which one is right is the user's call, not the last file's);
+    identical rows are the same annotation."""
     poses: dict[str, Pose] = {}
     origin: dict[str, Path] = {}
     for path in paths:

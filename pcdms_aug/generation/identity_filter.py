@@ -15,7 +15,6 @@ on which other views happened to be scored beside it (a resumed run must give th
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import file_sha256
 
 REDUCE = ("mean", "max")
 TOP_SCOPE = ("identity", "all")
@@ -57,14 +57,6 @@ class FilterConfig:
             raise DataError(f"filter.train_epochs must be at least 1, got {self.train_epochs}")
         if len(tuple(self.size)) != 2:
             raise DataError(f"filter.size must be [height, width], got {self.size!r}")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scorer_fingerprint(cfg: FilterConfig) -> str | None:
