@@ -12,7 +12,7 @@ from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset
 from pcdms_aug.data.pose import read_annotation_files
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.generation.config import GenerateConfig
-from pcdms_aug.generation.identity_filter import file_sha256
+from pcdms_aug.utils.io import file_sha256
 from pcdms_aug.generation.plan import collect_sources
 from pcdms_aug.utils.errors import DataError
 
