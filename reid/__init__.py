@@ -1,8 +1,8 @@
 """torchreid integration: datasets with generated views, the downstream experiment runner, the demo.
 
     import reid
-    reid.register(generated_dir="gen/f0.2_s0", kept_only=True, split_file="runs/reid/splits/split_f0.2_s0.json")
-    dm = torchreid.data.ImageDataManager(root="data/synthetic", sources="synthetic_market1501_pcdms", ...)
+    name = reid.with_generated_views("msmt17", "gen/f0.2_s0", split_file="runs/reid/splits/split_f0.2_s0.json")
+    dm = torchreid.data.ImageDataManager(root="reid-data", sources=name, ...)
     df = reid.run_experiment(pcdms_aug.config.loading.load_config("tiny/reid.yaml", ["fractions=[0.2]"]))
 
 Names that need torchreid (seconds to import) are loaded on first use. The low-data split files are a dataset
@@ -11,7 +11,8 @@ tool: :mod:`pcdms_aug.data.splits`.
 from __future__ import annotations
 
 _LAZY = {
-    "register": "datasets", "dataset_name": "datasets", "MarketPCDMs": "datasets", "read_manifest": "datasets",
+    "with_generated_views": "datasets", "dataset_name": "datasets", "WithGeneratedViews": "datasets",
+    "LayoutDataset": "datasets", "read_manifest": "views",
     "REAL": "datasets", "SYNTHETIC": "datasets",
     "evaluate": "evaluation", "TrainConfig": "training", "train_and_evaluate": "training",
     "ExperimentConfig": "experiment", "run_experiment": "experiment",

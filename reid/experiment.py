@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pcdms_aug.config.loading import build, load_config, to_dict
-from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_split, split_filename
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.utils.paths import check_out_dir
 from pcdms_aug.utils.runtime import pick_device
 
-from .datasets import DATASET_DIRS, MANIFEST, dataset_name, locate, read_manifest, select_views
+from .datasets import MANIFEST, base_folder, build_base, dataset_name, read_manifest, select_views
 from .report import write_reports
 from .schedule import Schedule
 from .training import TrainConfig, train_and_evaluate
@@ -118,9 +117,9 @@ def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool, ext
     return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
 
 
-def make_splits(cfg, data_dir: Path) -> dict[tuple[float, int], Path]:
-    """Write (or reuse) ``<out>/splits/split_f<fraction>_s<seed>.json`` for the whole grid."""
-    train = MarketDataset(data_dir).train
+def make_splits(cfg, train: list) -> dict[tuple[float, int], Path]:
+    """Write (or reuse) ``<out>/splits/split_f<fraction>_s<seed>.json`` for the whole grid (``train``: the
+    dataset's training list as torchreid reads it)."""
     out = {}
     for fraction in cfg.fractions:
         for seed in cfg.seeds:
@@ -177,9 +176,10 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
 
     cfg = make_config(cfg)
     name = dataset_name(cfg.dataset)
-    data_dir = locate(cfg.root, DATASET_DIRS[name])
+    real = build_base(name, cfg.root)
+    data_dir = base_folder(real, cfg.root)
     out = check_out_dir(cfg.out_dir, "out_dir", {"the dataset": data_dir})
-    splits = make_splits(cfg, data_dir)
+    splits = make_splits(cfg, real.train)
     if splits_only:
         for (fraction, seed), path in splits.items():
             log.info("split fraction=%g seed=%d: %d images -> %s", fraction, seed, len(load_split(path)), path)

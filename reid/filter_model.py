@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from pcdms_aug.data.market import MarketDataset
+from pcdms_aug.data.layouts import open_dataset
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.data.synthetic import META
 from pcdms_aug.utils.io import atomic_path
 from pcdms_aug.utils.runtime import seed_everything
 
-from .datasets import REAL, SYNTHETIC, register
+from .datasets import ANY_LAYOUT, REAL, SYNTHETIC, with_generated_views
 from .training import TrainConfig, build_datamanager, build_engine, build_model, train_epochs
 
 
@@ -30,19 +30,22 @@ def train_filter_model(dataset: str | Path, out: str | Path, *, split: str | Pat
     Returns the checkpoint path.
     """
     out = Path(out)
-    market = MarketDataset(dataset)
-    name = SYNTHETIC if (market.root / META).is_file() else REAL
-    n_images = len(load_split(split).files) if split else sum(it.name.pid > 0 for it in market.train)
+    data = open_dataset(dataset)
+    if data.layout == "market1501":
+        base = SYNTHETIC if (data.root / META).is_file() else REAL
+    else:
+        base = ANY_LAYOUT
+    n_images = len(load_split(split).files) if split else sum(it.pid >= 0 for it in data.train)
     # torchreid drops the last partial batch: a tiny subset still needs one whole batch
     cfg = TrainConfig(model=arch, epochs=int(epochs), height=int(size[0]), width=int(size[1]),
                       batch_size=max(1, min(int(batch_size), n_images)), lr=float(lr),
                       stepsize=max(1, int(epochs) * 3 // 4), device=device)
     cfg.check("filter training")
-    register(split_file=None if split is None else str(split))
+    name = with_generated_views(base, split_file=split)
     seed_everything(seed)
     # torchreid prints dataset summaries and loss lines; they are not this command's output.
     with contextlib.redirect_stdout(io.StringIO()):
-        dm = build_datamanager(cfg, str(market.root), name, device.startswith("cuda"))
+        dm = build_datamanager(cfg, str(data.root), name, device.startswith("cuda"))
         seed_everything(seed)
         model = build_model(cfg, dm.num_train_pids, device)
         engine = build_engine(cfg, dm, model, device)

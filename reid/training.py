@@ -16,7 +16,7 @@ import torch
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.runtime import seed_everything
 
-from .datasets import dataset_name, register, torchreid, validation_items, validation_loader
+from .datasets import torchreid, validation_items, validation_loader, with_generated_views
 from .evaluation import evaluate, extract_features, rank_metrics
 from .schedule import Schedule, own_schedule, protocol, train_steps
 
@@ -121,8 +121,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
 
 
 def build_datamanager(cfg: TrainConfig, root: str | Path, dataset: str, use_gpu: bool):
+    """torchreid's ImageDataManager over the registered dataset ``dataset`` (e.g. a with_generated_views name)."""
     return torchreid.data.ImageDataManager(
-        root=str(root), sources=dataset_name(dataset), height=cfg.height, width=cfg.width,
+        root=str(root), sources=dataset, height=cfg.height, width=cfg.width,
         transforms=list(cfg.transforms), use_gpu=use_gpu, batch_size_train=cfg.batch_size,
         batch_size_test=cfg.batch_size_test, workers=cfg.workers, num_instances=cfg.num_instances,
         train_sampler="RandomIdentitySampler" if cfg.loss == "triplet" else "RandomSampler")
@@ -191,9 +192,9 @@ def train_epochs(engine, cfg: TrainConfig, on_epoch=None) -> list[float]:
     return seconds
 
 
-def _validator(cfg: TrainConfig, dm, data_dir, split_file, seed: int, device: str):
+def _validator(cfg: TrainConfig, dm, real, split_file, seed: int, device: str):
     """``model -> mAP`` on held-out images of the training identities (see datasets.validation_items)."""
-    items = validation_items(data_dir, split_file, cfg.val_images, seed)
+    items = validation_items(real, split_file, cfg.val_images, seed)
     loader = validation_loader(items, dm.transform_te, cfg.batch_size_test)
 
     def validate(model) -> float:
@@ -219,16 +220,16 @@ def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: i
     With ``converge`` the validation mAP chooses the tested weights; only a run on its own schedule stops early.
     """
     start = time.perf_counter()
-    register(generated_dir=generated_dir, views_per_identity=views_per_identity, kept_only=kept_only,
-             split_file=split_file, repeat_to=repeat_to, views_per_image=views_per_image)
+    name = with_generated_views(dataset, generated_dir, views_per_identity=views_per_identity, kept_only=kept_only,
+                                split_file=split_file, repeat_to=repeat_to, views_per_image=views_per_image)
     seed_everything(seed)
-    dm = build_datamanager(cfg, root, dataset, device.startswith("cuda"))
+    dm = build_datamanager(cfg, root, name, device.startswith("cuda"))
     trainset = dm.train_loader.dataset
     if cfg.generated_share is not None and trainset.num_generated:
         dm.train_loader = share_loader(cfg, trainset, seed, pin_memory=dm.use_gpu)
     validate, n_val = (None, 0)
     if cfg.converge:
-        validate, n_val = _validator(cfg, dm, trainset.data_dir, split_file, seed, device)
+        validate, n_val = _validator(cfg, dm, trainset.all_real, split_file, seed, device)
     # Seeded again so that a run's initial weights and batch order depend on the seed only, not on the data.
     seed_everything(seed)
     model = build_model(cfg, dm.num_train_pids, device)

@@ -13,3 +13,15 @@ def synth_market(tmp_path_factory):
 
     return build_synthetic_market(tmp_path_factory.mktemp("synth") / "market1501", progress=False,
                                   **SYNTH_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def drawn_layouts(tmp_path_factory):
+    """A torchreid ``root`` holding the synthetic people drawn as DukeMTMC-reID (``dukemtmc-reid/``, 160x72
+    crops) and as MSMT17 (``msmt17/``, 192x80 crops), each with its annotation CSVs. Read-only for tests."""
+    from pcdms_aug.data.synthetic_layouts import build_layout
+
+    root = tmp_path_factory.mktemp("layouts")
+    for folder, layout, crop in (("dukemtmc-reid", "dukemtmcreid", (160, 72)), ("msmt17", "msmt17", (192, 80))):
+        build_layout(root / folder, layout, crop, train_ids=4, test_ids=3, seed=1, progress=False)
+    return root

@@ -248,7 +248,8 @@ def test_two_rank_shards_with_crashes_equal_one_run(reference, market, split_fil
     assert_same_run(ref, out)
     # the re-ID side reads the folder: our manifest reader, and torchreid's own Market1501 file-name parser
     from reid.datasets import read_manifest
-    from torchreid.reid.data.datasets.image.market1501 import Market1501
+    import torchreid
+    Market1501 = torchreid.data.datasets.Market1501
     views = read_manifest(out)
     assert [v.path.name for v in views] == images_of(ref) and all(v.kept for v in views)
     parsed = sorted((Path(p).name, pid, camid) for p, pid, camid in Market1501.process_dir(None, str(out)))

@@ -47,8 +47,7 @@ def test_repeat_items_fills_evenly():
 
 def _engine(root, gen, **kw):
     cfg = training.TrainConfig(**{**SMALL, **kw})
-    training.register(generated_dir=gen)
-    dm = training.build_datamanager(cfg, root, SYNTHETIC, use_gpu=False)
+    dm = training.build_datamanager(cfg, root, training.with_generated_views(SYNTHETIC, gen), use_gpu=False)
     torch.manual_seed(0)
     model = training.build_model(cfg, dm.num_train_pids, "cpu")
     return cfg, training.build_engine(cfg, dm, model, "cpu")

@@ -31,12 +31,12 @@ def reference(root):
     """torchreid's own Market1501 reader on the same folder."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns that the folder is not nested in Market-1501-v15.09.15
-        return torchreid.data.datasets.image.Market1501(root=str(root), verbose=False)
+        return torchreid.data.datasets.Market1501(root=str(root), verbose=False)
 
 
 def build(name, root, **bind):
-    reid_datasets.register(**bind)
-    return torchreid.data.datasets.init_image_dataset(name, root=str(root), mode="train", verbose=False,
+    bound = reid_datasets.with_generated_views(name, **bind)
+    return torchreid.data.datasets.init_image_dataset(bound, root=str(root), mode="train", verbose=False,
                                                       split_id=0, market1501_500k=False)
 
 
@@ -49,15 +49,18 @@ def manifest_rows(gen):
         return list(csv.DictReader(f))
 
 
-def test_register_twice_and_rebind(data):
+def test_each_binding_has_its_own_name(data):
     root, base, gen = data
-    first = reid_datasets.register()
-    second = reid_datasets.register(generated_dir=gen)
-    assert set(first) == set(second) == {REAL, SYNTH}
-    assert build(SYNTH, root, generated_dir=gen).num_generated == 2 * len(train_names(base))
-    assert build(SYNTH, root).num_generated == 0  # the last binding wins
+    plain = reid_datasets.with_generated_views(SYNTH)
+    augmented = reid_datasets.with_generated_views("synthetic", gen)
+    assert plain != augmented and augmented == reid_datasets.with_generated_views(SYNTH, str(gen))
+    # a later binding changes nothing about an earlier name: both live side by side
+    for name, views in ((augmented, 2 * len(train_names(base))), (plain, 0), (augmented, 2 * len(train_names(base)))):
+        ds = torchreid.data.datasets.init_image_dataset(name, root=str(root), mode="train", verbose=False)
+        assert ds.num_generated == views
     with pytest.raises(DataError, match="unknown dataset"):
         reid_datasets.dataset_name("duke")
+    assert reid_datasets.dataset_name("msmt17") == "msmt17"  # torchreid's own names are taken as they are
     assert reid_datasets.dataset_name("synthetic") == SYNTH and reid_datasets.dataset_name("real") == REAL
 
 
@@ -73,9 +76,11 @@ def test_generated_views_share_the_real_labels(data):
     gen_items = [t for t in ds.train if t[0] in ds.generated_paths]
     assert len(gen_items) == 2 * n and ds.num_real_train == n and len(ds.train) == 3 * n
     rows = {r["file"]: r for r in manifest_rows(gen)}
+    real = {Path(p).name: (label, camid) for p, label, camid, _ in ds.train if p not in ds.generated_paths}
     for path, label, camid, _ in gen_items:
         row = rows[Path(path).name]
-        assert camid == int(row["camid"]) - 1 and label_of[int(row["pid"])] == {label}
+        # the label and the camera of the image it was made from
+        assert (label, camid) == real[row["source"]] and label_of[int(row["pid"])] == {label}
 
 
 def test_generated_only_in_train_and_test_lists_match_torchreid_market1501(data):
@@ -159,7 +164,7 @@ def test_split_of_another_dataset_is_refused(data, tmp_path):
     root, _, _ = data
     other = save_split(tmp_path / "other.json", make_split(["0001_c1s1_000001_01.jpg", "0999_c2s1_000002_01.jpg"],
                                                            1.0, 0))
-    with pytest.raises(DataError, match="not in .*bounding_box_train"):
+    with pytest.raises(DataError, match="not training images of"):
         build(REAL, root, split_file=other)
 
 
@@ -182,13 +187,13 @@ def test_synthetic_name_reads_its_own_folder_or_falls_back(data, tmp_path):
 
 def test_image_data_manager_loads_it(data):
     root, _, gen = data
-    reid_datasets.register(generated_dir=gen, kept_only=True)
-    dm = torchreid.data.ImageDataManager(root=str(root), sources=SYNTH, height=32, width=16, batch_size_train=8,
+    name = reid_datasets.with_generated_views(SYNTH, gen, kept_only=True)
+    dm = torchreid.data.ImageDataManager(root=str(root), sources=name, height=32, width=16, batch_size_train=8,
                                          batch_size_test=16, workers=0, use_gpu=False,
                                          train_sampler="RandomIdentitySampler", num_instances=2)
     assert dm.num_train_pids == 8
     batch = next(iter(dm.train_loader))
     assert tuple(batch["img"].shape) == (8, 3, 32, 16)
     assert 0 <= int(batch["pid"].min()) and int(batch["pid"].max()) < 8
-    q = dm.test_loader[SYNTH]["query"].dataset
+    q = dm.test_loader[name]["query"].dataset
     assert len(q) == len(reference(root).query) > 0 and q.mode == "query"

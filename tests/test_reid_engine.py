@@ -23,8 +23,7 @@ def data(synth_market, tmp_path_factory):
 def test_one_epoch_of_each_engine_trains_and_evaluates(data, loss):
     root, gen = data
     cfg = training.TrainConfig(loss=loss, **SMALL)
-    training.register(generated_dir=gen)
-    dm = training.build_datamanager(cfg, root, SYNTHETIC, use_gpu=False)
+    dm = training.build_datamanager(cfg, root, training.with_generated_views(SYNTHETIC, gen), use_gpu=False)
     model = training.build_model(cfg, dm.num_train_pids, "cpu")
     engine = training.build_engine(cfg, dm, model, "cpu")
     assert type(engine).__name__ == {"softmax": "ImageSoftmaxEngine", "triplet": "ImageTripletEngine"}[loss]
@@ -36,8 +35,8 @@ def test_one_epoch_of_each_engine_trains_and_evaluates(data, loss):
     assert 0.0 <= res["mAP"] <= 100.0 and 0.0 <= res["rank1"] <= 100.0
     cmc = res["cmc"]
     assert np.all(np.diff(cmc) >= 0) and len(cmc) <= res["num_gallery"]
-    assert res["num_query"] == len(dm.test_loader[SYNTHETIC]["query"].dataset)
-    assert res["num_gallery"] == len(dm.test_loader[SYNTHETIC]["gallery"].dataset)
+    assert res["num_query"] == len(dm.test_loader[dm.targets[0]]["query"].dataset)
+    assert res["num_gallery"] == len(dm.test_loader[dm.targets[0]]["gallery"].dataset)
 
 
 def test_train_and_evaluate_is_deterministic_for_a_seed(data):
@@ -93,8 +92,8 @@ def test_weights_from_a_local_file_only(tmp_path):
 
 def test_generated_share_sets_the_batches_composition(data):
     root, gen = data  # one view per real image: torchreid's uniform sampler draws about half views
-    training.register(generated_dir=gen)
-    dm = training.build_datamanager(training.TrainConfig(**SMALL), root, SYNTHETIC, use_gpu=False)
+    dm = training.build_datamanager(training.TrainConfig(**SMALL), root, training.with_generated_views(SYNTHETIC, gen),
+                                    use_gpu=False)
     trainset = dm.train_loader.dataset
     for share in (0.2, 0.8):
         cfg = training.TrainConfig(generated_share=share, **SMALL)

@@ -89,8 +89,8 @@ def test_torchreid_reads_it_unchanged(synth_market):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torchreid.reid.data.datasets.image.market1501 import Market1501
-        data = Market1501(root=str(synth_market.parent), verbose=False)
+        import torchreid
+        data = torchreid.data.datasets.Market1501(root=str(synth_market.parent), verbose=False)
     ds = MarketDataset(synth_market)
     assert len(data.train) == len(ds.train)
     assert data.num_train_pids == SYNTH_SETTINGS["train_ids"] and data.num_train_cams <= 6

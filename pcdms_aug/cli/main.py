@@ -20,7 +20,8 @@ from importlib.metadata import entry_points
 from pcdms_aug.utils.errors import DataError
 
 COMMANDS = {
-    "synth-market": ("pcdms_aug.data.synthetic", "build the synthetic Market-1501 (the embedded default)"),
+    "synth-market": ("pcdms_aug.data.synthetic_layouts",
+                     "build the synthetic Market-1501 (the embedded default; other layouts and crop sizes too)"),
     "inspect": ("pcdms_aug.data.doctor", "check a Market-1501-layout dataset and its annotations"),
     "annotate": ("pcdms_aug.data.annotate", "pose annotations for every image of a dataset or folder, by ViTPose"),
     "pose-agreement": ("pcdms_aug.data.pose_agreement", "PCK of one annotation CSV against another, per joint"),

@@ -16,7 +16,10 @@ import yaml
 
 from pcdms_aug.utils.errors import DataError
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+# Installed from a wheel the configs sit inside the package (setup.py copies them); in the repository they are
+# the top-level configs/ folder.
+_PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_ROOT = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "configs"
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -49,8 +49,7 @@ def load_reid_features(name: str | None, weights, size: tuple[int, int]) -> Reid
         model = torchreid.models.build_model(name=name, num_classes=1, loss="softmax", pretrained=False,
                                              use_gpu=False)
     except KeyError:
-        from torchreid.reid.models import __model_factory as factory  # noqa: PLC0415  the list of names
-
+        factory = getattr(torchreid.models, "__model_factory", {})  # the list of names, in every torchreid line
         raise DataError(f"fid_reid.model: unknown torchreid model {name!r}; one of "
                         f"{', '.join(sorted(factory))}") from None
     state = read_state(path, "the re-ID checkpoint")
