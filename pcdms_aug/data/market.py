@@ -14,7 +14,7 @@ from pcdms_aug.data.pose import Pose
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 TORCHREID_NESTING = ("market1501", "Market-1501-v15.09.15")
-IMAGE_SIZE = (128, 64)  # (height, width) of a Market-1501 crop
+IMAGE_SIZE = (128, 64)  # (height, width) of a Market-1501 crop; other datasets' crops have any size
 JUNK_PID, DISTRACTOR_PID = -1, 0
 # Real Market-1501 holds a few '.jpg.jpg' files in bounding_box_test (18 of them; the annotations name them too).
 _NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.((?:jpg|jpeg|png)(?:\.jpg)?)$", re.IGNORECASE)
@@ -147,6 +147,25 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None):
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BICUBIC)
     return im
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding the pixels; a DataError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise DataError("image not found", path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"unreadable image ({e.__class__.__name__}: {e})", path) from None
+
+
+def image_sizes(images: Iterable) -> dict[str, tuple[int, int]]:
+    """{file name: (height, width)} of dataset images (anything with ``filename`` and ``path``): the frame each
+    image's keypoints are in, for :func:`pcdms_aug.data.pose.read_annotations`."""
+    return {it.filename: image_size(it.path) for it in images}
 
 
 def valid_for_pairs(name: str, pose: Pose) -> bool:

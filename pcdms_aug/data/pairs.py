@@ -9,7 +9,7 @@ import torch
 
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.data.pose import read_annotations, render_pose
-from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, load_image, make_pairs
+from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, image_sizes, load_image, make_pairs
 
 
 def pair_image_name(frm: str, to: str, k: int | None = None) -> str:
@@ -33,7 +33,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(self, root, annotations, pairs: Sequence[tuple[str, str]] | None = None,
                  image_size=IMAGE_SIZE, refine_inputs_dir=None):
         self.dataset = MarketDataset(root)
-        self.poses = read_annotations(annotations)
+        self.poses = read_annotations(annotations, image_sizes(self.dataset.all_images()))
         self.image_size = tuple(image_size)
         if pairs is None:
             names = {it.filename for it in self.dataset.train}

@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pcdms_aug.config.loading import to_dict
-from pcdms_aug.data.market import IMAGE_SIZE, load_image
+from pcdms_aug.data.market import load_image
+from pcdms_aug.generation.any_size import call_any_size
 from pcdms_aug.generation import outputs
 from pcdms_aug.generation.config import GenerateConfig
 from pcdms_aug.generation.identity_filter import (ConsistencyScorer, load_filter_trainer, scorer_fingerprint,
@@ -103,7 +104,7 @@ def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, prog
     if cfg.filter.model == "train":
         cfg = replace(cfg, filter=replace(cfg.filter, model=str(_trained_filter(cfg, out, leader))))
     barrier()
-    plan = read_plan(out / outputs.PLAN, IMAGE_SIZE)
+    plan = read_plan(out / outputs.PLAN, {s.name: s.pose.size for s in inputs.sources.sources})
     groups: dict[int, list] = {}
     for v in plan:
         groups.setdefault(v.group, []).append(v)
@@ -292,14 +293,14 @@ def _generate_group(pipe, cfg: GenerateConfig, inputs: Inputs, views: list, out:
     if missing:
         raise DataError(f"the plan names source {missing[0]}, which is no usable source now (annotations or "
                         "split changed?); rerun with --overwrite", out / outputs.PLAN)
-    images = {n: load_image(known[n].path, IMAGE_SIZE) for n in names}
+    images = {n: load_image(known[n].path) for n in names}
     src_pose = {n: known[n].pose for n in names}
     # One distinct source is passed once, so the pipeline encodes it once.
     srcs = [images[names[0]]] if len(names) == 1 else [images[v.source] for v in views]
     spos = [src_pose[names[0]]] if len(names) == 1 else [src_pose[v.source] for v in views]
-    result = pipe(srcs, spos, [v.target for v in views], num_inference_steps=cfg.steps,
-                  guidance_scale=cfg.guidance, generator=[torch.Generator().manual_seed(v.seed) for v in views],
-                  scheduler=cfg.scheduler, stages=tuple(cfg.stages), output_type="pil", batch_size=len(views))
+    result = call_any_size(pipe, srcs, spos, [v.target for v in views], num_inference_steps=cfg.steps,
+                           guidance_scale=cfg.guidance, scheduler=cfg.scheduler, stages=tuple(cfg.stages),
+                           generator=[torch.Generator().manual_seed(v.seed) for v in views], batch_size=len(views))
     written, decoded = set(), []
     for v, im in zip(views, result.images):
         data = encode_image(im, cfg.image_format, cfg.jpeg_quality)

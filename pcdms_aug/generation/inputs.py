@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset
+from pcdms_aug.data.market import MarketDataset, image_sizes
 from pcdms_aug.data.pose import read_annotation_files
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.generation.config import GenerateConfig
@@ -83,7 +83,7 @@ def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
 
     dataset = MarketDataset(cfg.dataset)
     ann = annotation_files(cfg, dataset.root)
-    poses = read_annotation_files(ann, IMAGE_SIZE)
+    poses = read_annotation_files(ann, image_sizes(dataset.train))  # each in its own image's pixels
     split_names = list(load_split(cfg.split).files) if cfg.split else None
     source_set = collect_sources(dataset, poses, split_names, cfg.require_torso, cfg.split)
     wanted = None if split_names is None else set(split_names)

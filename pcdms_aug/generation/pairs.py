@@ -12,8 +12,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, load_image
+from pcdms_aug.data.market import MarketDataset, image_size, load_image
 from pcdms_aug.data.pairs import pair_image_name
+from pcdms_aug.generation.any_size import call_any_size
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_save_image
 from pcdms_aug.data.pose import Pose, read_annotation_files, read_pairs
@@ -26,11 +27,12 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
                refine_noise: float | None = None, scheduler: str | None = None, seed: int = 0,
                stages=("prior", "inpaint", "refine"),
                write: str = "final", rank: int = 0, world: int = 1, progress: bool = True,
-               keep_existing: bool = True) -> dict:
+               keep_existing: bool = True, output_size: str = "source") -> dict:
     """Write ``out_dir/<from>_to_<to>.png`` for this rank's share of ``pairs``; returns counts.
 
     ``write`` = "final" or "coarse" (the stage-2 output, which is what stage 3 trains on);
-    ``keep_existing=False`` makes every image again (a folder of other settings, ``--overwrite``).
+    ``keep_existing=False`` makes every image again (a folder of other settings, ``--overwrite``);
+    ``output_size`` "source" writes each image at its source's size, "working" at the pipeline's.
     """
     from tqdm import tqdm
 
@@ -52,12 +54,12 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
     def flush():
         if not chunk:
             return
-        srcs = [load_image(dataset.path_of(f), IMAGE_SIZE) for f, _ in chunk]
+        srcs = [load_image(dataset.path_of(f)) for f, _ in chunk]
         gens = [torch.Generator().manual_seed(item_seed(seed, f, t)) for f, t in chunk]
-        result = pipe(srcs, [poses[f] for f, _ in chunk], [poses[t] for _, t in chunk],
-                      num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                      generator=gens, stages=stages, refine_strength=refine_strength,
-                      refine_noise=refine_noise)
+        result = call_any_size(pipe, srcs, [poses[f] for f, _ in chunk], [poses[t] for _, t in chunk],
+                               output_size=output_size, num_inference_steps=steps, guidance_scale=guidance,
+                               scheduler=scheduler, generator=gens, stages=stages, refine_strength=refine_strength,
+                               refine_noise=refine_noise)
         images = result.coarse_images if write == "coarse" else result.images
         for (f, t), im in zip(chunk, images):
             atomic_save_image(out_dir / pair_image_name(f, t), im)
@@ -76,8 +78,11 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
     return {"pairs": len(pairs), "this_rank": len(mine), "written": len(todo), "skipped": len(mine) - len(todo)}
 
 
-def load_poses(files: Sequence[str | Path]) -> dict[str, Pose]:
-    return read_annotation_files(files)
+def load_poses(files: Sequence[str | Path], dataset: MarketDataset,
+               pairs: Sequence[tuple[str, str]]) -> dict[str, Pose]:
+    """The poses of the pair images, each in its own image's pixels."""
+    names = sorted({n for p in pairs for n in p})
+    return read_annotation_files(files, {n: image_size(dataset.path_of(n)) for n in names})
 
 
 def configure(parser):
@@ -154,7 +159,7 @@ def run(args):
     if args.max_pairs and len(pairs) > args.max_pairs:
         import random
         pairs = random.Random(args.seed).sample(pairs, args.max_pairs)
-    poses = load_poses(args.annotations or default_annotations(dataset.root))
+    poses = load_poses(args.annotations or default_annotations(dataset.root), dataset, pairs)
     pipe = PCDMsPipeline.load(args.weights, rt.device, args.dtype)
     settings = {"weights": weights_fingerprint(args.weights, pipe), "steps": args.steps,
                 "scheduler": args.scheduler, "guidance": args.guidance, "refine_strength": args.refine_strength,

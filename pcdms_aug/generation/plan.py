@@ -241,8 +241,17 @@ def make_plan(source_set: SourceSet, *, views: int, per: str, policy: str, seed:
     for i, (src, j, k, origin) in enumerate(rows):
         plan.append(PlannedView(i, i // batch, view_name(src.pid, src.camid, src.ordinal, j, ext), src.pid,
                                 src.camid, src.name, j, origin, k, item_seed(seed, src.name, f"view:{j}"),
-                                targets.poses[k]))
+                                in_frame(targets.poses[k], src.pose.size)))
     return plan
+
+
+def in_frame(pose: Pose, size: tuple[int, int]) -> Pose:
+    """A target pose in whole pixels of the (height, width) source it is drawn on: what plan.csv stores."""
+    if pose.size == tuple(size):
+        return pose
+    h, w = size
+    xy = np.clip(np.rint(pose.scaled(size).xy), 0, np.array([w - 1, h - 1], np.float32))
+    return Pose(xy, pose.visible, size)
 
 
 # -------------------------------------------------------------------------------------------- plan.csv io
@@ -261,7 +270,9 @@ def write_plan(path: str | Path, plan: Sequence[PlannedView]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_plan(path: str | Path, size: tuple[int, int]) -> list[PlannedView]:
+def read_plan(path: str | Path, size: tuple[int, int] | Mapping[str, tuple[int, int]]) -> list[PlannedView]:
+    """The plan's views; target poses in pixels of their source, whose (height, width) is ``size`` or
+    ``size[source name]``."""
     path = Path(path)
     plan = []
     with open(path, newline="", encoding="utf-8") as f:
@@ -274,7 +285,11 @@ def read_plan(path: str | Path, size: tuple[int, int]) -> list[PlannedView]:
                 ys, xs = json.loads(r["target_keypoints_y"]), json.loads(r["target_keypoints_x"])
                 if len(ys) != NUM_JOINTS or len(xs) != NUM_JOINTS:
                     raise ValueError("keypoint count")
-                target = Pose.from_array(np.array([xs, ys], np.float32).T, size)
+                if isinstance(size, Mapping) and r["source"] not in size:
+                    raise DataError(f"the plan names source {r['source']}, which is no usable source now "
+                                    "(annotations or split changed?); rerun with --overwrite", path, line)
+                frame = size[r["source"]] if isinstance(size, Mapping) else size
+                target = Pose.from_array(np.array([xs, ys], np.float32).T, frame)
                 plan.append(PlannedView(int(r["index"]), int(r["group"]), r["file"], int(r["pid"]),
                                         int(r["camid"]), r["source"], int(r["view"]), r["target_pose_origin"],
                                         int(r["target_pose_index"]), int(r["seed"]), target))

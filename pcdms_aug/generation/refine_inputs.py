@@ -5,11 +5,10 @@ the source's size: stage 3 is given exactly that at inference. ``inputs.json`` r
 refuses a folder without it (:func:`pcdms_aug.data.refine_inputs.check_refine_inputs`)."""
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
-from pcdms_aug.data.market import MarketDataset, make_pairs
+from pcdms_aug.data.market import MarketDataset, image_sizes, make_pairs
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.data.pose import read_annotations, read_pairs, write_pairs
@@ -60,7 +59,7 @@ def run(args):
     out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
     rt = init_runtime(args.device, args.dtype)
     dataset = MarketDataset(args.dataset)
-    poses = read_annotations(args.annotations)
+    poses = read_annotations(args.annotations, image_sizes(dataset.train))
     pipe = PCDMsPipeline.load(args.weights, rt.device, args.dtype)
     pairs_file = out / "pairs.csv"
     if pairs_file.is_file():
@@ -77,10 +76,10 @@ def run(args):
     # Stage 1 predicts the target embedding here as it will at inference, and the images stay at the working
     # size stage 2 decodes at, so stage 3 learns to repair exactly the images it will be given.
     stages = ("prior", "inpaint")
-    working = functools.partial(pipe, output_size="working")
-    counts = synthesize(working, pairs, dataset, poses, out, batch=args.batch, steps=args.steps,
+    counts = synthesize(pipe, pairs, dataset, poses, out, batch=args.batch, steps=args.steps,
                         guidance=args.guidance, scheduler=args.scheduler, seed=args.seed, stages=stages,
-                        write="coarse", rank=rt.rank, world=rt.world_size, progress=rt.is_main)
+                        write="coarse", rank=rt.rank, world=rt.world_size, progress=rt.is_main,
+                        output_size="working")
     print(f"[make-refine-inputs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} "
           f"finished, of {counts['pairs']} pairs at stage 2's {pipe.stages['inpaint'].image_size} -> {out}")
     return 0

@@ -31,11 +31,11 @@ def make_dataset(cfg):
             raise DataError("pairs.csv missing: run pcdms-aug make-refine-inputs first", pairs_file)
         pairs = read_pairs(pairs_file)
     elif cfg.data.max_pairs:
-        from pcdms_aug.data.market import make_pairs
+        from pcdms_aug.data.market import MarketDataset, image_sizes, make_pairs
         from pcdms_aug.data.pose import read_annotations
-        from pcdms_aug.data.market import MarketDataset
-        names = {it.filename for it in MarketDataset(cfg.data.root).train}
-        pairs = make_pairs(read_annotations(cfg.data.annotations), cfg.data.max_pairs, cfg.train.seed, names)
+        train = MarketDataset(cfg.data.root).train
+        pairs = make_pairs(read_annotations(cfg.data.annotations, image_sizes(train)), cfg.data.max_pairs,
+                           cfg.train.seed, {it.filename for it in train})
     return PairDataset(cfg.data.root, cfg.data.annotations, pairs=pairs, image_size=tuple(cfg.data.image_size),
                        refine_inputs_dir=refine)
 
