@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pcdms_aug.config.loading import build, unknown_key_error
 
@@ -91,7 +91,8 @@ class Common:
     drop: dict[str, float] = field(default_factory=dict)
     weights: Weights = field(default_factory=Weights)
     random_weights: bool = False
-    gradient_checkpointing: bool = False
+    # auto: the training loop's memory estimate decides for the run's batch and device (training/memory.py)
+    gradient_checkpointing: Union[bool, Literal["auto"]] = False
     origin: Optional[dict] = None  # provenance of an imported checkpoint (import-official)
 
 

@@ -51,23 +51,35 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    def _path(self, name):
+    def image_path(self, name: str) -> Path:
         if name not in self._paths:
             self._paths[name] = self.dataset.path_of(name)
         return self._paths[name]
 
-    def __getitem__(self, i):
+    def coarse_path(self, frm: str, to: str) -> Path | None:
+        """The stage-2 output of the pair, for stage 3 (None for the other stages)."""
+        return None if self.refine_dir is None else self.refine_dir / pair_image_name(frm, to)
+
+    def load(self, name: str) -> torch.Tensor:
+        """A dataset image at ``image_size``, (3, H, W) in [-1, 1]."""
+        return _to_tensor(load_image(self.image_path(name), self.image_size))
+
+    def conditions(self, i) -> dict:
+        """Item ``i`` without its images: rendered poses, pose vectors, names."""
         frm, to = self.pairs[i]
         sp, tp = self.poses[frm], self.poses[to]
-        item = {
-            "source_image": _to_tensor(load_image(self._path(frm), self.image_size)),
-            "target_image": _to_tensor(load_image(self._path(to), self.image_size)),
+        return {
             "source_pose_image": torch.from_numpy(render_pose(sp, self.image_size)).permute(2, 0, 1).float() / 255,
             "target_pose_image": torch.from_numpy(render_pose(tp, self.image_size)).permute(2, 0, 1).float() / 255,
             "source_pose": torch.from_numpy(sp.vector()),
             "target_pose": torch.from_numpy(tp.vector()),
             "names": (frm, to),
         }
-        if self.refine_dir is not None:
-            item["coarse_image"] = _to_tensor(load_image(self.refine_dir / pair_image_name(frm, to), self.image_size))
+
+    def __getitem__(self, i):
+        frm, to = self.pairs[i]
+        item = {"source_image": self.load(frm), "target_image": self.load(to), **self.conditions(i)}
+        coarse = self.coarse_path(frm, to)
+        if coarse is not None:
+            item["coarse_image"] = _to_tensor(load_image(coarse, self.image_size))
         return item

@@ -160,13 +160,25 @@ class Codec(nn.Module):
         else:
             raise DataError(f"codec.type must be pixel, space_to_depth or vae, got {self.kind!r}")
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_dist(self, images: torch.Tensor) -> torch.Tensor:
+        """What encoding keeps of images: a VAE's latent distribution (its mean and log-variance concatenated
+        on the channels, unscaled: diffusers' ``DiagonalGaussianDistribution.parameters``), or the other codecs'
+        exact encoding. :meth:`latent` makes the UNets' latents of it (a feature cache stores this)."""
         if self.kind == "space_to_depth":
             return F.pixel_unshuffle(images, self.factor)
         if self.vae is None:
             return images
-        # The distribution's mean, not a sample: the latent of an image is then a function of the image.
-        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode() * self.scaling
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.parameters
+
+    def latent(self, dist: torch.Tensor) -> torch.Tensor:
+        """The latents of :meth:`encode_dist`'s output: the distribution's mean (its mode: the latent of an
+        image is then a function of the image), scaled."""
+        if self.vae is None:
+            return dist
+        return dist.chunk(2, dim=1)[0] * self.scaling
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.latent(self.encode_dist(images))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.kind == "space_to_depth":

@@ -5,26 +5,29 @@
         --clip W/clip --dinov2 W/dinov2 --kandinsky W/kandinsky                                 # real folders
     torchrun --nproc_per_node 1 -m pcdms_aug.perf.gpu_check --out runs/gpu_check --cpu --reduced   # CPU, gloo
 
-In order: the process group (nccl on a GPU, gloo on a CPU; torchrun with one process takes the DDP path of
-many); each stage trains ``--steps`` steps from the paper configs (bf16 autocast on a GPU; samples/s over the
-steps after the first, peak memory); the inpaint stage resumes from its checkpoint and that checkpoint is
-exported; stage 1+2 write stage 3's inputs (make-refine-inputs); the three stages are assembled; the bench
-compares naive and batched generation at the pipeline's size (bf16 autocast on a GPU); synthesize-pairs
-writes one image. ``--reduced`` runs the same steps on the reduced-depth fixture at 64x32 (minutes on a CPU).
-No network: weights are local folders or the random-weight fixture; the data is the synthetic Market-1501 unless
-``--dataset`` names a Market-1501 folder with its pose CSVs.
+Ordered to fit one short lease, the figures never measured first: the process group (nccl on a GPU, gloo on a
+CPU; torchrun with one process takes the DDP path of many); the bench, naive against batched generation at the
+pipeline's size (bf16 autocast on a GPU; with ``--fixture`` the paper architectures at random weights built on
+the device, so no weights are written first); the weight folders and the data; then for each stage its
+feature cache (built, timed) and ``--steps`` training steps from the paper configs without the cache and with
+it (samples/s over the steps after the first, peak memory). ``--full`` adds the rest of the path: the inpaint
+stage resumes from its checkpoint and exports it, stages 1+2 write stage 3's inputs, the three stages are
+assembled and synthesize-pairs writes one image. ``--reduced`` runs the same steps on the reduced-depth
+fixture at 64x32 (minutes on a CPU). No network: weights are local folders or the random-weight fixture; the
+data is the synthetic Market-1501 unless ``--dataset`` names a Market-1501 folder with its pose CSVs. The
+report is rewritten after every phase.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from pcdms_aug.perf.measure import StepClock, folder_gb, peak_mb, reset_peak
 from pcdms_aug.utils.errors import DataError
 
 STAGES = ("prior", "inpaint", "refine")
@@ -49,6 +52,8 @@ def configure(parser) -> None:
     parser.add_argument("--batch", type=int, default=None, help="training batch (default: the paper configs', "
                                                                 "reduced 2)")
     parser.add_argument("--bench-pairs", type=int, default=None, help="pairs per bench mode, 4 views each (default 4)")
+    parser.add_argument("--full", action="store_true", help="also resume, export, make-refine-inputs, assemble "
+                                                            "and one image")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -96,54 +101,6 @@ def dataset(args, work: Path, rt) -> Path:
     return root
 
 
-# ------------------------------------------------------------------------------------------------ measures
-class StepClock(logging.Handler):
-    """Times of the training loop's ``step N`` log records: samples/s from the first logged step on (step 1
-    pays for lazy initialisation, autotuning and allocator growth)."""
-
-    PATTERN = re.compile(r"^step (\d+) loss")
-
-    def __init__(self):
-        super().__init__()
-        self.steps: list[tuple[int, float]] = []
-
-    def emit(self, record):
-        m = self.PATTERN.match(record.getMessage())
-        if m:
-            self.steps.append((int(m.group(1)), record.created))
-
-    def rate(self, global_batch: int) -> float | None:
-        if len(self.steps) < 2:
-            return None
-        (s0, t0), (s1, t1) = self.steps[0], self.steps[-1]
-        return (s1 - s0) * global_batch / max(t1 - t0, 1e-9)
-
-
-def reset_peak(device: str) -> None:
-    """Start a stage's peak from what is still allocated, after the previous stage's objects are gone."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_mb(device: str) -> tuple[float, str]:
-    import torch
-
-    from pcdms_aug.perf.bench import peak_memory_mb
-
-    return peak_memory_mb(torch.device(device))
-
-
-def folder_gb(path: Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e9
-
-
 # ------------------------------------------------------------------------------------------------ the steps
 class Check:
     """One run of the check: its settings, the runtime, and the report it fills in."""
@@ -164,15 +121,23 @@ class Check:
                 f"data.image_size={json.dumps(self.size)}", "data.max_pairs=64",
                 f"data.num_workers={0 if self.args.reduced else 2}"]
 
-    def train_stage(self, stage: str, model: dict, data: list[str], extra=(), steps=None, record=True) -> None:
+    def train_stage(self, stage: str, model: dict, data: list[str], extra=(), steps=None, record=True,
+                    cached: bool = False) -> None:
+        """``--steps`` steps of ``stage`` (``cached``: from its feature cache, built first on first use);
+        recorded under ``train`` or ``train_cached``, the cache build under ``cache``."""
+        from pcdms_aug.training.feature_cache import read_manifest
         from pcdms_aug.training.loop import load_run_config, train
 
         steps = steps or self.steps
-        keep = ["train.checkpoint_every=" + str(self.steps if stage == RESUME_STAGE else 0), "train.keep_checkpoints=1"]
-        over = [*data, *model[stage], *keep, f"train.out={self.work / 'runs' / stage}", f"train.max_steps={steps}",
+        name = stage + ("_cached" if cached else "")
+        ckpt = self.steps if stage == RESUME_STAGE and not cached else 0
+        features = self.work / "features" / stage
+        over = [*data, *model[stage], f"train.checkpoint_every={ckpt}", "train.keep_checkpoints=1",
+                f"train.out={self.work / 'runs' / name}", f"train.max_steps={steps}",
                 "train.sample_every=0", "train.log_every=1", "train.warmup_steps=1",
                 f"train.device={self.rt.device}", f"train.mixed_precision={'bf16' if self.gpu else 'no'}",
-                *([f"train.batch_size={self.batch}"] if self.batch else []), *extra]
+                *([f"train.batch_size={self.batch}"] if self.batch else []),
+                *([f"train.feature_cache={features}"] if cached else []), *extra]
         cfg = load_run_config(f"paper/train_{stage}.yaml", over)
         clock = StepClock()
         logger = logging.getLogger("pcdms_aug.training.loop")
@@ -187,11 +152,19 @@ class Check:
         global_batch = cfg.train.batch_size * cfg.train.grad_accum * self.rt.world_size
         if not record:
             return
-        self.report.setdefault("train", {})[stage] = {
+        self.report.setdefault("train_cached" if cached else "train", {})[stage] = {
             "steps": len(clock.steps), "batch": cfg.train.batch_size, "global_batch": global_batch,
             "mixed_precision": cfg.train.mixed_precision, "seconds": time.perf_counter() - t0,
             "samples_per_second": clock.rate(global_batch), "peak_memory_mb": mem, "memory": kind,
             "final": str(final)}
+        if cached:
+            m = read_manifest(features)
+            self.report.setdefault("cache", {})[stage] = {
+                "images": m["images"], "pairs": m["pairs"], "gb": m["bytes"] / 1e9, "seconds": m["build_seconds"],
+                "items_per_second": (m["images"] + m["pairs"]) / max(m["build_seconds"], 1e-9)}
+            plain = self.report.get("train", {}).get(stage, {}).get("samples_per_second")
+            rate = clock.rate(global_batch)
+            self.report.setdefault("cache_speedup", {})[stage] = rate / plain if rate and plain else None
 
     def resume_and_export(self, model, data) -> None:
         """The resume stage again, one step further: it must resume from its checkpoint; then the export."""
@@ -224,6 +197,17 @@ class Check:
         if rc != 0:
             raise RuntimeError(f"pcdms-aug {argv[0]} exited with {rc}")
 
+    def random_refine_inputs(self, data: list[str]) -> Path:
+        """Stage 3's inputs in their folder format, random images (the speed does not depend on them)."""
+        from pcdms_aug.perf.cache_speedup import write_refine_inputs
+        from pcdms_aug.training.data import make_dataset
+        from pcdms_aug.training.loop import load_run_config
+
+        folder = self.work / "refine_inputs_random"
+        if self.rt.is_main and not (folder / "pairs.csv").is_file():
+            write_refine_inputs(folder, make_dataset(load_run_config("paper/train_inpaint.yaml", data)), self.size)
+        return folder
+
     def refine_inputs(self, root: Path, dtype: str) -> Path:
         runs = self.work / "runs"
         coarse, inputs = self.work / "pipeline_12", self.work / "refine_inputs"
@@ -248,22 +232,33 @@ class Check:
         self.report["assemble"] = {"out": str(pipe), "ok": pipe.is_dir(), "seconds": time.perf_counter() - t0}
         return pipe
 
-    def bench(self, pipe_dir: Path) -> None:
-        """Naive then batched generation of the same pairs, fp32 weights under bf16 autocast on a GPU."""
+    def bench(self, model: dict | None) -> None:
+        """Naive then batched generation of the same pairs, fp32 weights under bf16 autocast on a GPU. ``model``:
+        the stages' overrides (weight folders); None: the paper architectures at random weights, built on the
+        device (nothing written or read first)."""
         import torch
 
+        from pcdms_aug.config.loading import load_config
         from pcdms_aug.perf.bench import bench
         from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+        from pcdms_aug.stages import stage_class
 
-        pipe = PCDMsPipeline.load(str(pipe_dir), self.rt.device, "fp32")
+        cfg = load_config("paper/pipeline.yaml", [f"image_size={json.dumps(self.size)}"])
+        cfg["stages"], shared = {n: n for n in STAGES}, {}
+        with torch.device(self.rt.device):
+            stages = {n: stage_class(n).from_config(load_config(f"paper/{n}.yaml", model[n] if model else
+                                                                ["random_weights=true"]), seed=i, cache=shared)
+                      for i, n in enumerate(STAGES)}
+        pipe = PCDMsPipeline(stages, cfg).to(self.rt.device, torch.float32)
         autocast = torch.bfloat16 if self.gpu else None
         pairs = self.args.bench_pairs or 4
         kw = dict(pairs=pairs, views=4, autocast=autocast, steps=2 if self.args.reduced else None)
         naive = bench(pipe, naive=True, **kw)
         batched = bench(pipe, naive=False, warmup=False, **kw)
         self.report["bench"] = {"naive": naive, "batched": batched, "image_size": list(pipe.image_size),
+                                "random_weights": model is None,
                                 "speedup": batched["images_per_second"] / naive["images_per_second"]}
-        del pipe
+        del pipe, stages, shared
 
     def one_image(self, root: Path, pipe: Path, dtype: str) -> None:
         pairs_csv, out = root / "market-pairs-test.csv", self.work / "one_image"
@@ -288,14 +283,19 @@ class Check:
 
         est = estimate()
         batched = self.report["bench"]["batched"]["images_per_second"]
-        train = {n: t["samples_per_second"] * est["stages"][n]["training_flops_per_sample"] / 1e12
-                 for n, t in self.report["train"].items() if t["samples_per_second"]}
+        flops = {n: s["training"]["flops_per_sample"] for n, s in est["stages"].items()}
+        train = {n: t["samples_per_second"] * flops[n]["before"]["total"] / 1e12
+                 for n, t in self.report.get("train", {}).items() if t["samples_per_second"]}
+        cached = {n: t["samples_per_second"] * flops[n]["after"]["total"] / 1e12
+                  for n, t in self.report.get("train_cached", {}).items() if t["samples_per_second"]}
         self.report["expected"] = {
             "flops_per_image": est["flops_per_image"],
             "denoiser_evaluations_per_image": est["denoiser_evaluations_per_image"],
-            "training_flops_per_sample": {n: s["training_flops_per_sample"] for n, s in est["stages"].items()},
-            "training_memory_gb": {n: s["training_memory_gb"]["total"] for n, s in est["stages"].items()},
-            "bench_batched_tflops": batched * est["flops_per_image"] / 1e12, "train_tflops": train}
+            "training_flops_per_sample": flops,
+            "training_memory_gb": {n: {k: v["total"] for k, v in s["training"]["memory_gb"].items()}
+                                   for n, s in est["stages"].items()},
+            "bench_batched_tflops": batched * est["flops_per_image"] / 1e12, "train_tflops": train,
+            "train_cached_tflops": cached}
 
     def phase(self, name: str, fn, *args):
         """One step of the check; the report on disk is rewritten after it, so a run cut short by a time limit
@@ -324,22 +324,30 @@ class Check:
             "backend": dist.get_backend() if dist.is_initialized() else None, "ddp": self.rt.distributed,
             "scale": "reduced" if self.args.reduced else "paper", "image_size": self.size}
         self.save()
+        reduced_folders = None
+        if self.args.reduced or not self.args.fixture:  # the reduced fixture is small: written first
+            reduced_folders = weight_overrides(self.args, self.work, self.rt)
+        self.phase("bench", self.bench, reduced_folders)
         over = self.phase("weights", weight_overrides, self.args, self.work, self.rt)
         model = {n: ["model." + o for o in sets] for n, sets in over.items()}
         root = self.phase("dataset", dataset, self.args, self.work, self.rt)
         data = self.data_overrides(root)
         dtype = "bf16" if self.gpu else "fp32"
-        for stage in ("prior", "inpaint"):
-            self.phase("train_" + stage, self.train_stage, stage, model, data)
-        self.phase("resume", self.resume_and_export, model, data)
-        inputs = self.phase("make_refine_inputs", self.refine_inputs, root, dtype)
-        self.phase("train_refine", self.train_stage, "refine", model, data, [f"data.refine_inputs={inputs}"])
-        pipe = self.phase("assemble", self.assemble)
-        self.phase("bench", self.bench, pipe)
-        self.phase("image", self.one_image, root, pipe, dtype)
+        for stage in STAGES:
+            extra = [f"data.refine_inputs={self.random_refine_inputs(data)}"] if stage == "refine" else []
+            self.phase("train_" + stage, self.train_stage, stage, model, data, extra)
+            self.phase(f"train_{stage}_cached", self.train_stage, stage, model, data, extra, None, True, True)
+        if self.args.full:
+            self.phase("resume", self.resume_and_export, model, data)
+            inputs = self.phase("make_refine_inputs", self.refine_inputs, root, dtype)
+            del inputs  # made to check the path; stage 3 trained on random inputs of the same form above
+            pipe = self.phase("assemble", self.assemble)
+            self.phase("image", self.one_image, root, pipe, dtype)
         self.expected()
         self.report["disk_gb"] = folder_gb(self.work)
-        self.report["ok"] = all(self.report[k]["ok"] for k in ("resume", "export", "assemble", "image"))
+        checks = ("resume", "export", "assemble", "image") if self.args.full else ()
+        self.report["ok"] = all(self.report[k]["ok"] for k in checks) and all(
+            t["samples_per_second"] for part in ("train", "train_cached") for t in self.report[part].values())
         self.report["complete"] = True
         self.save()
         return self.report

@@ -17,11 +17,14 @@ import sys
 
 import torch
 
-GB = 1e9
+from pcdms_aug.training.memory import HEADROOM, largest_batch, meta_batch, set_checkpointing, step_memory
+
+BUDGET_GB = 80.0  # an A100 / H100 80 GB
 ORDER = ("prior", "inpaint", "refine")
 
 
 def build_meta(name: str, overrides=()):
+    """Stage ``name`` of the paper configs on the meta device (``overrides``: ``key=value`` of its config)."""
     from pcdms_aug.config.loading import load_config
     from pcdms_aug.stages import build_stage
 
@@ -36,99 +39,45 @@ def parameter_counts(stage) -> dict:
     return {"components": counts, "trainable": trainable, "frozen": sum(counts.values()) - trainable}
 
 
-def memory_estimate(trainable: int, frozen: int, activations_gb: float) -> dict:
-    """Bytes of one training step with fp32 master weights under bf16 autocast: trainable weights, gradients,
-    AdamW's two moments and the EMA copy are fp32 (4 bytes each, 20 per trainable parameter); the frozen
-    encoders are held in fp32 as the loaders give them (4 bytes). ``activations_gb``: what autocast keeps for
-    the backward pass, measured elsewhere (stated separately in the docs)."""
-    parts = {"trainable_weights": 4 * trainable, "gradients": 4 * trainable, "adamw_moments": 8 * trainable,
-             "ema": 4 * trainable, "frozen_weights": 4 * frozen}
-    gb = {k: v / GB for k, v in parts.items()}
-    gb["activations"] = activations_gb
-    gb["total"] = sum(gb.values())
-    return gb
-
-
-def _batch(stage, n: int) -> dict:
-    h, w = stage.image_size
-    meta = dict(device="meta")
-    return {"source_image": torch.zeros(n, 3, h, w, **meta), "target_image": torch.zeros(n, 3, h, w, **meta),
-            "coarse_image": torch.zeros(n, 3, h, w, **meta), "source_pose_image": torch.zeros(n, 3, h, w, **meta),
-            "target_pose_image": torch.zeros(n, 3, h, w, **meta), "source_pose": torch.zeros(n, 54, **meta),
-            "target_pose": torch.zeros(n, 54, **meta)}
-
-
-class _SavedCounter:
-    """A ``saved_tensors_hooks`` pack hook summing the bytes of distinct saved tensors that are not
-    parameters (a weight saved for its backward is already counted as a weight; one activation saved by
-    two operations is held once)."""
-
-    def __init__(self, stage):
-        self.params = {id(p) for p in stage.parameters()}
-        self.seen: set = set()
-        self.keep: list = []  # keeps the ids unique while counting
-        self.total = 0
-
-    def __call__(self, t):
-        base = t._base if t._base is not None else t
-        if id(base) not in self.params and id(base) not in self.seen:
-            self.seen.add(id(base))
-            self.keep.append(base)
-            self.total += base.numel() * base.element_size()
-        return t
-
-
-def saved_activation_bytes(stage, batch: int) -> int:
-    """Bytes the forward of one training step keeps for the backward (``saved_tensors_hooks``), in the dtype
-    the meta tensors have: fp32, an upper bound for bf16 autocast (which keeps matmul inputs in bf16)."""
-    pack = _SavedCounter(stage)
-
-    stage.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        stage.training_loss(_batch(stage, batch), generator=None)
-    return pack.total
-
-
-def largest_block_bytes(stage, batch: int) -> int:
-    """Without checkpointing, the most any one checkpointed block (a UNet resnet or attention, a prior
-    transformer block) saves: with checkpointing, the backward recomputes one block at a time, so this is the
-    extra it holds at its peak."""
-    pack, seen = _SavedCounter(stage), {}
-    handles = []
-    for name, module in stage.named_modules():
-        if name.rsplit(".", 2)[-2:-1] and name.rsplit(".", 2)[-2] in ("resnets", "attentions", "transformer_blocks"):
-            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, -pack.total)))
-            handles.append(module.register_forward_hook(
-                lambda m, a, o, n=name: seen.__setitem__(n, seen[n] + pack.total)))
-    flags = {}
-    for name, module in stage.named_modules():
-        if hasattr(module, "gradient_checkpointing"):
-            flags[name] = module.gradient_checkpointing
-            module.gradient_checkpointing = False
-    try:
-        stage.train()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            stage.training_loss(_batch(stage, batch), generator=None)
-    finally:
-        for h in handles:
-            h.remove()
-        for name, module in stage.named_modules():
-            if name in flags:
-                module.gradient_checkpointing = flags[name]
-    return max(seen.values(), default=0)
-
-
-def training_flops(stage, batch: int = 1) -> int:
-    """Forward and backward FLOPs of one training step per ``batch`` samples (gradient checkpointing as the
-    config sets it: recomputed blocks are counted again)."""
+def training_flops(stage, batch: int = 1, device: str = "meta") -> dict:
+    """FLOPs of one training step per ``batch`` samples, split: ``frozen``, the frozen networks' forward
+    (``Stage.frozen_inputs``: what a feature cache computes once); ``trainable``, the loss from those
+    features, forward and backward (blocks recomputed under gradient checkpointing counted again, and what
+    the loss runs of frozen parts, e.g. stage 3's decoder under its SSIM term). ``device``: where the stage
+    is (a real one computes the step once while counting)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     stage.train()
+    b = meta_batch(stage, batch, device)
     with FlopCounterMode(display=False) as counter:
-        loss = stage.training_loss(_batch(stage, batch), generator=None)
+        frozen = stage.frozen_inputs(b)
+    frozen_flops = int(counter.get_total_flops())
+    poses = {k: v for k, v in b.items() if not k.endswith("_image") or k.endswith("pose_image")}
+    with FlopCounterMode(display=False) as counter:
+        loss = stage.training_loss({**poses, "frozen": frozen}, generator=None)
         loss.backward()
     stage.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
+    trainable = int(counter.get_total_flops())
+    return {"frozen": frozen_flops, "trainable": trainable, "total": frozen_flops + trainable}
+
+
+def cache_flops(stage) -> dict:
+    """FLOPs of building a feature cache: per image file and per pair (``Stage.image_features`` of every
+    feature a role needs, ``Stage.pair_features``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    needs = stage.frozen_needs()
+    names = tuple(sorted({n for r in ("source", "target") for n in needs.get(r, ())}))
+    b = meta_batch(stage, 1)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        stage.image_features(b["source_image"], names)
+    image = int(counter.get_total_flops())
+    pair = 0
+    if needs.get("pair"):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            stage.pair_features(b, needs["pair"])
+        pair = int(counter.get_total_flops())
+    return {"per_image": image, "per_pair": pair}
 
 
 @contextlib.contextmanager
@@ -167,7 +116,7 @@ def sampling_flops(name: str, stage, steps: int, guidance: float, strength: floa
     from torch.utils.flop_counter import FlopCounterMode
 
     stage.eval()
-    b = _batch(stage, 1)
+    b = meta_batch(stage, 1)
     kw = dict(num_inference_steps=steps, guidance_scale=guidance)
     record: dict = {}
     with torch.no_grad(), one_evaluation_loop(record), FlopCounterMode(display=False) as counter:
@@ -195,18 +144,45 @@ def paper_sampling() -> dict:
             "refine_strength": float(samp.get("refine_strength", 1.0)), "scheduler": samp["scheduler"]}
 
 
-def estimate(batch: int = 8) -> dict:
-    """``batch``: per-GPU training batch of the memory estimate (the paper configs' 8 for the UNet stages)."""
+def config_batch(name: str) -> int:
+    from pcdms_aug.config.loading import load_config
+
+    return int(load_config(f"paper/train_{name}.yaml")["train"]["batch_size"])
+
+
+def training_plan(stage, batch: int, budget_gb: float = BUDGET_GB) -> dict:
+    """One stage's training step before (the frozen networks run in every step, gradient checkpointing on:
+    the paper configs until the cache) and after (features from a feature cache; checkpointing only when the
+    batch does not fit ``budget_gb`` without, as ``gradient_checkpointing: auto`` decides), at ``batch``:
+    FLOPs per sample split into frozen and trainable work, memory, and the largest batch that fits."""
+    usable = HEADROOM * budget_gb
+    set_checkpointing(stage, True)
+    before = training_flops(stage)
+    mem_before = step_memory(stage, batch, True, cached=False)
+    plain = step_memory(stage, batch, False, cached=True)
+    ckpt = plain["total"] > usable
+    set_checkpointing(stage, ckpt)
+    flops = training_flops(stage)
+    after = {"frozen": 0, "trainable": flops["trainable"], "total": flops["trainable"]}
+    return {
+        "batch": batch, "budget_gb": budget_gb, "usable_gb": usable,
+        "flops_per_sample": {"before": {**before, "checkpointing": True, "cached": False},
+                             "after": {**after, "checkpointing": ckpt, "cached": True}},
+        "memory_gb": {"before": mem_before, "after": plain if not ckpt else step_memory(stage, batch, True, True)},
+        "largest_batch": {"before": largest_batch(stage, usable, True, False),
+                          "after_no_checkpointing": largest_batch(stage, usable, False, True),
+                          "after_checkpointing": largest_batch(stage, usable, True, True)},
+        "cache_build_flops": cache_flops(stage)}
+
+
+def estimate() -> dict:
+    """Every paper stage: parameters, the training plan before and after the feature cache, sampling FLOPs."""
     samp = paper_sampling()
-    report = {"sampling": samp, "training_batch": batch, "stages": {}}
+    report = {"sampling": samp, "stages": {}}
     for name in ORDER:
         stage = build_meta(name)
         entry = parameter_counts(stage)
-        entry["training_flops_per_sample"] = training_flops(stage)
-        saved = saved_activation_bytes(stage, batch) / GB
-        block = largest_block_bytes(stage, batch) / GB
-        entry["training_memory_gb"] = memory_estimate(entry["trainable"], entry["frozen"], saved + block)
-        entry["training_memory_gb"].update(batch=batch, saved_activations_fp32=saved, largest_block_fp32=block)
+        entry["training"] = training_plan(stage, config_batch(name))
         entry["sampling"] = sampling_flops(name, stage, samp["steps"][name], samp["guidance"][name],
                                            samp["refine_strength"])
         report["stages"][name] = entry

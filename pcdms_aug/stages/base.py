@@ -27,6 +27,7 @@ REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stag
 
 class Stage(nn.Module):
     name = ""
+    FROZEN_IMAGE_KEYS = ("source_image", "target_image")
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         """``cache``: frozen components already built by other stages (shared when equal);
@@ -56,7 +57,7 @@ class Stage(nn.Module):
             torch.manual_seed(seed)
             stage = cls(cfg, cache=cache, load_weights=load_weights)
         del stage._cache
-        if cfg.get("gradient_checkpointing"):
+        if cfg.get("gradient_checkpointing") is True:  # "auto": the training loop decides (training/memory.py)
             stage.enable_gradient_checkpointing()
         for name in FROZEN:
             part = getattr(stage, name, None)
@@ -236,6 +237,67 @@ class Stage(nn.Module):
             raise ValueError(f"{self.name}: the training batch lacks {', '.join(missing)}")
         self.check_inputs(**{k: batch[k] for k in keys})
         return [batch[k].to(self.device) for k in keys]
+
+    # ---------------------------------------------------------------- frozen features of a training step
+    def frozen_needs(self) -> dict[str, tuple[str, ...]]:
+        """Per role the frozen networks' outputs one training step reads: ``source`` and ``target`` name
+        features of one image (:meth:`image_features`), ``pair`` features of the pair (:meth:`pair_features`).
+        What a feature cache holds (``pcdms_aug.training.feature_cache``)."""
+        raise NotImplementedError
+
+    def image_features(self, images: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        """The features ``names`` of dataset images (B, 3, H, W) in [-1, 1], as the data loader gives them."""
+        raise NotImplementedError
+
+    def pair_features(self, batch: dict, names) -> dict[str, torch.Tensor]:
+        """The features ``names`` of a batch of pairs (its ``*_image`` entries)."""
+        raise NotImplementedError
+
+    def frozen_image_keys(self, batch: dict) -> tuple[str, ...]:
+        """The batch's images the frozen features are computed from: none when it carries the features."""
+        return () if "frozen" in batch else self.FROZEN_IMAGE_KEYS
+
+    def frozen_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``"<role>.<feature>"`` for every :meth:`frozen_needs` entry: the batch's own ``frozen`` entry (a
+        feature cache's, as fp32 on the stage's device), or computed now from its images without gradients."""
+        if "frozen" in batch:
+            return {k: v.to(self.device, torch.float32 if v.is_floating_point() else v.dtype)
+                    for k, v in batch["frozen"].items()}
+        out = {}
+        with torch.no_grad():
+            for role, names in self.frozen_needs().items():
+                if role == "pair":
+                    feats = self.pair_features(batch, names)
+                else:
+                    feats = self.image_features(self.batch_inputs(batch, f"{role}_image")[0], names)
+                out.update({f"{role}.{n}": v for n, v in feats.items()})
+        return out
+
+    def cache_keeps(self) -> tuple[str, ...]:
+        """Frozen components the loss still runs when its features come from a cache (none by default)."""
+        return ()
+
+    def frozen_component(self, name: str) -> nn.Module | None:
+        """A frozen component, registered or set aside by :meth:`set_frozen_aside`."""
+        module = self._modules.get(name)
+        return module if module is not None else self.__dict__.get(name)
+
+    def set_frozen_aside(self) -> list[str]:
+        """Unregister the frozen networks a cached training step does not run (all but :meth:`cache_keeps`):
+        ``.to(device)``, ``parameters()``, DDP and checkpoints then leave them where they are (the CPU), while
+        ``self.clip`` etc. still reach them (sizes; :meth:`frozen_back` for previews and the export).
+        Returns their names."""
+        aside = [n for n in FROZEN if n in self._modules and n not in self.cache_keeps()]
+        for name in aside:
+            object.__setattr__(self, name, self._modules.pop(name))
+        return aside
+
+    def frozen_back(self, names) -> None:
+        """Register again what :meth:`set_frozen_aside` set aside (on the stage's device)."""
+        for name in names:
+            module = self.__dict__.pop(name, None)
+            if module is not None:
+                self._modules[name] = module.to(self.device)
 
     # ---------------------------------------------------------------- the stage's own parts
     def training_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:

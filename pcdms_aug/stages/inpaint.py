@@ -53,10 +53,14 @@ class InpaintStage(Stage):
     def _canvas(self, left, right):
         return torch.cat([left, right], dim=-1)
 
-    def _known(self, source_images):
-        """Mask and latents of [source | black] at latent resolution."""
-        black = torch.full_like(source_images, -1.0)
-        masked = self.codec.encode(self._canvas(source_images, black))
+    def _known_dist(self, source_images):
+        """The codec's encoding of [source | black] (source images at the stage's size)."""
+        return self.codec.encode_dist(self._canvas(source_images, torch.full_like(source_images, -1.0)))
+
+    def _known(self, source_images=None, dist=None):
+        """Mask (ones over the known source half) and latents of [source | black] at latent resolution, from
+        the source images or from their :meth:`_known_dist`."""
+        masked = self.codec.latent(self._known_dist(source_images) if dist is None else dist)
         mask = torch.zeros_like(masked[:, :1])
         mask[..., : mask.shape[-1] // 2] = 1.0
         return mask, masked
@@ -76,19 +80,35 @@ class InpaintStage(Stage):
         return torch.cat([self.image_proj(dino), embed[:, None, :]], dim=1)
 
     # ---------------------------------------------------------------- training
+    def frozen_needs(self):
+        needs = {"source": ("dino", "known"), "pair": ("canvas",)}
+        return {**needs, "target": ("clip",)} if self.uses_target_embed else needs
+
+    def image_features(self, images, names):
+        out, small = {}, self.resize(images)
+        if "clip" in names:  # CLIP reads the image as loaded (its own preprocessing resizes)
+            out["clip"] = self.clip(images)
+        if "dino" in names:
+            out["dino"] = self.dino(small)
+        if "known" in names:
+            out["known"] = self._known_dist(small)
+        return out
+
+    def pair_features(self, batch, names):
+        src, tgt = self.batch_inputs(batch, "source_image", "target_image")
+        return {"canvas": self.codec.encode_dist(self._canvas(self.resize(src), self.resize(tgt)))}
+
     def training_loss(self, batch, generator=None):
         """Epsilon-MSE on the canvas latents (or its target half: ``loss_region: target``); source features and
         target embedding dropped to zeros per ``drop``. Teacher forcing: the embedding is CLIP(target)."""
-        src, tgt, sp_img, tp_img = self.batch_inputs(batch, "source_image", "target_image", "source_pose_image",
-                                                     "target_pose_image")
-        with torch.no_grad():
-            embed = self.clip(tgt)
-            src, tgt = self.resize(src), self.resize(tgt)
-            dino = self.dino(src)
-            x0 = self.codec.encode(self._canvas(src, tgt))
-            mask, masked = self._known(src)
+        sp_img, tp_img = self.batch_inputs(batch, "source_pose_image", "target_pose_image",
+                                           *self.frozen_image_keys(batch))[:2]
+        frozen = self.frozen_inputs(batch)
+        embed, dino = frozen.get("target.clip"), frozen["source.dino"]
+        x0 = self.codec.latent(frozen["pair.canvas"])
+        mask, masked = self._known(dist=frozen["source.known"])
         conditions = CONDITIONS if self.uses_target_embed else CONDITIONS[:1]
-        masks = drop_masks(conditions, self.cfg["drop"], src.shape[0], generator, src.device)
+        masks = drop_masks(conditions, self.cfg["drop"], x0.shape[0], generator, x0.device)
         dino = apply_drop(dino, masks["source_features"])
         if self.uses_target_embed:
             embed = apply_drop(embed, masks["target_embed"])

@@ -56,13 +56,18 @@ class PriorStage(Stage):
     def _model(self, x, t, src, sp, tp):
         return self.prior(x, t.expand(x.shape[0]).to(x.device), src, sp, tp)
 
+    def frozen_needs(self):
+        return {"source": ("clip",), "target": ("clip",)}
+
+    def image_features(self, images, names):
+        return {"clip": self.clip(images)}
+
     def training_loss(self, batch, generator=None):
         """x0-MSE on the standardised target embedding; each condition dropped to zeros per ``drop``."""
-        src_img, tgt_img, sp, tp = self.batch_inputs(batch, "source_image", "target_image", "source_pose",
-                                                     "target_pose")
-        with torch.no_grad():
-            src = self.clip(src_img)
-            x0 = (self.clip(tgt_img) - self.embed_mean) / self.embed_std
+        sp, tp = self.batch_inputs(batch, "source_pose", "target_pose", *self.frozen_image_keys(batch))[:2]
+        frozen = self.frozen_inputs(batch)
+        src = frozen["source.clip"]
+        x0 = (frozen["target.clip"] - self.embed_mean) / self.embed_std
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         src = apply_drop(src, masks["source_image"])
         sp = apply_drop(sp.to(x0.dtype), masks["source_pose"])

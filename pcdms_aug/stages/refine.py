@@ -28,6 +28,7 @@ CONDITIONS = ("source_features",)
 
 class RefineStage(Stage):
     name = "refine"
+    FROZEN_IMAGE_KEYS = ("source_image", "target_image", "coarse_image")
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         super().__init__(cfg, cache, load_weights)
@@ -58,6 +59,26 @@ class RefineStage(Stage):
         return self.unet(torch.cat([x, cond], 1), t.expand(x.shape[0]).to(x.device),
                          encoder_hidden_states=tokens).sample
 
+    def frozen_needs(self):
+        return {"source": ("dino", "latent") if self.source_input else ("dino",), "target": ("latent",),
+                "pair": ("coarse",)}
+
+    def image_features(self, images, names):
+        out, small = {}, self.resize(images)
+        if "dino" in names:
+            out["dino"] = self.dino(small)
+        if "latent" in names:
+            out["latent"] = self.codec.encode_dist(small)
+        return out
+
+    def pair_features(self, batch, names):
+        (coarse,) = self.batch_inputs(batch, "coarse_image")
+        return {"coarse": self.codec.encode_dist(self.resize(coarse))}
+
+    def cache_keeps(self):
+        """The x0 terms (SSIM, adversarial) decode predictions: the VAE stays with them."""
+        return ("codec",) if float(self.cfg.get("ssim_loss", 0.0)) > 0 or self.cfg.get("adversarial") else ()
+
     def training_loss(self, batch, generator=None):
         """MSE (the scheduler's prediction type) on the target latents given the coarse stage-2 image; source
         features dropped to zeros per ``drop``. Optional, for img2img use (``sampling.refine_strength`` < 1):
@@ -65,12 +86,12 @@ class RefineStage(Stage):
         coarse image instead of the truth) with ``train_coarse_noise`` (its noise scale; 0 = the noise-free start
         of ``sampling.refine_noise: 0``); see :func:`diffusion_loss`. ``ssim_loss`` and ``adversarial`` add
         terms on the x0 prediction."""
-        src, tgt, coarse = self.batch_inputs(batch, "source_image", "target_image", "coarse_image")
-        with torch.no_grad():
-            dino = self.dino(self.resize(src))
-            x0 = self.codec.encode(self.resize(tgt))
-            cond = self.codec.encode(self.resize(coarse))
-            src_latent = self.codec.encode(self.resize(src)) if self.source_input else None
+        self.batch_inputs(batch, *self.frozen_image_keys(batch))
+        frozen = self.frozen_inputs(batch)
+        dino = frozen["source.dino"]
+        x0 = self.codec.latent(frozen["target.latent"])
+        cond = self.codec.latent(frozen["pair.coarse"])
+        src_latent = self.codec.latent(frozen["source.latent"]) if self.source_input else None
         masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
         tokens = self.image_proj(apply_drop(dino, masks["source_features"]))
         if src_latent is not None:

@@ -76,4 +76,6 @@ def micro_generator(seed: int, step: int, micro: int, device: str) -> torch.Gene
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    """Tensors (also in nested dicts: a feature cache's ``frozen``) on ``device``."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else to_device(v, device)
+                if isinstance(v, dict) else v) for k, v in batch.items()}

@@ -19,6 +19,8 @@ import torch
 
 from pcdms_aug.config.loading import apply_overrides, build, load_config, resolve_config_path, to_dict
 from pcdms_aug.training.ema import ema_weights
+from pcdms_aug.training.feature_build import frozen_on_device
+from pcdms_aug.training.speed import adamw, on_device
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text, file_log
 from pcdms_aug.training.preview import save_preview
@@ -31,6 +33,7 @@ log = logging.getLogger("pcdms_aug.training.loop")
 
 
 AMP_DTYPES = ("no", "bf16", "fp16")  # train.mixed_precision: autocast dtype on GPU; weights stay fp32
+AMP_TORCH = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))
 
 
 @dataclass
@@ -67,6 +70,11 @@ class TrainConfig:
     # Warm start (step 0 only): a saved stage folder, a saved pipeline folder (its stage of this name) or
     # "tiny". The architecture must match the config; optimizer, schedule and EMA start fresh.
     init_from: str | None = None
+    # The frozen networks' outputs read from this folder (pcdms-aug cache-features; what is missing is built
+    # on first use): the step then runs no frozen network, and they stay off the device.
+    feature_cache: str | None = None
+    channels_last: bool = True  # the trainable convolutions in channels-last layout (CUDA only)
+    compile: bool = False  # torch.compile the trainable denoiser (the first steps pay for compiling)
 
 
 @dataclass
@@ -135,6 +143,7 @@ class _Run:
     use_amp: bool = False
     scaler: object = None
     writer: object = None  # TensorBoard, on the main process only
+    aside: list = field(default_factory=list)  # frozen components kept off the device (feature cache)
 
 
 def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> Path:
@@ -182,14 +191,15 @@ def _set_up_model(cfg: RunConfig, rt: Runtime, out: Path) -> _Run:
             log.info("initialised %s from %s%s%s", cfg.stage, tc.init_from,
                      f" (new input channels at zero in {', '.join(widened)})" if widened else "",
                      f" (new components, not in the saved stage: {', '.join(fresh)})" if fresh else "")
-    stage = stage.to(rt.device)
+    stage, aside = on_device(stage, cfg, rt, log)
     params = list(stage.trainable_parameters())
     if not params:
         raise DataError(f"stage {cfg.stage} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    optimizer = adamw(params, tc, rt.device)
     scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps,
                               num_training_steps=tc.max_steps)
-    return _Run(cfg, rt, out, stage, params, optimizer, scheduler, EMAModel(params, decay=tc.ema_decay))
+    return _Run(cfg, rt, out, stage, params, optimizer, scheduler, EMAModel(params, decay=tc.ema_decay),
+                aside=aside)
 
 
 def _resume(run: _Run, step: int, path: Path) -> None:
@@ -208,6 +218,10 @@ def _set_up_data(run: _Run) -> None:
     """This rank's data from the run's step on, the loss module (DDP when distributed) and mixed precision."""
     cfg, rt, tc = run.cfg, run.rt, run.cfg.train
     run.dataset = make_dataset(cfg)
+    if tc.feature_cache:
+        from pcdms_aug.training.feature_build import cached_dataset
+        run.dataset = cached_dataset(run.stage, run.aside, run.dataset, tc.feature_cache, rt, cfg.data,
+                                     AMP_TORCH[tc.mixed_precision])
     run.sampler = MicroBatchSampler(len(run.dataset), tc.batch_size, tc.grad_accum, rt.rank, rt.world_size,
                                     tc.seed, run.step)
     run.loader = torch.utils.data.DataLoader(run.dataset, batch_sampler=run.sampler,
@@ -221,7 +235,7 @@ def _set_up_data(run: _Run) -> None:
             # learned tokens), so DDP need not walk the graph for unused ones each step (it warned so on an
             # H200); a stage that adds a parameter some steps skip fails here with DDP's own error.
             find_unused_parameters=False)
-    run.amp_dtype = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))[tc.mixed_precision]
+    run.amp_dtype = AMP_TORCH[tc.mixed_precision]
     run.use_amp = run.amp_dtype is not None and rt.device.startswith("cuda")
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and run.amp_dtype == torch.float16)
 
@@ -261,8 +275,9 @@ def _step_loop(run: _Run, progress: bool) -> None:
         if rt.is_main and _due(run, tc.log_every):
             _log_step(run, total, grad_norm, seen / max(time.time() - t0, 1e-9))
         if rt.is_main and _due(run, tc.sample_every):
-            save_preview(run.stage, run.ema, run.params, run.dataset,
-                         run.out / "samples" / f"step-{run.step:06d}.png", tc.sample_steps, tc.seed, rt.device)
+            with frozen_on_device(run.stage, run.aside, rt.device, register=True):
+                save_preview(run.stage, run.ema, run.params, getattr(run.dataset, "images", run.dataset),
+                             run.out / "samples" / f"step-{run.step:06d}.png", tc.sample_steps, tc.seed, rt.device)
         if _due(run, tc.checkpoint_every):
             if rt.is_main:
                 save_checkpoint(run.out, run.step, run.stage, run.optimizer, run.scheduler, run.ema,
@@ -326,7 +341,8 @@ def _finish(run: _Run) -> Path:
     """OUT/final (EMA weights) written by the main process; every rank returns its path."""
     final = run.out / "final"
     if run.rt.is_main:
-        _export_final(run.stage, run.ema, run.params, final, run.cfg, run.step)
+        with frozen_on_device(run.stage, run.aside, run.rt.device, register=True):
+            _export_final(run.stage, run.ema, run.params, final, run.cfg, run.step)
         run.writer.close()
         print(f"[train] wrote {final}", flush=True)
     barrier()
