@@ -142,6 +142,27 @@ def test_annotate_writes_a_row_per_image_that_every_command_reads(vitpose, estim
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_annotate_reads_every_torchreid_layout(vitpose, estimator, drawn_layouts, tmp_path, capsys):
+    """The drawn MSMT17 (192x80 crops) from torchreid's root, and DukeMTMC-reID (160x72) from its own folder:
+    a row per image of the splits asked for, keypoints in the crop's own pixels."""
+    from pcdms_aug.data.layouts import open_dataset
+    from pcdms_aug.data.market import image_sizes
+
+    out = tmp_path / "msmt17.csv"
+    assert main(["annotate", str(drawn_layouts), "--layout", "msmt17", "--splits", "train", "--estimator",
+                 str(vitpose), "--out", str(out), "--device", "cpu"]) == 0
+    assert "msmt17 dataset (train)" in capsys.readouterr().out
+    train = open_dataset(drawn_layouts, "msmt17").train
+    poses = read_annotations(out, image_sizes(train))
+    assert list(poses) == [it.filename for it in train] and {p.size for p in poses.values()} == {(192, 80)}
+    duke = open_dataset(drawn_layouts / "dukemtmc-reid")
+    counts = annotate(drawn_layouts / "dukemtmc-reid", tmp_path / "duke.csv", estimator, progress=False)
+    assert counts["source"] == "dukemtmcreid dataset (train, query, gallery)"
+    assert counts["images"] == len(list(duke.all_images()))
+    sizes = image_sizes(duke.all_images())
+    assert {p.size for p in read_annotations(tmp_path / "duke.csv", sizes).values()} == {(160, 72)}
+
+
 class _Killed(Exception):
     pass
 

@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from pcdms_aug.data.market import SPLITS, MarketDataset, find_root, load_image
+from pcdms_aug.data.layouts import LAYOUTS, SPLIT_NAMES, find_dataset, open_dataset
+from pcdms_aug.data.market import load_image
 from pcdms_aug.data.pose import ANNOTATION_HEADER, MISSING, format_annotation_row
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import TEMP_PREFIX, atomic_write_text
@@ -21,22 +22,28 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 PARTIAL_HEAD = "# pcdms-aug annotate "
 
 
-def list_images(root: str | Path, splits=None) -> tuple[str, list[tuple[str, Path]]]:
-    """(what root is, [(name, path)]): the images of a dataset's ``splits`` (default all), or every image under
-    a plain folder (sorted by path; a name used twice is an error, as the CSV is keyed by file name)."""
+def list_images(root: str | Path, splits=None, layout: str | None = None) -> tuple[str, list[tuple[str, Path]]]:
+    """(what root is, [(name, path)]): the images of a re-ID dataset's ``splits`` (default all; any layout
+    :func:`pcdms_aug.data.layouts.open_dataset` reads), or every image under any other folder (sorted by path).
+    A name used twice is an error: the CSV is keyed by file name."""
     root = Path(root)
     if not root.is_dir():
         raise DataError("image folder not found (a dataset or a folder of person crops)", root)
-    try:
-        find_root(root)
-    except DataError:
+    if layout is None and find_dataset(root) is None:
         if splits:
-            raise DataError(f"--splits needs a dataset layout ({', '.join(SPLITS.values())}); this is a plain "
-                            "folder", root) from None
+            raise DataError("--splits needs a re-ID dataset; this is a plain folder of crops", root)
         return "folder", _folder_images(root)
-    ds = MarketDataset(root)
-    chosen = splits or tuple(SPLITS)
-    return f"dataset ({', '.join(chosen)})", [(it.filename, it.path) for s in chosen for it in ds.splits[s]]
+    ds = open_dataset(root, layout)
+    chosen = splits or SPLIT_NAMES
+    images, seen = [], {}
+    for split in chosen:
+        for it in ds.splits[split]:
+            if it.filename in seen:
+                raise DataError(f"{it.filename} is in both {seen[it.filename]} and {split}: annotation rows are keyed "
+                                "by file name", ds.root)
+            seen[it.filename] = split
+            images.append((it.filename, it.path))
+    return f"{ds.layout} dataset ({', '.join(chosen)})", images
 
 
 def _folder_images(root: Path) -> list[tuple[str, Path]]:
@@ -91,14 +98,14 @@ def _resume(partial: Path, settings: dict, names: set[str]) -> dict[str, str]:
     return rows
 
 
-def annotate(root, out, estimator, *, splits=None, batch: int = 16, overwrite: bool = False,
-             progress: bool = True) -> dict:
+def annotate(root, out, estimator, *, splits=None, layout: str | None = None, batch: int = 16,
+             overwrite: bool = False, progress: bool = True) -> dict:
     """Annotate every image of ``root`` into ``out`` with ``estimator`` (a :class:`VitPoseEstimator`, or any
     callable from PIL images to Poses with a ``settings`` dict); returns counts."""
     from tqdm import tqdm
 
     out = Path(out)
-    kind, images = list_images(root, splits)
+    kind, images = list_images(root, splits, layout)
     partial = partial_path(out)
     check_out(out, overwrite)
     if overwrite:
@@ -146,13 +153,16 @@ def configure(parser):
     from pcdms_aug.data.vitpose import DEFAULT_THRESHOLD, LAYOUT
     from pcdms_aug.utils.argtypes import choice_list, finite_float, positive_int
 
-    parser.add_argument("images", help="a dataset folder (Market-1501 layout) or any folder of person crops "
-                                       "(searched recursively; file names must be unique)")
+    parser.add_argument("images", help="a re-ID dataset (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 or train/query/"
+                                       "gallery/<identity>/ folders; its own folder or torchreid's root) or any "
+                                       "folder of person crops (searched recursively; file names must be unique)")
     parser.add_argument("--estimator", required=True, metavar="FOLDER",
                         help=f"a ViTPose checkpoint folder: {LAYOUT}; read locally, never downloaded")
     parser.add_argument("--out", required=True, help="the annotation CSV to write")
-    parser.add_argument("--splits", type=choice_list(tuple(SPLITS)), default=None,
+    parser.add_argument("--splits", type=choice_list(SPLIT_NAMES), default=None,
                         help="of a dataset: a comma list of train,query,gallery (default: all)")
+    parser.add_argument("--layout", choices=LAYOUTS + ("cuhk03-labeled",), default=None,
+                        help="the dataset's layout (default: detected)")
     parser.add_argument("--threshold", type=finite_float(0.0, 1.0), default=DEFAULT_THRESHOLD,
                         help="a joint whose heatmap score is below this is written as missing (-1)")
     parser.add_argument("--batch", type=positive_int, default=16, help="images per forward pass")
@@ -169,10 +179,10 @@ def run(args):
     out = check_out_file(args.out)
     check_out(out, args.overwrite)
     check_folder(args.estimator)
-    list_images(args.images, args.splits)  # a bad folder fails before the model loads
+    list_images(args.images, args.splits, args.layout)  # a bad folder fails before the model loads
     with folder_lock(out.parent, name=f".{out.name}.lock"):
         estimator = VitPoseEstimator(args.estimator, pick_device(args.device), args.threshold)
-        counts = annotate(args.images, out, estimator, splits=args.splits, batch=args.batch,
+        counts = annotate(args.images, out, estimator, splits=args.splits, layout=args.layout, batch=args.batch,
                           overwrite=args.overwrite)
     print(f"[annotate] {counts['images']} images of the {counts['source']} ({counts['resumed']} from an earlier "
           f"run): {counts['with_pose']} with a pose, {counts['without_pose']} without, {counts['with_torso']} "

@@ -225,14 +225,11 @@ def _candidates(path: Path, layout: str | None):
                 yield path / inner, name
 
 
-def open_dataset(path: str | Path, layout: str | None = None) -> ReidDataset:
-    """Read the dataset at ``path`` (its own folder, or torchreid's root above it) in ``layout`` (detected when
-    None; ``cuhk03-labeled`` reads CUHK03's labelled boxes)."""
+def find_dataset(path: str | Path, layout: str | None = None) -> tuple[Path, str] | None:
+    """(folder, layout) of the dataset at ``path`` (its own folder, or torchreid's root above it) in ``layout``
+    (detected when None), without reading it; None when there is none."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError("dataset folder does not exist", path)
-    labeled = layout == "cuhk03-labeled"
-    want = "cuhk03" if labeled else layout
+    want = "cuhk03" if layout == "cuhk03-labeled" else layout
     if want is not None and want not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}, cuhk03-labeled", "--layout")
     for folder, hint in _candidates(path, want):
@@ -240,10 +237,21 @@ def open_dataset(path: str | Path, layout: str | None = None) -> ReidDataset:
         if found is None or (want is not None and found != want and not (want == "dukemtmcreid" and found ==
                                                                           "market1501")):
             continue
-        if want == "dukemtmcreid":
-            found = want
-        splits = _cuhk03(folder, labeled) if found == "cuhk03" else READERS[found](folder)
-        return ReidDataset(folder, found, splits)
-    raise DataError(f"no re-ID dataset found{' in the ' + layout + ' layout' if layout else ''} (looked for "
-                    "bounding_box_train/query/bounding_box_test, MSMT17_V1/, CUHK03's splits_new_detected.json or "
-                    "train/<identity>/, directly and under torchreid's folder names)", path)
+        return folder, want if want == "dukemtmcreid" else found
+    return None
+
+
+def open_dataset(path: str | Path, layout: str | None = None) -> ReidDataset:
+    """Read the dataset at ``path`` (its own folder, or torchreid's root above it) in ``layout`` (detected when
+    None; ``cuhk03-labeled`` reads CUHK03's labelled boxes)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError("dataset folder does not exist", path)
+    found = find_dataset(path, layout)
+    if found is None:
+        raise DataError(f"no re-ID dataset found{' in the ' + layout + ' layout' if layout else ''} (looked for "
+                        "bounding_box_train/query/bounding_box_test, MSMT17_V1/, CUHK03's splits_new_detected.json "
+                        "or train/<identity>/, directly and under torchreid's folder names)", path)
+    folder, kind = found
+    splits = _cuhk03(folder, layout == "cuhk03-labeled") if kind == "cuhk03" else READERS[kind](folder)
+    return ReidDataset(folder, kind, splits)
