@@ -29,11 +29,11 @@ def _tensor(path):
 
 
 def run(refine, cond, tokens, ts, tau=1.0, seed=0, avg=1):
-    alphas = refine.scheduler.alphas_cumprod
+    alphas = refine.noise_scheduler.alphas_cumprod
     outs = []
     for k in range(avg):
         noise = torch.randn(cond.shape, generator=torch.Generator().manual_seed(seed + k))
-        x = refine.scheduler.add_noise(cond, tau * noise, torch.full((cond.shape[0],), ts[0]))
+        x = refine.noise_scheduler.add_noise(cond, tau * noise, torch.full((cond.shape[0],), ts[0]))
         with torch.no_grad():
             for i, t in enumerate(ts):
                 x0 = refine._model(x, torch.tensor(t), cond, tokens)

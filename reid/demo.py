@@ -38,7 +38,7 @@ def configure(parser):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--views", type=int, default=2, help="generated views per real training image (default 2)")
     from pcdms_aug.utils.argtypes import choice_list
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
     # Stage 2's image, not the refined one: with the tiny weights it served re-ID better at convergence
     # (docs/experiments.md, "Levers").
     parser.add_argument("--stages", type=choice_list(ORDER), default=("prior", "inpaint"),
@@ -162,10 +162,12 @@ def _lead(df) -> list[str]:
 
 
 def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg) -> None:
+    from pcdms_aug.stages.diffusion import sampler_name
+
     from . import report
     from .experiment import make_config, protocol_notes
 
-    scheduler = pipe.scheduler
+    scheduler = sampler_name(pipe.inpaint_scheduler)
     reid_md = (out / "reid" / "results.md").read_text() if (out / "reid" / "results.md").is_file() else ""
     # Its title and its lead, which leads this report too.
     reid_md = "\n".join(line for line in reid_md.splitlines() if not line.startswith("# "))

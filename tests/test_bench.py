@@ -40,7 +40,7 @@ def test_naive_and_batched_generate_the_same_images(pipe):
     a, ta = run_batched(pipe, inputs, 2, "unipc", 3, 0, stages, output_type="pt")
     b, tb = run_naive(pipe, inputs, 2, "unipc", 0, stages, output_type="pt")
     assert a.shape == (3, 3, 128, 64)
-    torch.testing.assert_close(a, torch.stack(b), atol=1e-4, rtol=0)
+    torch.testing.assert_close(a, torch.stack(b), atol=5e-5, rtol=0)  # images in [0, 1]
 
 
 def test_cli_json(capsys):

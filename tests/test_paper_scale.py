@@ -206,7 +206,7 @@ def measure(name: str) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         src = stage.encode_source(batch["source_image"])
-        kw = dict(generator=g, num_inference_steps=1, guidance_scale=2.0, scheduler="unipc")
+        kw = dict(generator=g, num_inference_steps=1, guidance_scale=2.0, sampler="unipc")
         if name == "prior":
             out = stage.sample(src, batch["source_pose"], batch["target_pose"], **kw)
         elif name == "inpaint":

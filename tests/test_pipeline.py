@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from pcdms_aug import PCDMsPipeline
+from pcdms_aug.stages.diffusion import sampler_name
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.data.pose import Pose
 
@@ -48,8 +49,9 @@ def test_same_generator_same_pixels_and_batching_does_not_matter(pipe):
     assert np.array_equal(a.images, b.images)
     one = pipe(srcs[2:], sps[2:], tps[2:], num_inference_steps=STEPS, generator=gens()[2:], output_type="np")
     small = pipe(srcs, sps, tps, num_inference_steps=STEPS, generator=gens(), output_type="np", batch_size=1)
-    assert np.abs(a.images[2].astype(int) - one.images[0].astype(int)).max() <= 1
-    assert np.abs(a.images.astype(int) - small.images.astype(int)).max() <= 1
+    level = 1 / 255 + 1e-6  # one grey level of the saved image
+    assert np.abs(a.images[2] - one.images[0]).max() <= level
+    assert np.abs(a.images - small.images).max() <= level
 
 
 def test_one_source_many_targets_is_encoded_once(pipe, monkeypatch):
@@ -167,7 +169,7 @@ def test_a_frozen_encoder_two_stages_share_is_written_once_and_loads_back_exactl
 def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
     """The shipped files are the real save path's (fp16 trainables, each frozen encoder once): loading and saving
     them again gives the same bytes, file for file."""
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
 
     torch.set_num_threads(1)
     PCDMsPipeline.from_pretrained("tiny").save_pretrained(tmp_path / "t", trainable_dtype=torch.float16)
@@ -181,7 +183,7 @@ def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
 def test_missing_stage_folder_and_shipped_weights_are_data_errors(pipe, tmp_path, monkeypatch):
     import shutil
 
-    import pcdms_aug.pipelines.pipeline as pl
+    import pcdms_aug.pipelines.loading as pl
 
     pipe.save_pretrained(tmp_path / "p")
     shutil.rmtree(tmp_path / "p" / "refine")
@@ -223,8 +225,13 @@ def test_repeated_sources_are_encoded_once_and_encodings_can_be_reused(pipe, mon
     assert sorted(calls) == [("inpaint", 2), ("prior", 2), ("refine", 2)]
     calls.clear()
     enc = pipe.encode_sources([_image(0), _image(1)])
-    b = pipe(enc.select([0, 1, 0, 0]), sps, tps, num_inference_steps=STEPS, generator=gens(), output_type="pt")
+    b = pipe(None, sps, tps, num_inference_steps=STEPS, generator=gens(), output_type="pt",
+             source_encoding=enc.select([0, 1, 0, 0]))
     assert len(calls) == 3 and torch.equal(a.images, b.images) and torch.equal(a.coarse_images, b.coarse_images)
+    with pytest.raises(ValueError, match="source_encoding="):
+        pipe(enc, sps[:2], tps[:2])
+    with pytest.raises(ValueError, match="not both"):
+        pipe([_image(0), _image(1)], sps[:2], tps[:2], source_encoding=enc)
     with pytest.raises(ValueError, match="out of range"):
         enc.select([2])
 
@@ -234,11 +241,15 @@ def test_output_types_and_tensor_inputs(pipe):
     kw = dict(num_inference_steps=STEPS, generator=[torch.Generator().manual_seed(i) for i in range(2)])
     pt = pipe(x, [_pose(0), _pose(1)], [_pose(2), _pose(3)], output_type="pt", **kw)
     assert pt.images.shape == (2, 3, 128, 64) and pt.images.dtype == torch.float32
+    assert 0 <= pt.images.min() and pt.images.max() <= 1 and pt.images.std() > 0.01  # diffusers' range
     assert pt.target_embeds.shape == (2, pipe.stages["prior"].clip.dim)
     kw["generator"] = [torch.Generator().manual_seed(i) for i in range(2)]
     arr = pipe(x, [_pose(0), _pose(1)], [_pose(2), _pose(3)], output_type="np", **kw)
-    assert arr.images.shape == (2, 128, 64, 3) and arr.images.dtype == np.uint8
-    assert np.abs(((pt.images + 1) * 127.5).round().permute(0, 2, 3, 1).numpy() - arr.images).max() <= 1
+    assert arr.images.shape == (2, 128, 64, 3) and arr.images.dtype == np.float32
+    assert np.array_equal(pt.images.permute(0, 2, 3, 1).numpy(), arr.images)
+    kw["generator"] = [torch.Generator().manual_seed(i) for i in range(2)]
+    pil = pipe(x, [_pose(0), _pose(1)], [_pose(2), _pose(3)], **kw)
+    assert np.array_equal(np.stack([np.array(im) for im in pil.images]), (arr.images * 255).round().astype(np.uint8))
     with pytest.raises(ValueError, match="output_type"):
         pipe(x[:1], _pose(0), [_pose(1)], output_type="jpg")
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
@@ -253,8 +264,8 @@ def test_check_inputs_fills_in_the_config_defaults_and_encodes_nothing(pipe, mon
                              num_inference_steps={"prior": 3})
     assert call.steps == {**samp["steps"], "prior": 3}
     assert call.guidance == {n: float(v) for n, v in samp["guidance"].items()}
-    assert (call.scheduler, call.refine_strength, call.refine_noise) == tuple(
-        samp[k] for k in ("scheduler", "refine_strength", "refine_noise"))
+    assert (call.refine_strength, call.refine_noise) == (samp["refine_strength"], samp["refine_noise"])
+    assert call.samplers == pipe.schedulers and {sampler_name(s) for s in call.samplers.values()} == {samp["scheduler"]}
     assert call.batch_size == pipe.config["batch_size"] and call.size == (256, 128)
     assert tuple(call.sources.shape) == (1, 3, *pipe.image_size) and call.pair_source == [0, 0]
     with pytest.raises(ValueError, match="1 source poses for 2 source images"):
@@ -292,14 +303,14 @@ def test_fp16_storage_of_trained_parts_loads_back_in_fp32(tmp_path):
 
 
 def test_shipped_tiny_weights_load_and_generate():
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
     if not (WEIGHTS_ROOT / "tiny" / "pipeline.yaml").is_file():
         pytest.fail("the shipped tiny weights are missing from the checkout (scripts/train_tiny.sh makes them)")
     torch.set_num_threads(1)
     pipe = PCDMsPipeline.from_pretrained("tiny")
     out = pipe(_image(0), _pose(0), [_pose(1)], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                output_type="np")
-    assert out.images.shape == (1, 128, 64, 3) and out.images.std() > 5
+    assert out.images.shape == (1, 128, 64, 3) and out.images.std() > 5 / 255
 
 
 def test_refine_strength_comes_from_the_config_and_shortens_stage_3(pipe, monkeypatch):
@@ -333,7 +344,7 @@ def test_refine_noise_zero_makes_stage_3_a_function_of_the_coarse_image(pipe, mo
     # same coarse image, other stage-3 noise: the noise-free start gives the same final image
     refine = pipe.stages["refine"]
     src = refine.encode_source(torch.from_numpy(np.array(_image(0))).permute(2, 0, 1)[None].float() / 127.5 - 1)
-    coarse = torch.from_numpy(a.coarse_images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    coarse = torch.from_numpy(a.coarse_images).permute(0, 3, 1, 2) * 2 - 1
     outs = [refine.sample(src, coarse, torch.Generator().manual_seed(s), 4, 1.0, "ddim", strength=0.5, noise=0.0)
             for s in (0, 1)]
     assert torch.equal(outs[0], outs[1])
@@ -405,3 +416,190 @@ def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "b.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+
+
+# ------------------------------------------------------------------ what a diffusers user expects (shipped weights)
+TWO = {"prior": 2, "inpaint": 2, "refine": 2}  # the shipped refine strength 0.25 runs 1 of its 2 steps
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    pipe = PCDMsPipeline.from_pretrained("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe, n=1, seed=0, **kw):
+    kw.setdefault("num_inference_steps", TWO)
+    kw.setdefault("output_type", "pt")
+    return pipe(_image(0), _pose(0), [_pose(1 + i) for i in range(n)], generator=torch.Generator().manual_seed(seed),
+                **kw)
+
+
+def test_torch_dtype_and_to_take_what_diffusers_takes(tiny):
+    half = PCDMsPipeline.from_pretrained("tiny", torch_dtype=torch.float16)
+    assert half.dtype == torch.float16
+    assert {p.dtype for s in half.stages.values() for p in s.parameters()} == {torch.float16}
+    cast = PCDMsPipeline.from_pretrained("tiny").to(torch.float16)
+    a, b, ref = _run(half), _run(cast), _run(tiny)
+    assert torch.equal(a.images, b.images) and a.images.dtype == torch.float32
+    assert 0 < (a.images - ref.images).abs().max() < 0.02  # fp16 arithmetic, the same images
+    assert cast.to("cpu", torch.float32).dtype == torch.float32 and cast.device == torch.device("cpu")
+    assert cast.to(dtype="bf16").dtype == torch.bfloat16 and cast.to(device=torch.device("cpu"), dtype="fp32") is cast
+    assert cast.to("float16").dtype == torch.float16
+    with pytest.raises(TypeError, match="device and/or a dtype"):
+        cast.to(3.5)
+    with pytest.raises(TypeError, match="unexpected"):
+        cast.to(torch_device="cpu")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        PCDMsPipeline.from_pretrained("tiny", torch_dtype="fp8")
+
+
+def test_a_swapped_scheduler_object_changes_the_result_and_swapping_back_reproduces_it(tiny):
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+
+    assert set(tiny.schedulers) == {"prior", "inpaint", "refine"} and tiny.inpaint_scheduler is tiny.schedulers["inpaint"]
+    assert isinstance(tiny.inpaint_scheduler, DDIMScheduler)  # the shipped config's sampling.scheduler: ddim
+    own = tiny.inpaint_scheduler
+    base = _run(tiny)
+    try:
+        tiny.inpaint_scheduler = UniPCMultistepScheduler.from_config(tiny.inpaint_scheduler.config)
+        swapped = _run(tiny)
+        assert not torch.equal(swapped.coarse_images, base.coarse_images)
+        assert torch.equal(swapped.target_embeds, base.target_embeds)  # the prior kept its sampler
+        assert torch.equal(_run(tiny).images, swapped.images)  # a used sampler object gives the same again
+        tiny.inpaint_scheduler = DDIMScheduler.from_config(tiny.inpaint_scheduler.config)
+        assert torch.equal(_run(tiny).images, base.images)
+        tiny.inpaint_scheduler = "unipc"  # the shorthand builds the same object
+        assert torch.equal(_run(tiny).images, swapped.images)
+        with pytest.raises(ValueError, match="unknown scheduler"):
+            tiny.inpaint_scheduler = "euler"
+    finally:
+        tiny.inpaint_scheduler = own
+    # a shorthand for one call leaves the pipeline's objects alone
+    assert torch.equal(_run(tiny, scheduler={"inpaint": "unipc"}).images, swapped.images)
+    assert tiny.inpaint_scheduler is own and torch.equal(_run(tiny).images, base.images)
+    with pytest.raises(ValueError, match="assign it to the pipeline"):
+        _run(tiny, scheduler=own)
+
+
+def test_progress_bar_counts_every_denoising_step_and_can_be_disabled():
+    import io
+
+    pipe = PCDMsPipeline.from_pretrained("tiny")
+    buf = io.StringIO()
+    pipe.set_progress_bar_config(file=buf, ascii=True)
+    _run(pipe, n=2, batch_size=1)
+    assert "PCDMs" in buf.getvalue() and "10/10" in buf.getvalue()  # 2 batches x (2 + 2 + 1) steps
+    buf = io.StringIO()
+    pipe.set_progress_bar_config(file=buf, disable=True)
+    _run(pipe)
+    assert buf.getvalue() == ""
+
+
+def test_callback_on_step_end_sees_every_step_of_every_stage_and_can_replace_the_latents(tiny):
+    seen = []
+
+    def record(pipe, stage, step, timestep, kwargs):
+        assert pipe is tiny and set(kwargs) == {"latents"}
+        seen.append((stage, step, int(timestep), tuple(kwargs["latents"].shape)))
+        return kwargs
+
+    plain = _run(tiny, n=2, output_type="latent")
+    out = _run(tiny, n=2, batch_size=1, output_type="latent", callback_on_step_end=record)
+    t = {n: [int(x) for x in tiny.schedulers[n].timesteps] for n in ("prior", "inpaint", "refine")}
+    shapes = {"prior": tuple(plain.target_embeds[:1].shape), "inpaint": tuple(plain.coarse_images[:1].shape),
+              "refine": tuple(plain.images[:1].shape)}
+    one_batch = [(n, i, t[n][i] if n != "refine" else t[n][-1], shapes[n])
+                 for n, k in (("prior", 2), ("inpaint", 2), ("refine", 1)) for i in range(k)]
+    assert seen == one_batch * 2
+    assert torch.equal(out.images, plain.images)  # returning the latents unchanged changes nothing
+
+    def zero_canvas(pipe, stage, step, timestep, kwargs):
+        if stage == "inpaint" and step == 1:
+            return {"latents": torch.zeros_like(kwargs["latents"])}
+        return kwargs
+
+    out = _run(tiny, n=2, output_type="latent", callback_on_step_end=zero_canvas)
+    assert not out.coarse_images.any() and not torch.equal(out.images, plain.images)
+    with pytest.raises(ValueError, match="noise_pred not among latents"):
+        _run(tiny, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["noise_pred"])
+
+
+def test_latents_replace_the_drawn_noise(tiny):
+    shape = _run(tiny, output_type="latent")
+    g = torch.Generator().manual_seed(5)
+    noise = {"prior": torch.randn(shape.target_embeds.shape, generator=g),
+             "inpaint": torch.randn(shape.coarse_images.shape, generator=g),
+             "refine": torch.randn(shape.images.shape, generator=g)}  # drawn in the order the stages draw
+    drawn = _run(tiny, seed=5)
+    given = _run(tiny, seed=99, latents=noise)
+    assert torch.equal(given.images, drawn.images) and torch.equal(given.coarse_images, drawn.coarse_images)
+    assert not torch.equal(_run(tiny, seed=99).images, drawn.images)
+    other = _run(tiny, seed=5, latents={"inpaint": torch.randn(shape.coarse_images.shape)})
+    assert torch.equal(other.target_embeds, drawn.target_embeds) and not torch.equal(other.images, drawn.images)
+    with pytest.raises(ValueError, match="latents must have the shape"):
+        _run(tiny, latents={"inpaint": torch.zeros(1, 3, 4, 4)})
+    with pytest.raises(ValueError, match="one row per pair"):
+        _run(tiny, latents={"inpaint": noise["inpaint"].repeat(2, 1, 1, 1)})
+    with pytest.raises(ValueError, match="does not run"):
+        _run(tiny, latents={"refine": noise["refine"]}, stages=("prior", "inpaint"))
+    with pytest.raises(ValueError, match=r"\{stage: tensor\}"):
+        _run(tiny, latents=noise["inpaint"])
+
+
+def test_latent_output_is_the_undecoded_final_and_return_dict_false_a_tuple(tiny):
+    from diffusers.utils import BaseOutput
+
+    from pcdms_aug.pipelines.image_processing import resize
+
+    pt, lat = _run(tiny), _run(tiny, output_type="latent")
+    assert isinstance(pt, BaseOutput) and pt["images"] is pt.images and pt[0] is pt.images
+    decoded = (resize(tiny.stages["refine"].decode(lat.images), (128, 64)) * 0.5 + 0.5).clamp(0, 1)
+    assert torch.equal(decoded, pt.images)
+    coarse = (resize(tiny.stages["inpaint"].decode(lat.coarse_images), (128, 64)) * 0.5 + 0.5).clamp(0, 1)
+    assert torch.equal(coarse, pt.coarse_images)
+    two = _run(tiny, output_type="latent", stages=("prior", "inpaint"))
+    assert torch.equal(two.images, two.coarse_images) and torch.equal(two.images, lat.coarse_images)
+    images, coarse_images, embeds, timings = _run(tiny, return_dict=False)
+    assert torch.equal(images, pt.images) and torch.equal(coarse_images, pt.coarse_images)
+    assert torch.equal(embeds, pt.target_embeds) and set(timings) == {"encode", "prior", "inpaint", "refine"}
+    forced = _run(tiny, return_dict=False, stages=("inpaint",), target_embeds=embeds)
+    assert len(forced) == 4 and torch.equal(forced[0], forced[1]) and torch.equal(forced[2], embeds)
+
+
+def test_model_cpu_offload_moves_one_stage_at_a_time_and_gives_the_same_images(tiny, monkeypatch):
+    """On this CPU-only machine the execution device is the CPU too: the images must be the same, and the
+    moves (recorded around the real ``Stage.to``) must put the running stage, and only it, on that device."""
+    pipe = PCDMsPipeline.from_pretrained("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    moves = []
+    for name, stage in pipe.stages.items():
+        real = stage.to
+
+        def to(*args, _name=name, _real=real, **kw):
+            moves.append((_name, str(kw.get("device", args[0] if args else None))))
+            return _real(*args, **kw)
+        monkeypatch.setattr(stage, "to", to)
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert pipe._execution_device == torch.device("cpu") and set(moves) == {(n, "cpu") for n in pipe.stages}
+    moves.clear()
+    running = []
+
+    def check(p, stage, step, timestep, kwargs):
+        running.append(stage)
+        assert moves[-1] == (stage, "cpu")  # the running stage went on the device last
+        others = [m for m in moves[-len(pipe.stages):-1]]
+        assert {n for n, _ in others} == set(pipe.stages) - {stage}  # every other stage went off first
+        return kwargs
+
+    out = _run(pipe, n=2, batch_size=1, callback_on_step_end=check)
+    assert torch.equal(out.images, _run(tiny, n=2, batch_size=1).images) and len(running) == 10
+    assert {n for n, _ in moves[-3:]} == set(pipe.stages)  # all back to the CPU at the end of the call
+    enc = pipe.encode_sources(_image(0))
+    again = pipe(None, _pose(0), [_pose(1)], num_inference_steps=TWO, output_type="pt", source_encoding=enc,
+                 generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.images, _run(tiny).images)
+    pipe.to("cpu")
+    assert pipe._offload_device is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pcdms_aug.config.loading import load_config
-from pcdms_aug.stages.diffusion import SCHEDULERS, apply_drop, cfg_double, drop_masks
+from pcdms_aug.stages.diffusion import SAMPLERS, apply_drop, cfg_double, drop_masks
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.stages import Stage, build_stage
 from pcdms_aug.stages.base import FROZEN as FROZEN_PARTS
@@ -35,7 +35,7 @@ def stages():
 def sample(stage, batch, gen=None, steps=2, guidance=None, scheduler="unipc"):
     """One stage's sampler on a training-style batch (the target's true embedding for stage 2)."""
     src = stage.encode_source(batch["source_image"])
-    kw = dict(generator=gen, num_inference_steps=steps, scheduler=scheduler)
+    kw = dict(generator=gen, num_inference_steps=steps, sampler=scheduler)
     if guidance is not None:
         kw["guidance_scale"] = guidance
     if stage.name == "prior":
@@ -171,7 +171,7 @@ def test_doubled_batch_keeps_each_pair_with_its_own_conditions(stages, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("scheduler", SAMPLERS)
 def test_every_scheduler_runs(stages, name, scheduler):
     out = sample(stages[name], make_batch(b=1, seed=5), torch.Generator().manual_seed(0), steps=2,
                  guidance=2.0, scheduler=scheduler)
@@ -331,11 +331,11 @@ def test_pair_dataset_items_and_batches(synth_market, tmp_path, stages):
         PairDataset(synth_market, synth_market / "market-annotation-train.csv", pairs=[("nope.jpg", "x.jpg")])
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("scheduler", SAMPLERS)
 def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
     from diffusers import DDPMScheduler
 
-    from pcdms_aug.stages.diffusion import denoise, sampling_scheduler
+    from pcdms_aug.stages.diffusion import denoise, make_sampler
 
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
                           clip_sample=False)
@@ -346,24 +346,24 @@ def test_img2img_strength_runs_the_last_steps_from_the_noised_init(scheduler):
         seen.append(int(t))
         return init.clone()
 
-    full = denoise(oracle, sampling_scheduler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
+    full = denoise(oracle, make_sampler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
                    "cpu", 10, 1.0)
     n_full, seen[:] = len(seen), []
-    part = denoise(oracle, sampling_scheduler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
+    part = denoise(oracle, make_sampler(scheduler, train), init.shape, torch.Generator().manual_seed(0),
                    "cpu", 10, 1.0, init=init, strength=0.4)
     assert n_full == 10 and len(seen) == 4 and seen == sorted(seen, reverse=True) and max(seen) < 500
     assert torch.allclose(full, init, atol=1e-3) and torch.allclose(part, init, atol=1e-3)
     with pytest.raises(ValueError, match="strength"):
-        denoise(oracle, sampling_scheduler(scheduler, train), init.shape, None, "cpu", 10, 1.0, strength=0.5)
+        denoise(oracle, make_sampler(scheduler, train), init.shape, None, "cpu", 10, 1.0, strength=0.5)
     with pytest.raises(ValueError, match="strength"):
-        denoise(oracle, sampling_scheduler(scheduler, train), init.shape, None, "cpu", 10, 1.0, init=init,
+        denoise(oracle, make_sampler(scheduler, train), init.shape, None, "cpu", 10, 1.0, init=init,
                 strength=0.0)
 
 
 def test_img2img_init_noise_scales_the_start_noise_and_zero_is_deterministic():
     from diffusers import DDPMScheduler
 
-    from pcdms_aug.stages.diffusion import denoise, sampling_scheduler
+    from pcdms_aug.stages.diffusion import denoise, make_sampler
 
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="sample",
                           clip_sample=False)
@@ -376,7 +376,7 @@ def test_img2img_init_noise_scales_the_start_noise_and_zero_is_deterministic():
 
     def run(seed, noise):
         starts.clear()
-        out = denoise(first_x, sampling_scheduler("ddim", train), init.shape, torch.Generator().manual_seed(seed),
+        out = denoise(first_x, make_sampler("ddim", train), init.shape, torch.Generator().manual_seed(seed),
                       "cpu", 10, 1.0, init=init, strength=0.3, init_noise=noise)
         return starts[0], out
 
@@ -390,10 +390,10 @@ def test_img2img_init_noise_scales_the_start_noise_and_zero_is_deterministic():
     assert torch.allclose(sh - mean, (s1 - mean) * 0.5, atol=1e-5)
     assert not torch.allclose(o1, o0a, atol=1e-3)
     with pytest.raises(ValueError, match="init_noise"):
-        denoise(first_x, sampling_scheduler("ddim", train), init.shape, None, "cpu", 10, 1.0, init=init,
+        denoise(first_x, make_sampler("ddim", train), init.shape, None, "cpu", 10, 1.0, init=init,
                 strength=0.3, init_noise=1.5)
     with pytest.raises(ValueError, match="init_noise below 1 needs strength < 1"):
-        denoise(first_x, sampling_scheduler("ddim", train), init.shape, None, "cpu", 10, 1.0, init_noise=0.0)
+        denoise(first_x, make_sampler("ddim", train), init.shape, None, "cpu", 10, 1.0, init_noise=0.0)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
@@ -416,12 +416,12 @@ def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages,
     # epsilon and v parameterisations of the same replacement imply the same clean source half
     x = torch.randn_like(masked)
     for kind in ("epsilon", "v_prediction"):
-        stage.scheduler.register_to_config(prediction_type=kind)
+        stage.noise_scheduler.register_to_config(prediction_type=kind)
         try:
             pred = stage._known_half_fixed(lambda x, t, d: torch.zeros_like(x), masked)(x, torch.tensor(300), False)
         finally:
-            stage.scheduler.register_to_config(prediction_type="sample")
-        a = stage.scheduler.alphas_cumprod[300]
+            stage.noise_scheduler.register_to_config(prediction_type="sample")
+        a = stage.noise_scheduler.alphas_cumprod[300]
         if kind == "epsilon":
             x0 = (x[..., :half] - (1 - a).sqrt() * pred[..., :half]) / a.sqrt()
         else:
@@ -555,7 +555,7 @@ def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_again
 
 
 def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm_starting(tmp_path):
-    from pcdms_aug.pipelines.pipeline import stage_folder
+    from pcdms_aug.pipelines.loading import stage_folder
     from pcdms_aug.stages import stage_class
     from pcdms_aug.training.warm_start import warm_start
 
@@ -577,7 +577,7 @@ def test_assemble_refuses_bad_overrides_and_a_config_of_another_scale_before_loa
     image size is not the stages' is refused; without --config the stages' own scale gives the defaults."""
     from pcdms_aug.pipelines.assemble import pipeline_config, stage_scale
     from pcdms_aug.cli.main import main
-    from pcdms_aug.pipelines.pipeline import stage_folder
+    from pcdms_aug.pipelines.loading import stage_folder
 
     for over, key in [("sampling.refine_strength=7", "sampling.refine_strength"),
                       ("sampling.scheduler=nonsense", "sampling.scheduler"), ("sampling.stepz.prior=3", "stepz"),

@@ -150,7 +150,7 @@ def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_z
     """The widened conv_in starts at zero on the source channels, so the warm-started refiner samples exactly
     what the shipped one does; trained, the source channels matter (and guidance on them runs)."""
     from pcdms_aug.config.loading import load_config
-    from pcdms_aug.pipelines.pipeline import stage_folder
+    from pcdms_aug.pipelines.loading import stage_folder
     from pcdms_aug.stages import build_stage, stage_class
     from pcdms_aug.training.warm_start import warm_start
 

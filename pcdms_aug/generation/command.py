@@ -28,7 +28,8 @@ _FLAGS = {"dataset": "dataset", "annotations": "annotations", "weights": "weight
 
 def configure(parser) -> None:
     from pcdms_aug.utils.argtypes import choice_list, finite_float, positive_int
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
+    from pcdms_aug.stages.diffusion import SAMPLERS
     from pcdms_aug.utils.runtime import DTYPE_CHOICES
 
     add = parser.add_argument
@@ -47,10 +48,10 @@ def configure(parser) -> None:
     add("--batch", type=positive_int, help="views per forward pass (part of the settings: fixes which views share one)")
     add("--steps", type=positive_int, help="sampling steps of every stage")
     add("--guidance", type=finite_float(0.0), help="classifier-free guidance of every stage (default: the pipeline's)")
-    add("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
+    add("--scheduler", choices=SAMPLERS)
     add("--seed", type=int)
     add("--device", help="auto | cpu | cuda")
-    add("--dtype", choices=DTYPE_CHOICES, help="fp32 | fp16 | bf16 | auto")
+    add("--dtype", choices=DTYPE_CHOICES, help=" | ".join(DTYPE_CHOICES))
     add("--stages", type=choice_list(ORDER), help="comma list (default all three; without refine the stage-2 "
                                                    "image is the view)")
     add("--format", dest="image_format", choices=sorted(IMAGE_FORMATS))

@@ -8,6 +8,7 @@ from typing import Any
 from pcdms_aug.generation.identity_filter import FilterConfig
 from pcdms_aug.generation.plan import PER, POLICIES
 from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.runtime import DEFAULT_DTYPE
 
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
@@ -29,7 +30,7 @@ class GenerateConfig:
     stages: tuple = ("prior", "inpaint", "refine")
     seed: int = 0
     device: str = "auto"
-    dtype: str = "fp32"  # fp32 | fp16 | bf16 | auto (bf16/fp16 on GPU); part of the settings
+    dtype: str = DEFAULT_DTYPE  # a name of utils.runtime.DTYPE_CHOICES; part of the settings
     canonical_poses: int = 8  # k of the canonical policy (PN-GAN used 8)
     coverage_candidates: int = 32  # k-means candidates the coverage policy picks from
     require_torso: bool = True  # skip sources whose annotation lacks a shoulder or hip (as the training pairs)
@@ -51,7 +52,7 @@ class GenerateConfig:
                 raise DataError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.image_format not in IMAGE_FORMATS:
             raise DataError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
-        from pcdms_aug.pipelines.pipeline import ORDER
+        from pcdms_aug.pipelines.pipeline_config import ORDER
         from pcdms_aug.utils.runtime import DTYPE_CHOICES
 
         _check_per_stage(self.steps, "steps", integer=True)
@@ -74,7 +75,7 @@ def _check_per_stage(value, what: str, integer: bool) -> None:
     """None (the pipeline's own), one number, or {stage: number}: steps integers >= 1, guidance finite >= 0."""
     import math
 
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
 
     if value is None:
         return

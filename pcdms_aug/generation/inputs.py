@@ -23,7 +23,7 @@ def _short(h) -> str:
 
 def weights_fingerprint(weights: str, pipe=None) -> str:
     """sha256 (12 hex digits) of the weights files; of the initial tensors for a pipeline YAML (random weights)."""
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
 
     spec = str(weights)
     h = hashlib.sha256()

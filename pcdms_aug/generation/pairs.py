@@ -18,6 +18,7 @@ from pcdms_aug.generation.any_size import call_any_size
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_save_image
 from pcdms_aug.data.pose import Pose, read_annotation_files, read_pairs
+from pcdms_aug.stages.diffusion import SAMPLERS
 from pcdms_aug.utils.runtime import add_dtype_argument, item_seed
 
 
@@ -87,7 +88,7 @@ def load_poses(files: Sequence[str | Path], dataset: MarketDataset,
 
 def configure(parser):
     from pcdms_aug.utils.argtypes import add_annotations_argument, choice_list, finite_float, positive_int
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
 
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to)")
     parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
@@ -96,7 +97,7 @@ def configure(parser):
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
     parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
-    parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
+    parser.add_argument("--scheduler", default=None, choices=SAMPLERS,
                         help="default: the pipeline's own")
     parser.add_argument("--guidance", type=finite_float(0.0), default=None,
                         help="one scale for every stage (default: the pipeline's own per stage)")

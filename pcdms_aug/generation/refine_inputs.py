@@ -14,6 +14,7 @@ from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.data.pose import read_annotations, read_pairs, write_pairs
 from pcdms_aug.utils.runtime import add_dtype_argument
 from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+from pcdms_aug.stages.diffusion import SAMPLERS
 from pcdms_aug.generation.pairs import synthesize
 from pcdms_aug.data.refine_inputs import INFO
 
@@ -27,7 +28,7 @@ def configure(parser):
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png, pairs.csv and inputs.json")
     parser.add_argument("--max-pairs", type=positive_int, default=None, help="a seeded sample of the training pairs")
     parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
-    parser.add_argument("--scheduler", default=None, choices=["ddim", "unipc", "dpmsolver++"],
+    parser.add_argument("--scheduler", default=None, choices=SAMPLERS,
                         help="default: the pipeline's own")
     parser.add_argument("--guidance", type=finite_float(0.0), default=None, help="default: the pipeline's own")
     parser.add_argument("--batch", type=positive_int, default=16)

@@ -120,7 +120,8 @@ def run_batched(pipe, inputs, steps, scheduler, batch, seed, stages, output_type
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     with _timed(times, "encode", sync):
         enc = pipe.encode_sources(inputs["sources"], stages).select(inputs["source_of"])
-    out = pipe(enc, [inputs["source_poses"][s] for s in inputs["source_of"]], inputs["target_poses"],
+    out = pipe(None, [inputs["source_poses"][s] for s in inputs["source_of"]], inputs["target_poses"],
+               source_encoding=enc,
                num_inference_steps=steps, guidance_scale=guidance, generator=gens, scheduler=scheduler,
                stages=stages, output_type=output_type, batch_size=batch,
                target_embeds=_embeds(pipe, stages, len(gens)), **refine)
@@ -161,13 +162,14 @@ def bench(pipe, *, pairs: int = 16, views: int = 4, steps: int | None = None, sc
           refine_noise: float | None = None, autocast=None) -> dict:
     """One timed generation of ``pairs`` images; the report :func:`run` prints. ``autocast``: a torch dtype
     to run the forward passes in under ``torch.autocast`` (weights stay as loaded)."""
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
+    from pcdms_aug.stages.diffusion import sampler_name
 
     check_args(pipe, pairs=pairs, views=views, steps=steps, batch=batch, guidance=guidance, stages=stages,
                refine_strength=refine_strength, refine_noise=refine_noise)
     stages = tuple(n for n in ORDER if n in (stages or pipe.stages))
     refine = {"refine_strength": refine_strength, "refine_noise": refine_noise}
-    scheduler = scheduler or pipe.scheduler
+    scheduler = scheduler or sampler_name(pipe.inpaint_scheduler)  # the pipeline's own otherwise
     batch = int(batch or pipe.config.get("batch_size", 16))
     inputs = make_inputs(pairs, views, pipe.image_size, seed)
     if warmup:  # first calls pay for lazy initialisation and allocator growth; not part of the rate
@@ -209,7 +211,7 @@ def _report(pipe, report: dict, stages, steps, scheduler, guidance, autocast, im
     """The bench report: ``report``'s workload keys, then the settings, rates, time split and memory."""
     import torch
 
-    from pcdms_aug.pipelines.pipeline import DEFAULT_STEPS
+    from pcdms_aug.pipelines.pipeline_config import DEFAULT_STEPS
 
     pairs, dev = report["pairs"], pipe.device
     samp = pipe.config.get("sampling") or {}
@@ -250,7 +252,7 @@ def _autocast(pipe, dtype):
 def check_args(pipe, *, pairs=1, views=1, steps=None, batch=None, guidance=None, stages=None,
                refine_strength=None, refine_noise=None) -> None:
     """Every argument checked before anything runs: a one-line DataError naming the argument."""
-    from pcdms_aug.pipelines.pipeline import ORDER
+    from pcdms_aug.pipelines.pipeline_config import ORDER
 
     for name, value in (("--pairs", pairs), ("--views", views), ("--steps", steps), ("--batch", batch)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -281,7 +283,7 @@ def check_args(pipe, *, pairs=1, views=1, steps=None, batch=None, guidance=None,
 
 def _guidance(guidance, samp: dict, stages) -> dict:
     """The guidance each stage ran at, as the pipeline resolves it."""
-    from pcdms_aug.pipelines.pipeline import DEFAULT_GUIDANCE
+    from pcdms_aug.pipelines.pipeline_config import DEFAULT_GUIDANCE
 
     base = {n: float((samp.get("guidance") or {}).get(n, DEFAULT_GUIDANCE[n])) for n in stages}
     if isinstance(guidance, dict):
@@ -301,13 +303,16 @@ def _parse_guidance(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or stage=number,...; got {text!r}") from None
 
 def configure(parser) -> None:
+    from pcdms_aug.stages.diffusion import SAMPLERS
+    from pcdms_aug.utils.runtime import DEFAULT_DTYPE, DTYPE_CHOICES
+
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--config", help="pipeline YAML: random weights (default tiny/pipeline.yaml)")
     src.add_argument("--weights", help="'tiny' (shipped) or a folder written by PCDMsPipeline.save_pretrained")
     parser.add_argument("--pairs", type=int, default=16, help="images to generate (default 16)")
     parser.add_argument("--views", type=int, default=4, help="target poses per source (default 4)")
     parser.add_argument("--steps", type=int, help="sampling steps of every stage (default: the pipeline's)")
-    parser.add_argument("--scheduler", choices=["ddim", "unipc", "dpmsolver++"])
+    parser.add_argument("--scheduler", choices=SAMPLERS)
     parser.add_argument("--batch", type=int, help="pairs per forward pass (default: the pipeline's batch_size)")
     parser.add_argument("--guidance", type=_parse_guidance, help="guidance of every stage (2.0), or per stage "
                                                                  "(inpaint=2,refine=2; default: the pipeline's)")
@@ -321,9 +326,9 @@ def configure(parser) -> None:
                         help="comma list among prior,inpaint,refine (default: every stage of the weights)")
     parser.add_argument("--refine-strength", type=float, help="stage 3 img2img strength in (0, 1]")
     parser.add_argument("--refine-noise", type=float, help="stage 3 start-noise scale in [0, 1]")
-    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="compute type (default fp32 on a CPU, auto on a GPU: bf16 where supported); fp16 "
-                             "and bf16 run under torch.autocast with the weights kept in fp32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULT_DTYPE,
+                        help="compute type (default auto: fp32 on a CPU, bf16 on a GPU that has it, else fp16); "
+                             "fp16 and bf16 run under torch.autocast with the weights kept in fp32")
     parser.add_argument("--cast", action="store_true",
                         help="cast the weights to --dtype instead of autocast (half the weight memory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -352,7 +357,7 @@ def run(args) -> int:
     checked = dict(pairs=args.pairs, views=args.views, steps=args.steps, batch=args.batch, guidance=args.guidance,
                    stages=args.stages, refine_strength=args.refine_strength, refine_noise=args.refine_noise)
     check_args(None, **checked)  # before the (paper scale: minutes of) loading
-    compute = pick_dtype(args.dtype or ("auto" if dev.startswith("cuda") else "fp32"), dev)
+    compute = pick_dtype(args.dtype, dev)
     autocast = None if compute == torch.float32 or args.cast else compute
     pipe = PCDMsPipeline.load(weights, dev, "fp32" if autocast is not None else str(compute).replace("torch.", ""))
     kw = dict(pairs=args.pairs, views=args.views, steps=args.steps, scheduler=args.scheduler, batch=args.batch,

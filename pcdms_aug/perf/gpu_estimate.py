@@ -89,7 +89,7 @@ def one_evaluation_loop(record: dict):
     from pcdms_aug.stages import inpaint, prior, refine
 
     def loop(model_fn, scheduler, shape, generator, device, steps, guidance, dtype=torch.float32, init=None,
-             strength=1.0, init_noise=1.0):
+             strength=1.0, init_noise=1.0, latents=None, step_end=None):
         doubled = guidance is not None and guidance != 1.0
         x = torch.zeros(shape, device=device, dtype=dtype)
         t = torch.tensor(500, device=device)

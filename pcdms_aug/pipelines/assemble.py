@@ -9,8 +9,7 @@ from pathlib import Path
 
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_dir
-
-DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+from pcdms_aug.utils.runtime import DTYPES, as_dtype
 
 
 def configure(parser):
@@ -24,8 +23,8 @@ def configure(parser):
     parser.add_argument("--config", default=None,
                         help="pipeline YAML with the sampling defaults to store (default: the stages' own scale: "
                              "paper/pipeline.yaml for VAE-latent stages, else tiny/pipeline.yaml)")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
-                        help="store the trained weights in this type (frozen encoders keep theirs)")
+    parser.add_argument("--dtype", default="fp32", choices=DTYPES,
+                        help="store the trained weights in this type (frozen encoders keep theirs; default fp32)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="changes to the stored config, e.g. sampling.refine_strength=0.3")
 
@@ -49,7 +48,7 @@ def stage_scale(folders: dict[str, Path]) -> tuple[str, list]:
 
 def pipeline_config(folders: dict[str, Path], config: str | None, overrides) -> dict:
     from pcdms_aug.config.loading import apply_overrides, load_config, resolve_config_path
-    from pcdms_aug.pipelines.pipeline import check_pipeline_config
+    from pcdms_aug.pipelines.pipeline_config import check_pipeline_config
 
     scale, size = stage_scale(folders)
     path = resolve_config_path(config or f"{scale}/pipeline.yaml")
@@ -65,9 +64,8 @@ def pipeline_config(folders: dict[str, Path], config: str | None, overrides) -> 
 
 
 def run(args):
-    import torch
-
-    from pcdms_aug.pipelines.pipeline import PCDMsPipeline, stage_folder
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+    from pcdms_aug.pipelines.loading import stage_folder
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -76,7 +74,7 @@ def run(args):
     folders = {n: stage_folder(v, n) for n, v in given.items()}
     cfg = pipeline_config(folders, args.config, args.overrides)  # refused before any weights are read
     pipe = PCDMsPipeline.from_stages(folders, cfg)
-    dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
+    dtype = None if args.dtype == "fp32" else as_dtype(args.dtype)  # fp32: saved as trained, no cast
     with atomic_dir(out) as tmp:  # an interrupted run leaves no half pipeline under OUT
         pipe.save_pretrained(tmp, trainable_dtype=dtype)
         sampling = pipe.config.get("sampling")

@@ -1,6 +1,6 @@
-"""PCDMsPipeline: prior -> inpaint -> refine. The only place that knows the order of the stages.
+"""PCDMsPipeline: prior -> inpaint -> refine, used the way a diffusers pipeline is.
 
-    pipe = PCDMsPipeline.from_pretrained("tiny")            # or .from_config("tiny/pipeline.yaml") (random)
+    pipe = PCDMsPipeline.from_pretrained("tiny", torch_dtype=torch.float32)   # or .from_config("tiny/pipeline.yaml")
     out = pipe(source_image, source_pose, [pose_a, pose_b], generator=torch.Generator().manual_seed(0))
     out.images, out.coarse_images                            # PIL images at the source's size
 
@@ -9,247 +9,104 @@ to the pipeline's ``image_size`` (the size the stages were trained at) and the r
 size. Poses are :class:`~pcdms_aug.data.pose.Pose` or (18, 2) arrays of (x, y) pixels of the source image, -1 for a
 missing joint. Pose images are rendered at ``image_size`` as the training data was, then each stage resizes them
 as it did in training.
+
+Samplers: each stage samples with a diffusers scheduler object, ``pipe.prior_scheduler``,
+``pipe.inpaint_scheduler``, ``pipe.refine_scheduler`` (diffusers' attribute names, as in its multi-stage
+UnCLIP and Kandinsky pipelines; all three in ``pipe.schedulers``), made at load time from the config's
+``sampling.scheduler`` shorthand and the stage's training noise schedule (``stage.noise_scheduler``). Swap one
+the diffusers way, ``pipe.inpaint_scheduler = UniPCMultistepScheduler.from_config(pipe.inpaint_scheduler.config)``,
+or assign a shorthand (``"ddim"``, ``"unipc"``, ``"dpmsolver++"``); the ``scheduler=`` argument of a call
+picks shorthands for that call only. ``save_pretrained`` stores the config's shorthand, not swapped objects.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 
-from pcdms_aug.config.loading import load_config, resolve_config_path
-from pcdms_aug.stages.diffusion import SCHEDULERS
-from pcdms_aug.utils.errors import DataError
-from pcdms_aug.data.pose import NUM_JOINTS, Pose, as_pose, render_pose
-from pcdms_aug.stages import STAGES, Stage, stage_class
-
-ORDER = ("prior", "inpaint", "refine")
-WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
-DEFAULT_STEPS = 20
-DEFAULT_SCHEDULER = "unipc"  # where a pipeline config names none
-DEFAULT_GUIDANCE = {"prior": 1.0, "inpaint": 2.0, "refine": 2.0}  # upstream: no guidance in stage 1
+from pcdms_aug.pipelines import loading
+from pcdms_aug.pipelines.call_inputs import CallInputs, SourceEncoding, check_call
+from pcdms_aug.pipelines.image_processing import (images_to_tensor, pose_images, pose_vectors, postprocess, resize,
+                                                  unique_rows)
+from pcdms_aug.pipelines.pipeline_config import ORDER, sampling_defaults
+from pcdms_aug.stages import Stage
+from pcdms_aug.stages.diffusion import make_sampler
+from pcdms_aug.utils.runtime import DEFAULT_DTYPE, DTYPES, as_dtype
 
 
 @dataclass
-class PCDMsOutput:
-    images: list | np.ndarray | torch.Tensor  # final images at the source's size (PIL by default)
-    coarse_images: list | np.ndarray | torch.Tensor  # stage-2 images, same size and format
+class PCDMsOutput(BaseOutput):
+    """What a call returns (``return_dict=False``: these fields as a tuple, in this order, None included)."""
+
+    images: list | torch.Tensor  # final images at the source's size as ``output_type`` asks (PIL by default)
+    coarse_images: list | torch.Tensor  # stage-2 images, same size and type (latent: the stage-2 canvas latents)
     target_embeds: torch.Tensor | None = None  # the global embeddings stage 2 used (prior's or given), float32
     timings: dict = field(default_factory=dict)  # seconds per part
 
 
-@dataclass
-class SourceEncoding:
-    """Sources encoded once (:meth:`PCDMsPipeline.encode_sources`), to reuse over many target poses."""
+def _scheduler_attribute(stage: str) -> property:
+    def get(self):
+        if stage not in self.schedulers:
+            raise AttributeError(f"this pipeline has no {stage} stage")
+        return self.schedulers[stage]
 
-    features: dict  # stage name -> {name: tensor with one row per source}
-    size: tuple  # (height, width) of the source images: the outputs' size
-    count: int
+    def set_(self, sampler):
+        self.schedulers[stage] = make_sampler(sampler, self.stages[stage].noise_scheduler)
 
-    def select(self, index: Sequence[int]) -> "SourceEncoding":
-        """Rows ``index`` (repeats allowed): one source per pair, without encoding anything again."""
-        idx = list(index)
-        if any(not 0 <= i < self.count for i in idx):
-            raise ValueError(f"source index out of range 0..{self.count - 1}")
-        feats = {n: {k: v[idx] for k, v in f.items()} for n, f in self.features.items()}
-        return SourceEncoding(feats, self.size, len(idx))
-
-
-@dataclass
-class CallInputs:
-    """One call's arguments as :meth:`PCDMsPipeline.check_inputs` leaves them: checked, defaults filled in."""
-
-    stages: tuple
-    steps: dict  # stage -> number of inference steps
-    guidance: dict  # stage -> guidance scale
-    scheduler: str
-    refine_strength: float
-    refine_noise: float
-    output_type: str
-    output_size: str
-    sources: torch.Tensor | SourceEncoding | None = None  # (N, 3, H, W) at image_size, or the given encoding
-    size: tuple = ()  # (height, width) of the sources
-    source_poses: list = field(default_factory=list)
-    target_poses: list = field(default_factory=list)  # one per pair
-    pair_source: list = field(default_factory=list)  # each pair's source
-    generator: torch.Generator | list | None = None
-    target_embeds: torch.Tensor | None = None
-    batch_size: int = 1
-
-
-def _per_stage(value, default: dict, what: str, cast) -> dict:
-    """A number for every stage, or ``{stage: number}`` (stages left out keep the default); NaN and infinities
-    are refused (a NaN guidance would make black images that pass every later check)."""
-    out = _per_stage_values(value, default, what, cast)
-    bad = [n for n, v in out.items() if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"{what} of {bad[0]} must be a finite number, got {out[bad[0]]}")
-    return out
-
-
-def _per_stage_values(value, default: dict, what: str, cast) -> dict:
-    if value is None:
-        return {n: cast(default[n]) for n in ORDER}
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(ORDER))
-        if unknown:
-            raise ValueError(f"{what}: unknown stage(s) {', '.join(unknown)}; use {', '.join(ORDER)}")
-        return {n: cast(value.get(n, default[n])) for n in ORDER}
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} must be a number or a dict per stage, got {value!r}")
-    return {n: cast(value) for n in ORDER}
-
-
-def resolve_weights(directory: str | Path) -> Path:
-    """The folder a weights argument names: ``"tiny"`` is the shipped tiny weights, anything else a path."""
-    if str(directory) != "tiny":
-        return Path(directory)
-    directory = WEIGHTS_ROOT / "tiny"
-    if not (directory / "pipeline.yaml").is_file():
-        raise DataError("the shipped tiny weights are missing from this installation (scripts/train_tiny.sh "
-                        "trains them on the synthetic Market-1501 and writes them here)", directory)
-    return directory
-
-
-def stage_folder(source: str | Path, name: str) -> Path:
-    """The folder of one stage: ``source`` is a stage folder (``OUT/final`` of ``pcdms-aug train``) or a pipeline
-    folder (``"tiny"`` too) whose ``<name>/`` holds it."""
-    folder = resolve_weights(source)
-    if (folder / name / "config.json").is_file():
-        return folder / name
-    return folder
-
-
-# The keys a pipeline config may hold beside ``stages`` (what ``assemble KEY=VALUE`` may change), each with
-# its check: one place for what a valid sampling default is.
-def _steps(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _number(lo, hi, lo_open=False):
-    def ok(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if lo_open else v >= lo) \
-            and (hi is None or v <= hi)
-    return ok
-
-
-CONFIG_KEYS = {
-    "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_steps(x) for x in v),
-                   "[height, width]"),
-    "batch_size": (_steps, "an integer >= 1"),
-    "sampling.scheduler": (lambda v: v in SCHEDULERS, "one of " + ", ".join(SCHEDULERS)),
-    **{f"sampling.steps.{n}": (_steps, "an integer >= 1") for n in ORDER},
-    **{f"sampling.guidance.{n}": (_number(0.0, None), "a number >= 0") for n in ORDER},
-    "sampling.refine_strength": (_number(0.0, 1.0, lo_open=True), "a number in (0, 1]"),
-    "sampling.refine_noise": (_number(0.0, 1.0), "a number in [0, 1]"),
-}
-
-
-def check_pipeline_config(cfg: dict, where: str = "pipeline config") -> None:
-    """A DataError naming the first unknown key or bad value of a pipeline config (``stages`` aside)."""
-    def walk(node, prefix):
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if key in ("stages", "weights", "random_weights"):  # read by from_config (stage YAMLs, pretrained folders)
-                continue
-            if isinstance(v, dict) and key in ("sampling", "sampling.steps", "sampling.guidance"):
-                walk(v, key + ".")
-                continue
-            if key not in CONFIG_KEYS:
-                import difflib
-
-                near = difflib.get_close_matches(key, list(CONFIG_KEYS) + ["stages", "weights", "random_weights"],
-                                                 n=1, cutoff=0.6)
-                raise DataError(f"unknown key {key!r} in {where}" + (f"; did you mean {near[0]!r}?" if near else "")
-                                + f" (known: {', '.join(CONFIG_KEYS)})")
-            ok, what = CONFIG_KEYS[key]
-            if not ok(v):
-                raise DataError(f"{key}={v!r} in {where}: must be {what}")
-    walk(cfg, "")
+    return property(get, set_, doc=f"The {stage} stage's sampler: a diffusers scheduler object; a shorthand "
+                                   "(ddim, unipc, dpmsolver++) may be assigned.")
 
 
 class PCDMsPipeline:
+    _callback_tensor_inputs = ("latents",)  # what callback_on_step_end may read and replace
+
+    prior_scheduler = _scheduler_attribute("prior")
+    inpaint_scheduler = _scheduler_attribute("inpaint")
+    refine_scheduler = _scheduler_attribute("refine")
+
     def __init__(self, stages: dict[str, Stage], config: dict):
         self.stages = stages
         for stage in stages.values():
             stage.eval()  # an inference object: no dropout, the same kernels before and after a reload
         self.config = config
         self.image_size = tuple(int(v) for v in config.get("image_size", (128, 64)))
+        name = sampling_defaults(config)["scheduler"]
+        self.schedulers = {n: make_sampler(name, s.noise_scheduler) for n, s in stages.items()}
+        self._progress_bar_config: dict = {}
+        self._offload_device: torch.device | None = None
 
     # ---------------------------------------------------------------- construction
-    @staticmethod
-    def _stage_configs(cfg: dict, base: Path | None) -> dict[str, dict]:
-        """Each stage's config, with the pipeline's ``weights`` folders and ``random_weights`` passed down."""
-        out = {}
-        for name in ORDER:
-            spec = (cfg.get("stages") or {}).get(name)
-            if spec is None:
-                continue
-            if isinstance(spec, str):
-                if base is None:
-                    raise DataError(f"stage {name}: a file name needs a pipeline YAML to be relative to")
-                path = base / spec
-                if not path.is_file():
-                    raise DataError(f"stage {name}: config file not found", path)
-                scfg = load_config(path)
-            elif isinstance(spec, dict):
-                scfg = copy.deepcopy(spec)
-            else:
-                raise DataError(f"stages.{name} must be a file name or a mapping, got {spec!r}")
-            given = {k: v for k, v in (cfg.get("weights") or {}).items() if v}
-            if given:
-                scfg["weights"] = {**(scfg.get("weights") or {}), **given}
-            if "random_weights" in cfg:
-                scfg["random_weights"] = bool(cfg["random_weights"])
-            out[name] = scfg
-        if "inpaint" not in out:
-            raise DataError("a pipeline needs at least the inpaint stage (stages.inpaint)")
-        return out
-
     @classmethod
-    def from_config(cls, path: str | Path, seed: int = 0, overrides: Sequence[str] = ()) -> "PCDMsPipeline":
+    def from_config(cls, path: str | Path, seed: int = 0, overrides: Sequence[str] = (),
+                    torch_dtype=None) -> "PCDMsPipeline":
         """Random trainable weights from a pipeline YAML (stage i is seeded with seed + i); frozen parts as the
         stage configs say (random tiny encoders, or local pretrained folders)."""
-        path = resolve_config_path(path)
-        cfg = load_config(path, overrides)
-        check_pipeline_config(cfg, str(path))
-        cache: dict = {}
-        stages = {name: stage_class(name).from_config(scfg, seed=seed + ORDER.index(name), cache=cache)
-                  for name, scfg in cls._stage_configs(cfg, path.parent).items()}
-        cfg["stages"] = {n: n for n in stages}
-        return cls(stages, cfg)
+        return cls(*loading.stages_from_config(path, seed, overrides))._cast(torch_dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "PCDMsPipeline":
-        """A folder written by :meth:`save_pretrained`; ``"tiny"`` is the shipped tiny weights."""
-        directory = resolve_weights(directory)
-        if not directory.is_dir():
-            raise DataError("pipeline folder not found", directory)
-        cfg = cls._read_meta(directory)
-        cache: dict = {}
-        names = [n for n in ORDER if n in (cfg.get("stages") or {})]
-        if not names:
-            raise DataError("pipeline.yaml names no stage", directory / "pipeline.yaml")
-        stages = {}
-        for n in names:
-            if not (directory / n).is_dir():
-                raise DataError(f"stage folder {n}/ missing", directory)
-            stages[n] = STAGES[n].from_pretrained(directory / n, cache=cache)
-        return cls(stages, cfg)
+    def from_pretrained(cls, directory: str | Path, torch_dtype=None) -> "PCDMsPipeline":
+        """A folder written by :meth:`save_pretrained`; ``"tiny"`` is the shipped tiny weights. ``torch_dtype``
+        (a torch dtype or fp32 / fp16 / bf16): the type every stage is cast to (default: as stored, fp32)."""
+        return cls(*loading.stages_from_folder(directory))._cast(torch_dtype)
+
+    @classmethod
+    def from_stages(cls, folders: dict[str, str | Path], config: str | Path | dict | None = None,
+                    torch_dtype=None) -> "PCDMsPipeline":
+        """Assemble from separately trained stage folders (``OUT/final`` of ``pcdms-aug train``); sampling
+        settings from ``config`` (a pipeline YAML or its dict; default ``tiny/pipeline.yaml``)."""
+        return cls(*loading.stages_from_stage_folders(folders, config))._cast(torch_dtype)
 
     @classmethod
     def load(cls, weights: str | Path, device: str = "auto", dtype: str | None = None) -> "PCDMsPipeline":
         """What every command takes as ``--weights``: ``tiny`` (shipped), a folder written by save_pretrained, or a
-        pipeline YAML (random weights, for tests); moved to ``device`` (auto: the GPU if there is one), ``dtype``
-        (default fp32)."""
+        pipeline YAML (random weights, for tests); moved to ``device`` (auto: the GPU if there is one) and
+        ``dtype`` (default :data:`~pcdms_aug.utils.runtime.DEFAULT_DTYPE`). The per-step progress bar is off:
+        the commands draw their own, per image."""
+        from pcdms_aug.utils.errors import DataError
         from pcdms_aug.utils.runtime import pick_device, pick_dtype
 
         if str(weights).endswith((".yaml", ".yml")):
@@ -259,374 +116,245 @@ class PCDMsPipeline:
                 raise DataError("weights folder not found (expected a folder written by save_pretrained, "
                                 "or 'tiny' for the shipped weights)", weights)
             pipe = cls.from_pretrained(weights)
+        pipe.set_progress_bar_config(disable=True)
         dev = pick_device(device)
-        return pipe.to(dev, pick_dtype(dtype or "fp32", dev))
-
-    @staticmethod
-    def _read_meta(directory: Path) -> dict:
-        import yaml
-
-        meta = directory / "pipeline.yaml"
-        if not meta.is_file():
-            legacy = directory / "pipeline.json"  # written by the first version of save_pretrained
-            if legacy.is_file():
-                return json.loads(legacy.read_text())
-            raise DataError("not a saved PCDMs pipeline (pipeline.yaml missing)", directory)
-        try:
-            cfg = yaml.safe_load(meta.read_text())
-        except yaml.YAMLError as e:
-            raise DataError(f"corrupt pipeline.yaml: {e}", meta) from None
-        if not isinstance(cfg, dict):
-            raise DataError("corrupt pipeline.yaml: not a mapping", meta)
-        check_pipeline_config(cfg, str(meta))
-        return cfg
-
-    @classmethod
-    def from_stages(cls, folders: dict[str, str | Path], config: str | Path | dict | None = None) -> "PCDMsPipeline":
-        """Assemble from separately trained stage folders (``OUT/final`` of ``pcdms-aug train``); sampling
-        settings from ``config`` (a pipeline YAML or its dict; default ``tiny/pipeline.yaml``)."""
-        if config is None or isinstance(config, (str, Path)):
-            config = load_config(resolve_config_path(config or "tiny/pipeline.yaml"))
-        cfg = copy.deepcopy(config)
-        check_pipeline_config(cfg)
-        cache: dict = {}
-        unknown = sorted(set(folders) - set(ORDER))
-        if unknown:
-            raise ValueError(f"unknown stage(s) {', '.join(unknown)}")
-        stages = {n: STAGES[n].from_pretrained(folders[n], cache=cache) for n in ORDER if n in folders}
-        cfg["stages"] = {n: n for n in stages}
-        return cls(stages, cfg)
+        return pipe.to(dev, pick_dtype(dtype or DEFAULT_DTYPE, dev))
 
     def save_pretrained(self, directory: str | Path, trainable_dtype=None) -> None:
         """``directory/{prior,inpaint,refine}/`` (see :meth:`Stage.save_pretrained`) and ``pipeline.yaml``.
         A frozen encoder two stages share is written once, by the first; the later one refers to that file."""
-        import yaml
+        loading.save_folder(directory, self.stages, self.config, trainable_dtype)
 
-        from pcdms_aug.utils.io import atomic_write_text
+    def _cast(self, dtype) -> "PCDMsPipeline":
+        return self if dtype is None else self.to(dtype)
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        shared: dict = {}
-        for name, stage in self.stages.items():
-            stage.save_pretrained(directory / name, trainable_dtype, shared)
-        cfg = json.loads(json.dumps({**self.config, "stages": {n: n for n in self.stages}}, default=list))
-        atomic_write_text(directory / "pipeline.yaml", "# PCDMs pipeline: stage folders and sampling defaults\n"
-                          + yaml.safe_dump(cfg, sort_keys=False))
-
-    def to(self, device=None, dtype=None) -> "PCDMsPipeline":
+    # ---------------------------------------------------------------- device, dtype, offload, progress
+    def to(self, *args, **kwargs) -> "PCDMsPipeline":
+        """As diffusers' ``DiffusionPipeline.to``: ``to("cuda")``, ``to(torch.float16)``, ``to("cuda",
+        torch.float16)``, ``to(device=..., dtype=...)`` (dtype names fp32 / fp16 / bf16 too). A device ends
+        model CPU offload."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected keyword(s) {', '.join(kwargs)}")
+        for a in args:
+            if isinstance(a, torch.dtype) or (isinstance(a, str) and (a in DTYPES or a in DTYPES.values())):
+                dtype = a
+            elif isinstance(a, (str, torch.device, int)):
+                device = a
+            else:
+                raise TypeError(f"to() takes a device and/or a dtype, got {a!r}")
+        dtype = None if dtype is None else as_dtype(dtype)
+        if device is not None:
+            self._offload_device = None
         for stage in self.stages.values():
             stage.to(device=device, dtype=dtype)
             stage.eval()
         return self
 
     @property
-    def scheduler(self) -> str:
-        """The sampler this pipeline uses unless a call names another."""
-        return (self.config.get("sampling") or {}).get("scheduler") or DEFAULT_SCHEDULER
-
-    @property
     def device(self) -> torch.device:
+        """Where the stages are (the CPU under model offload; see :meth:`enable_model_cpu_offload`)."""
         return next(iter(self.stages.values())).device
 
     @property
     def dtype(self) -> torch.dtype:
         return next(iter(self.stages.values())).dtype
 
-    # ---------------------------------------------------------------- inputs
-    def _images_to_tensor(self, images) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Source images -> (N, 3, H, W) in [-1, 1] at ``image_size``, and their own (H, W)."""
-        from PIL import Image
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where the computation runs: the offload device, else the stages' device (diffusers' name)."""
+        return self._offload_device if self._offload_device is not None else self.device
 
-        if isinstance(images, torch.Tensor):
-            x = images[None] if images.dim() == 3 else images
-            if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-                raise ValueError(f"a source tensor must be float (B, 3, H, W) in [-1, 1], got {tuple(images.shape)} "
-                                 f"{images.dtype}")
-            if x.shape[0] == 0:
-                raise ValueError("no source images given")
-            if float(x.min()) < -1.001 or float(x.max()) > 1.001:
-                raise ValueError("a source tensor must hold values in [-1, 1]")
-            size = tuple(x.shape[-2:])
-            self._check_size(size)
-            x = x.float().cpu()
-            if size != self.image_size:
-                x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False).clamp(-1, 1)
-            return x, size
-        imgs = [images] if isinstance(images, (Image.Image, np.ndarray)) else list(images)
-        if not imgs:
-            raise ValueError("no source images given")
-        arrs = []
-        for im in imgs:
-            if isinstance(im, Image.Image):
-                a = np.asarray(im.convert("RGB"))
-            elif isinstance(im, np.ndarray):
-                a = im
-                if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-                    raise ValueError(f"a source array must be uint8 (H, W, 3), got {a.dtype} {a.shape}")
-            else:
-                raise ValueError(f"a source image must be a PIL image, a uint8 array or a tensor, got {type(im)}")
-            arrs.append(a)
-        sizes = sorted({a.shape[:2] for a in arrs})
-        if len(sizes) != 1:
-            raise ValueError(f"source images must share one size, got {sizes}")
-        size = sizes[0]
-        self._check_size(size)
-        if size != self.image_size:
-            # PIL bicubic, as the training data was resized (pcdms_aug.data.market.load_image).
-            h, w = self.image_size
-            arrs = [np.asarray(Image.fromarray(a).resize((w, h), Image.BICUBIC)) for a in arrs]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x, size
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep the stages on the CPU and move each to ``device`` only while it runs (encoding, then sampling
+        each batch), the others back to the CPU first: GPU memory holds one stage at a time (the paper's
+        UNets and encoders, not all three stages). Images are those of the pipeline on ``device``; each batch
+        moves every stage once. ``pipe.to(device)`` ends it."""
+        dev = torch.device(device)
+        if gpu_id is not None:
+            dev = torch.device(dev.type, gpu_id)
+        for stage in self.stages.values():
+            stage.to("cpu")
+        self._offload_device = dev
 
-    def _check_size(self, size) -> None:
-        h, w = size
-        exp_h, exp_w = self.image_size
-        if h < 8 or w < 8 or abs(h / w - exp_h / exp_w) > 0.1 * exp_h / exp_w:
-            raise ValueError(f"source images are {h}x{w} (height x width); this pipeline takes images with the "
-                             f"aspect ratio of {exp_h}x{exp_w} (e.g. Market-1501's 128x64 crops)")
+    def _onload(self, name: str) -> None:
+        if self._offload_device is None:
+            return
+        stage = self.stages[name]
+        for other in self.stages.values():  # first: a frozen encoder two stages share must end on the device
+            if other is not stage:
+                other.to("cpu")
+        stage.to(self._offload_device)
 
-    @staticmethod
-    def _poses(poses, size, what: str) -> list[Pose]:
-        """Pose objects of images of ``size``: one Pose / (18, 2) array, or a sequence / (N, 18, 2) array."""
-        if isinstance(poses, Pose) or (isinstance(poses, np.ndarray) and poses.ndim == 2):
-            poses = [poses]
-        elif isinstance(poses, torch.Tensor):
-            poses = list(poses.detach().cpu().numpy()) if poses.dim() == 3 else [poses.detach().cpu().numpy()]
-        out = []
-        for p in poses:
-            if not isinstance(p, Pose):
-                arr = np.asarray(p, dtype=np.float32)
-                if arr.shape != (NUM_JOINTS, 2):
-                    raise ValueError(f"{what} must be Pose objects or ({NUM_JOINTS}, 2) arrays of (x, y) pixels, "
-                                     f"got shape {arr.shape}")
-                if not np.isfinite(arr).all():
-                    raise ValueError(f"{what}: coordinates must be finite (-1 marks a missing joint)")
-                p = arr
-            out.append(as_pose(p, size))
-        if not out:
-            raise ValueError(f"no {what} given")
-        return out
+    def maybe_free_model_hooks(self) -> None:
+        """Under model offload, every stage back on the CPU (the end of each call; diffusers' name)."""
+        if self._offload_device is not None:
+            for stage in self.stages.values():
+                stage.to("cpu")
 
-    @staticmethod
-    def _unique(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """Identical images (by content) are kept once: a source repeated for many targets is encoded once."""
-        keys, first, index = {}, [], []
-        for i in range(x.shape[0]):
-            k = hashlib.sha1(x[i].numpy().tobytes()).hexdigest()
-            if k not in keys:
-                keys[k] = len(first)
-                first.append(i)
-            index.append(keys[k])
-        return x[first], index
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm arguments of the per-call denoising progress bar, e.g. ``disable=True`` (diffusers' method)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable=None, total=None):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, **{"desc": "PCDMs", **self._progress_bar_config})
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
     def encode_sources(self, source_images, stages: Sequence[str] = ORDER) -> SourceEncoding:
-        """Encode sources once (each stage's frozen encoders); pass the result as ``source_images``, after
+        """Encode sources once (each stage's frozen encoders); pass the result as ``source_encoding=``, after
         :meth:`SourceEncoding.select` if the pairs reuse sources."""
-        x, size = self._images_to_tensor(source_images)
-        x = x.to(self.device, self.dtype)
-        feats = {n: self.stages[n].encode_source(x) for n in stages if n in self.stages}
+        x, size = images_to_tensor(source_images, self.image_size)
+        feats = self._encode_images(x, [n for n in stages if n in self.stages])
+        self.maybe_free_model_hooks()
         return SourceEncoding(feats, size, x.shape[0])
 
+    def _encode_images(self, x: torch.Tensor, stages) -> dict:
+        x = x.to(self._execution_device, self.dtype)
+        feats = {}
+        for n in stages:
+            self._onload(n)
+            feats[n] = self.stages[n].encode_source(x)
+        return feats
+
     @torch.no_grad()
-    def __call__(self, source_images, source_poses, target_poses, num_inference_steps=None,
-                 guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
-                 output_type: str = "pil", target_embeds: torch.Tensor | None = None,
-                 batch_size: int | None = None, refine_strength: float | None = None,
-                 refine_noise: float | None = None, output_size: str = "source") -> PCDMsOutput:
+    def __call__(self, source_images=None, source_poses=None, target_poses=None, num_inference_steps=None,
+                 guidance_scale=None, generator=None, scheduler=None, stages=ORDER, output_type: str = "pil",
+                 target_embeds: torch.Tensor | None = None, batch_size: int | None = None,
+                 refine_strength: float | None = None, refine_noise: float | None = None,
+                 output_size: str = "source", *, source_encoding: SourceEncoding | None = None,
+                 latents: dict | None = None, return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
         """Generate the target of every (source, target pose) pair.
 
-        ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays, a tensor in
-        [-1, 1], or a :class:`SourceEncoding`); ``source_poses``: one per source. ``num_inference_steps`` and
-        ``guidance_scale``: a number or ``{stage: value}`` (defaults: the pipeline config's ``sampling``).
+        ``source_images``: one source for every target pose, or one per pair (PIL, uint8 arrays or a tensor in
+        [-1, 1]); or ``source_encoding``: :meth:`encode_sources`' result, one row per source. ``source_poses``:
+        one per source. ``num_inference_steps`` and ``guidance_scale``: a number or ``{stage: value}``
+        (defaults: the pipeline config's ``sampling``). ``scheduler``: a shorthand (ddim, unipc, dpmsolver++)
+        or ``{stage: shorthand or scheduler object}`` for this call (default: ``pipe.<stage>_scheduler``).
         ``generator``: one ``torch.Generator`` or one per pair; with one per pair a pair's images do not
         depend on the other pairs of the call. ``stages``: a subset of prior/inpaint/refine that includes
         inpaint; without prior pass ``target_embeds`` (e.g. CLIP of the true target: teacher forcing);
-        without refine the final images are the coarse ones. ``output_type``: pil, np (uint8) or pt (float
-        (N, 3, H, W) in [-1, 1] on the CPU). ``refine_strength`` (default: the config's
-        ``sampling.refine_strength``, else 1 = upstream's start from noise): below 1, stage 3 starts from the
-        coarse image noised part of the way and runs ``steps * strength`` steps (img2img). ``refine_noise``
-        (default: ``sampling.refine_noise``, else 1): the scale of that noise; 0 starts stage 3 from the noised
-        image's mean, so the final image is a deterministic function of the coarse one.
+        without refine the final images are the coarse ones. ``output_type``: pil, np (float (N, H, W, 3) in
+        [0, 1]), pt (float (N, 3, H, W) in [0, 1], on the CPU) or latent (the last stage's latents,
+        undecoded; ``coarse_images`` the stage-2 canvas latents). ``latents``: ``{stage: tensor}``, a stage's
+        starting noise instead of drawing it (the shapes ``output_type="latent"`` returns: prior
+        ``target_embeds``, inpaint ``coarse_images``, refine ``images``). ``refine_strength`` (default: the
+        config's ``sampling.refine_strength``, else 1 = upstream's start from noise): below 1, stage 3 starts
+        from the coarse image noised part of the way and runs ``steps * strength`` steps (img2img).
+        ``refine_noise`` (default: ``sampling.refine_noise``, else 1): the scale of that noise; 0 starts stage 3
+        from the noised image's mean, so the final image is a deterministic function of the coarse one.
+        ``callback_on_step_end(pipe, stage, step, timestep, callback_kwargs)`` runs after every denoising step
+        of every stage and batch with ``callback_kwargs`` holding ``callback_on_step_end_tensor_inputs``
+        ("latents": that stage's current latents, one row per pair of the batch); the dict it returns may
+        replace them. ``return_dict=False``: a tuple of :class:`PCDMsOutput`'s fields.
         """
         timings = {"encode": 0.0, **{n: 0.0 for n in ORDER}}
         t0 = time.perf_counter()  # "encode" counts preparing the sources (resizing them) as well
         call = self.check_inputs(source_images, source_poses, target_poses, num_inference_steps, guidance_scale,
                                  generator, scheduler, stages, output_type, target_embeds, batch_size,
-                                 refine_strength, refine_noise, output_size)
+                                 refine_strength, refine_noise, output_size, source_encoding=source_encoding,
+                                 latents=latents, callback_on_step_end=callback_on_step_end,
+                                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         enc, source_row = self._encode(call)
         timings["encode"] = time.perf_counter() - t0
         finals, coarses, embeds = [], [], []
         n_pairs = len(call.target_poses)
-        for lo in range(0, n_pairs, call.batch_size):
-            final, coarse, emb = self._sample_pairs(call, enc, source_row, list(range(lo, min(lo + call.batch_size,
-                                                                                               n_pairs))), timings)
-            finals.append(self._resize(final, call.size if call.output_size == "source" else final.shape[-2:]))
-            coarses.append(self._resize(coarse, call.size if call.output_size == "source" else coarse.shape[-2:]))
-            if emb is not None:
-                embeds.append(emb.float().cpu())
-        return PCDMsOutput(self._output(torch.cat(finals), call.output_type),
-                           self._output(torch.cat(coarses), call.output_type),
-                           torch.cat(embeds) if embeds else None, timings)
+        batches = [list(range(lo, min(lo + call.batch_size, n_pairs))) for lo in range(0, n_pairs, call.batch_size)]
+        with self.progress_bar(total=self._loop_steps(call) * len(batches)) as bar:
+            for idx in batches:
+                final, coarse, emb = self._sample_pairs(call, enc, source_row, idx, timings, bar)
+                if call.output_type != "latent":
+                    final = resize(final, call.size if call.output_size == "source" else final.shape[-2:])
+                    coarse = resize(coarse, call.size if call.output_size == "source" else coarse.shape[-2:])
+                finals.append(final)
+                coarses.append(coarse)
+                if emb is not None:
+                    embeds.append(emb.float().cpu())
+        self.maybe_free_model_hooks()
+        out = PCDMsOutput(postprocess(torch.cat(finals), call.output_type),
+                          postprocess(torch.cat(coarses), call.output_type),
+                          torch.cat(embeds) if embeds else None, timings)
+        return out if return_dict else tuple(getattr(out, f.name) for f in fields(out))
 
     def check_inputs(self, source_images, source_poses, target_poses, num_inference_steps=None,
-                     guidance_scale=None, generator=None, scheduler: str | None = None, stages=ORDER,
-                     output_type: str = "pil", target_embeds: torch.Tensor | None = None,
-                     batch_size: int | None = None, refine_strength: float | None = None,
-                     refine_noise: float | None = None, output_size: str = "source") -> "CallInputs":
+                     guidance_scale=None, generator=None, scheduler=None, stages=ORDER, output_type: str = "pil",
+                     target_embeds: torch.Tensor | None = None, batch_size: int | None = None,
+                     refine_strength: float | None = None, refine_noise: float | None = None,
+                     output_size: str = "source", **kwargs) -> CallInputs:
         """The arguments of :meth:`__call__` checked (a ValueError naming the first bad one) and normalised:
         defaults from the pipeline config filled in, sources as a tensor at ``image_size`` (or the given
-        :class:`SourceEncoding`), poses as :class:`Pose` objects of the sources' size."""
-        call = self._check_settings(stages, output_type, output_size, scheduler, num_inference_steps,
-                                    guidance_scale, refine_strength, refine_noise)
-        if isinstance(source_images, SourceEncoding):
-            lacking = [n for n in call.stages if n not in source_images.features]
-            if lacking:
-                raise ValueError(f"the source encoding lacks stage(s) {', '.join(lacking)}")
-            call.sources, call.size, n_src = source_images, source_images.size, source_images.count
-        else:
-            call.sources, call.size = self._images_to_tensor(source_images)
-            n_src = call.sources.shape[0]
-        self._check_pairs(call, n_src, source_poses, target_poses, generator, target_embeds)
-        call.batch_size = int(batch_size or self.config.get("batch_size", 16))
-        if call.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {call.batch_size}")
-        return call
+        :class:`SourceEncoding`), poses as :class:`Pose` objects of the sources' size, a sampler per stage."""
+        return check_call(self, source_images, source_poses, target_poses, num_inference_steps, guidance_scale,
+                          generator, scheduler, stages, output_type, target_embeds, batch_size, refine_strength,
+                          refine_noise, output_size, **kwargs)
 
-    def _check_settings(self, stages, output_type, output_size, scheduler, num_inference_steps, guidance_scale,
-                        refine_strength, refine_noise) -> "CallInputs":
-        """The sampling settings of a call (what does not depend on the pairs), defaults filled in."""
-        stages = (stages,) if isinstance(stages, str) else tuple(stages)
-        bad = [s for s in stages if s not in ORDER]
-        if bad or "inpaint" not in stages or len(set(stages)) != len(stages):
-            raise ValueError(f"stages must be distinct names among {ORDER} and include 'inpaint', got {stages}")
-        missing = [s for s in stages if s not in self.stages]
-        if missing:
-            raise ValueError(f"stage(s) {', '.join(missing)} not loaded in this pipeline")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
-        if output_size not in ("source", "working"):
-            raise ValueError(f"output_size must be source or working, got {output_size!r}")
-        samp = self.config.get("sampling") or {}
-        sched = scheduler or self.scheduler
-        if sched not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {sched!r}; use one of {', '.join(SCHEDULERS)}")
-        steps = _per_stage(num_inference_steps, {n: (samp.get("steps") or {}).get(n, DEFAULT_STEPS) for n in ORDER},
-                           "num_inference_steps", int)
-        guide = _per_stage(guidance_scale, {n: (samp.get("guidance") or {}).get(n, DEFAULT_GUIDANCE[n])
-                                            for n in ORDER}, "guidance_scale", float)
-        strength = float(samp.get("refine_strength", 1.0) if refine_strength is None else refine_strength)
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"refine_strength must be in (0, 1], got {strength}")
-        init_noise = float(samp.get("refine_noise", 1.0) if refine_noise is None else refine_noise)
-        if not 0.0 <= init_noise <= 1.0:
-            raise ValueError(f"refine_noise must be in [0, 1], got {init_noise}")
-        if strength >= 1.0:
-            # The config's refine_noise belongs to its img2img start; a start from noise has no coarse image.
-            if refine_noise is not None and init_noise != 1.0 and "refine" in stages:
-                raise ValueError(f"refine_noise {init_noise} needs refine_strength < 1: from noise there is no "
-                                 "coarse image to start from")
-            init_noise = 1.0
-        for n in stages:
-            if steps[n] < 1:
-                raise ValueError(f"num_inference_steps of {n} must be at least 1, got {steps[n]}")
-            if guide[n] < 0:
-                raise ValueError(f"guidance_scale of {n} must not be negative, got {guide[n]}")
-        return CallInputs(stages, steps, guide, sched, strength, init_noise, output_type, output_size)
+    @staticmethod
+    def _loop_steps(call: CallInputs) -> int:
+        """Denoising steps of one batch (the progress bar's unit)."""
+        steps = dict(call.steps)
+        if call.refine_strength < 1.0:
+            steps["refine"] = max(1, min(steps["refine"], round(steps["refine"] * call.refine_strength)))
+        return sum(steps[n] for n in call.stages)
 
-    def _check_pairs(self, call: "CallInputs", n_src: int, source_poses, target_poses, generator,
-                     target_embeds) -> None:
-        """Poses, generators and target embeddings against the number of sources and pairs, into ``call``."""
-        call.source_poses = self._poses(source_poses, call.size, "source poses")
-        call.target_poses = self._poses(target_poses, call.size, "target poses")
-        if len(call.source_poses) != n_src:
-            raise ValueError(f"got {len(call.source_poses)} source poses for {n_src} source images")
-        n_pairs = len(call.target_poses)
-        if n_src not in (1, n_pairs):
-            raise ValueError(f"got {n_src} source images for {n_pairs} target poses (give one, or one per pair)")
-        call.pair_source = [0] * n_pairs if n_src == 1 else list(range(n_pairs))
-        if isinstance(generator, (list, tuple)) and len(generator) != n_pairs:
-            raise ValueError(f"got {len(generator)} generators for {n_pairs} pairs")
-        call.generator = generator
-        if "prior" in call.stages:
-            if target_embeds is not None:
-                raise ValueError("target_embeds replace the prior: pass them with stages without 'prior'")
-        elif target_embeds is None:
-            if getattr(self.stages["inpaint"], "uses_target_embed", True):
-                raise ValueError("without the prior stage, pass target_embeds (e.g. the target's true CLIP "
-                                 "embedding)")
-        else:
-            target_embeds = torch.as_tensor(target_embeds)
-            dim = self.stages["inpaint"].clip.dim
-            if target_embeds.shape != (n_pairs, dim):
-                raise ValueError(f"target_embeds must be ({n_pairs}, {dim}), got {tuple(target_embeds.shape)}")
-        call.target_embeds = target_embeds
-
-    def _encode(self, call: "CallInputs") -> tuple[SourceEncoding, list[int]]:
+    def _encode(self, call: CallInputs) -> tuple[SourceEncoding, list[int]]:
         """The sources' encoding and, for each source, its row in it (a repeated image is encoded once)."""
         if isinstance(call.sources, SourceEncoding):
             return call.sources, list(range(call.sources.count))
-        x, source_row = self._unique(call.sources)
-        x = x.to(self.device, self.dtype)
-        return SourceEncoding({n: self.stages[n].encode_source(x) for n in call.stages}, call.size,
-                              x.shape[0]), source_row
+        x, source_row = unique_rows(call.sources)
+        return SourceEncoding(self._encode_images(x, call.stages), call.size, x.shape[0]), source_row
 
-    def _sample_pairs(self, call: "CallInputs", enc: SourceEncoding, source_row: list[int], idx: list[int],
-                      timings: dict) -> tuple:
-        """Pairs ``idx`` through the stages: (final, coarse, the embeddings stage 2 read or None)."""
-        dev, dt, stages = self.device, self.dtype, call.stages
+    def _step_end(self, call: CallInputs, name: str, bar):
+        """The per-step hook of stage ``name``'s loop: the progress bar, then the caller's callback."""
+        def step_end(i, t, x):
+            bar.update(1)
+            if call.callback is None:
+                return x
+            given = {"latents": x}
+            out = call.callback(self, name, i, t, {k: given[k] for k in call.callback_inputs})
+            return x if out is None else out.get("latents", x)
+        return step_end
+
+    def _sample_pairs(self, call: CallInputs, enc: SourceEncoding, source_row: list[int], idx: list[int],
+                      timings: dict, bar) -> tuple:
+        """Pairs ``idx`` through the stages: (final, coarse, the embeddings stage 2 read or None); final and
+        coarse are latents for ``output_type="latent"``."""
+        dev, dt, stages = self._execution_device, self.dtype, call.stages
         src = [call.pair_source[i] for i in idx]
-        rows = torch.tensor([source_row[s] for s in src], device=dev)
+        rows = torch.tensor([source_row[s] for s in src])
         gen = [call.generator[i] for i in idx] if isinstance(call.generator, (list, tuple)) else call.generator
-        feats = {n: {k: v[rows] for k, v in enc.features[n].items()} for n in stages}
+        feats = {n: {k: v[rows.to(v.device)] for k, v in enc.features[n].items()} for n in stages}
         sp = [call.source_poses[s] for s in src]
         tp = [call.target_poses[i] for i in idx]
+        kw = {n: dict(generator=gen, num_inference_steps=call.steps[n], guidance_scale=call.guidance[n],
+                      sampler=call.samplers[n], step_end=self._step_end(call, n, bar),
+                      latents=call.latents[n][idx] if n in call.latents else None) for n in stages}
+        latent_out = call.output_type == "latent"
         if "prior" in stages:
             t0 = time.perf_counter()
-            emb = self.stages["prior"].sample(feats["prior"], self._vectors(sp, dev, dt), self._vectors(tp, dev, dt),
-                                              gen, call.steps["prior"], call.guidance["prior"], call.scheduler)
+            self._onload("prior")
+            emb = self.stages["prior"].sample(feats["prior"], pose_vectors(sp, dev, dt), pose_vectors(tp, dev, dt),
+                                              **kw["prior"])
             timings["prior"] += time.perf_counter() - t0
         elif call.target_embeds is not None:
             emb = call.target_embeds[idx].to(dev, dt)
         else:  # an inpainting stage that reads no embedding (the released official stage 2)
             emb = None
         t0 = time.perf_counter()
-        coarse = self.stages["inpaint"].sample(feats["inpaint"], self._pose_images(sp, dev, dt),
-                                               self._pose_images(tp, dev, dt), emb, gen, call.steps["inpaint"],
-                                               call.guidance["inpaint"], call.scheduler)
+        self._onload("inpaint")
+        inpaint = self.stages["inpaint"]
+        coarse = inpaint.sample(feats["inpaint"], pose_images(sp, self.image_size, dev, dt),
+                                pose_images(tp, self.image_size, dev, dt), emb, decode=not latent_out,
+                                **kw["inpaint"])
+        coarse_image = inpaint.decode(coarse) if latent_out and "refine" in stages else coarse
         timings["inpaint"] += time.perf_counter() - t0
         final = coarse
         if "refine" in stages:
             t0 = time.perf_counter()
-            final = self.stages["refine"].sample(feats["refine"], coarse, gen, call.steps["refine"],
-                                                 call.guidance["refine"], call.scheduler,
-                                                 strength=call.refine_strength, noise=call.refine_noise)
+            self._onload("refine")
+            final = self.stages["refine"].sample(feats["refine"], coarse_image, strength=call.refine_strength,
+                                                 noise=call.refine_noise, decode=not latent_out, **kw["refine"])
             timings["refine"] += time.perf_counter() - t0
         return final, coarse, emb
-
-    @staticmethod
-    def _vectors(poses: list[Pose], device, dtype) -> torch.Tensor:
-        return torch.from_numpy(np.stack([p.vector() for p in poses])).to(device, dtype)
-
-    def _pose_images(self, poses: list[Pose], device, dtype) -> torch.Tensor:
-        arr = np.stack([render_pose(p, self.image_size) for p in poses])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).to(device, dtype) / 255.0
-
-    @staticmethod
-    def _resize(images: torch.Tensor, size) -> torch.Tensor:
-        images = images.float().cpu()
-        if tuple(images.shape[-2:]) != tuple(size):
-            images = F.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False)
-        return images.clamp(-1, 1)
-
-    @staticmethod
-    def _output(images: torch.Tensor, output_type: str):
-        from PIL import Image
-
-        if output_type == "pt":
-            return images
-        arr = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if output_type == "np":
-            return arr
-        return [Image.fromarray(a) for a in arr]

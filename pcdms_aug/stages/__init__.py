@@ -1,4 +1,4 @@
-"""The three PCDMs stages; ``pipeline.py`` is the only place that knows their order."""
+"""The three PCDMs stages; ``pipelines/pipeline_config.py`` is the only place that knows their order."""
 from __future__ import annotations
 
 from pcdms_aug.stages.base import Stage

@@ -1,34 +1,58 @@
-"""What the three stages share: noising with an offset, the loss, condition drops, schedulers and CFG."""
+"""What the three stages share: noising with an offset, the loss, condition drops, samplers and CFG.
+
+Words: the *noise scheduler* is a stage's training noise schedule (diffusers ``DDPMScheduler``; the ``scheduler``
+block of a stage config); a *sampler* is the diffusers scheduler object that draws samples with that schedule
+(``DDIMScheduler``, ``UniPCMultistepScheduler``, ...), named by the shorthands in :data:`SAMPLERS`. Pipelines
+expose samplers under diffusers' attribute name, ``<stage>_scheduler``.
+"""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-# Deterministic samplers only: a sample then depends on its own initial noise alone.
-SCHEDULERS = ("ddim", "unipc", "dpmsolver++")
+# The sampler shorthands (``sampling.scheduler`` of a pipeline config, ``--scheduler`` of the commands, the
+# ``scheduler=`` argument of a pipeline call): the diffusers class and its settings. Deterministic samplers only:
+# a sample then depends on its own initial noise alone.
+SAMPLERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
+DEFAULT_SAMPLER = "unipc"  # upstream's, where neither a call nor a pipeline config names one
 
 
-def training_scheduler(cfg: dict):
+def make_noise_scheduler(cfg: dict):
     """The DDPM noise schedule a stage is trained with (diffusers ``DDPMScheduler`` keys)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**cfg)
 
 
-def sampling_scheduler(name: str, train_scheduler):
-    """A sampler by name that shares the training schedule (betas, prediction type)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+def make_sampler(sampler, noise_sched):
+    """A sampler sharing ``noise_sched``'s schedule (betas, prediction type): ``sampler`` is a shorthand of
+    :data:`SAMPLERS` (a new object) or a diffusers scheduler object (used as it is)."""
+    import diffusers
 
-    cfg = train_scheduler.config
-    if name == "ddim":
-        return DDIMScheduler.from_config(cfg)
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config(cfg)
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++")
-    raise ValueError(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+    if not isinstance(sampler, str):
+        if not (hasattr(sampler, "set_timesteps") and hasattr(sampler, "step")):
+            raise ValueError(f"a sampler must be one of {', '.join(SAMPLERS)} or a diffusers scheduler, got "
+                             f"{type(sampler).__name__}")
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown scheduler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    cls, settings = SAMPLERS[sampler]
+    return getattr(diffusers, cls).from_config(noise_sched.config, **settings)
+
+
+def sampler_name(sampler) -> str:
+    """The shorthand of a sampler object made by :func:`make_sampler`, else its class name."""
+    for name, (cls, settings) in SAMPLERS.items():
+        if type(sampler).__name__ == cls and all(sampler.config.get(k) == v for k, v in settings.items()):
+            return name
+    return type(sampler).__name__
 
 
 def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
@@ -59,12 +83,12 @@ def noise_like(x: torch.Tensor, generator, offset: float) -> torch.Tensor:
     return noise
 
 
-def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
+def diffusion_loss(model_fn, noise_scheduler, x0: torch.Tensor, generator, noise_offset: float = 0.0,
                    weight: torch.Tensor | None = None, timesteps: Sequence[int] | None = None,
                    start: torch.Tensor | None = None, start_prob: float = 0.0, start_noise: float = 1.0,
                    x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One loss for every stage (improved-diffusion's ``training_losses``): noise ``x0`` at a random timestep,
-    call ``model_fn(x_t, t)`` and regress what the scheduler's ``prediction_type`` names.
+    call ``model_fn(x_t, t)`` and regress what the noise scheduler's ``prediction_type`` names.
 
     ``timesteps`` = (lo, hi): draw t from [lo, hi) only. A stage that is sampled only from a partly noised
     image (stage 3 as img2img) spends its capacity where it is used, as SDXL's refiner is trained on the
@@ -77,7 +101,7 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
     contrast an MSE-optimal prediction averages away where the target is uncertain)."""
     b = x0.shape[0]
     gdev = generator.device if generator is not None else x0.device
-    n_train = scheduler.config.num_train_timesteps
+    n_train = noise_scheduler.config.num_train_timesteps
     lo, hi = (0, n_train) if timesteps is None else (int(timesteps[0]), int(timesteps[1]))
     if not 0 <= lo < hi <= n_train:
         raise ValueError(f"training timesteps must satisfy 0 <= lo < hi <= {n_train}, got [{lo}, {hi})")
@@ -92,12 +116,12 @@ def diffusion_loss(model_fn, scheduler, x0: torch.Tensor, generator, noise_offse
         origin = torch.where(use, start, x0)
         if start_noise != 1.0:
             noise = torch.where(use, start_noise * noise, noise)
-    xt = scheduler.add_noise(origin, noise, t)
+    xt = noise_scheduler.add_noise(origin, noise, t)
     pred = model_fn(xt, t)
-    kind = scheduler.config.prediction_type
+    kind = noise_scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": x0}.get(kind)
     if target is None and kind == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, t)
+        target = noise_scheduler.get_velocity(x0, noise, t)
     if target is None:
         raise ValueError(f"unsupported prediction_type {kind!r}")
     if x0_loss is not None and kind != "sample":
@@ -145,18 +169,23 @@ def cfg_combine(pred: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
-def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance: float,
+def denoise(model_fn, sampler, shape, generator, device, steps: int, guidance: float,
             dtype=torch.float32, init: torch.Tensor | None = None, strength: float = 1.0,
-            init_noise: float = 1.0) -> torch.Tensor:
+            init_noise: float = 1.0, latents: torch.Tensor | None = None,
+            step_end: Callable | None = None) -> torch.Tensor:
     """The explicit sampling loop: ``model_fn(x, t, do_cfg)`` returns the prediction for x (doubled inside
-    when guidance is on). With ``init`` and ``strength`` < 1 it starts, as diffusers' img2img pipelines do,
-    from ``init`` noised to the level of the schedule's last ``round(steps * strength)`` steps and runs only
-    those: the sample keeps the layout of ``init`` and is refined rather than drawn anew.
+    when guidance is on); ``sampler``: a diffusers scheduler object. With ``init`` and ``strength`` < 1 it starts, as
+    diffusers' img2img pipelines do, from ``init`` noised to the level of the schedule's last
+    ``round(steps * strength)`` steps and runs only those: the sample keeps the layout of ``init`` and is
+    refined rather than drawn anew.
 
     ``init_noise`` scales the noise of that start: 1 draws x_t from q(x_t | init) as img2img does; 0 starts
     from its mean sqrt(alpha_bar_t) * init, so the sample is a deterministic function of ``init``. With no
     drawn noise the denoiser has no random texture to turn into detail, which is what a refiner that must stay
-    faithful to its input wants (see README, stage 3)."""
+    faithful to its input wants (see README, stage 3).
+
+    ``latents``: the starting noise (``shape``) instead of drawing it from ``generator``. ``step_end(i, t, x)``
+    runs after every step and returns the x to go on with (diffusers' ``callback_on_step_end``)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if not 0.0 <= init_noise <= 1.0:
@@ -165,24 +194,34 @@ def denoise(model_fn, scheduler, shape, generator, device, steps: int, guidance:
         raise ValueError("init_noise below 1 needs strength < 1 (a start from an init image)")
     if strength < 1.0 and init is None:
         raise ValueError("strength < 1 needs an init image to start from")
-    scheduler.set_timesteps(steps, device=device)
-    noise = randn(shape, generator, device, dtype)
-    timesteps = scheduler.timesteps
+    sampler.set_timesteps(steps, device=device)
+    if latents is None:
+        noise = randn(shape, generator, device, dtype)
+    elif tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have the shape {tuple(shape)}, got {tuple(latents.shape)}")
+    else:
+        noise = latents.to(device, dtype)
+    timesteps = sampler.timesteps
     if strength < 1.0:
         keep = max(1, min(steps, round(steps * strength)))
-        begin = (steps - keep) * scheduler.order
+        begin = (steps - keep) * sampler.order
         timesteps = timesteps[begin:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        x = scheduler.add_noise(init.to(device, dtype), noise * init_noise, timesteps[:1].repeat(shape[0]))
+        if hasattr(sampler, "set_begin_index"):
+            sampler.set_begin_index(begin)
+        x = sampler.add_noise(init.to(device, dtype), noise * init_noise, timesteps[:1].repeat(shape[0]))
     else:
-        x = noise * scheduler.init_noise_sigma
+        x = noise * sampler.init_noise_sigma
     do_cfg = guidance is not None and guidance != 1.0
-    for t in timesteps:
-        xin = scheduler.scale_model_input(x, t)
+    # A stochastic sampler swapped in by the caller (DDPM, Euler ancestral) draws its step noise from the
+    # generator, as diffusers' pipelines pass it.
+    extra = {"generator": generator} if "generator" in inspect.signature(sampler.step).parameters else {}
+    for i, t in enumerate(timesteps):
+        xin = sampler.scale_model_input(x, t)
         if do_cfg:
             pred = cfg_combine(model_fn(torch.cat([xin, xin]), t, True), guidance)
         else:
             pred = model_fn(xin, t, False)
-        x = scheduler.step(pred, t, x).prev_sample
+        x = sampler.step(pred, t, x, **extra).prev_sample
+        if step_end is not None:
+            x = step_end(i, t, x)
     return x

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
-    training_scheduler
+from pcdms_aug.stages.diffusion import DEFAULT_SAMPLER, apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, \
+    make_noise_scheduler, make_sampler
 from pcdms_aug.models.blocks import ImageProjection, PoseEncoder
 from pcdms_aug.models.unet import build_unet, pose_residual
 from pcdms_aug.stages.base import Stage, to_uint8
@@ -43,7 +43,7 @@ class InpaintStage(Stage):
         pe = dict(cfg.get("pose_encoder", {}))
         pe.setdefault("downsample", int(math.log2(self.codec.factor)))
         self.pose_encoder = PoseEncoder(out_channels=self.unet.config.block_out_channels[0], **pe)
-        self.scheduler = training_scheduler(cfg["scheduler"])
+        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
 
     # ---------------------------------------------------------------- pieces
     def encode_source(self, images: torch.Tensor) -> dict:
@@ -118,16 +118,19 @@ class InpaintStage(Stage):
         if self.cfg.get("loss_region", "canvas") == "target":
             weight = (1.0 - mask).expand(-1, 1, -1, -1)
         return diffusion_loss(lambda xt, t: self._model(xt, t, mask, masked, pose_feats, tokens, embed),
-                              self.scheduler, x0, generator, float(self.cfg.get("noise_offset", 0.0)), weight)
+                              self.noise_scheduler, x0, generator, float(self.cfg.get("noise_offset", 0.0)), weight)
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, source: dict, source_pose_image, target_pose_image, target_embed, generator=None,
-               num_inference_steps: int = 20, guidance_scale: float = 2.0, scheduler: str = "unipc"):
+               num_inference_steps: int = 20, guidance_scale: float = 2.0, sampler=DEFAULT_SAMPLER,
+               latents: torch.Tensor | None = None, step_end=None, decode: bool = True):
         """Coarse target images (B, 3, H, W) in [-1, 1] at the stage's size. ``source``: :meth:`encode_source`'s
         output; pose images (B, 3, h, w) in [0, 1]; ``target_embed`` (B, D): the prior's output or CLIP(target).
         Guidance contrasts with source features and embedding at zero (training's joint drop); the pose and the
-        known source half stay. A stage with ``target_embed: false`` takes ``target_embed=None``."""
+        known source half stay. A stage with ``target_embed: false`` takes ``target_embed=None``. ``sampler``: a
+        shorthand or a diffusers scheduler object; ``latents`` (the canvas latents' shape) and ``step_end``: see
+        :func:`denoise`; ``decode=False`` returns the canvas latents (:meth:`decode` makes the images)."""
         src, dino = source["image"], source["dino"]
         if target_embed is None:
             if self.uses_target_embed:
@@ -151,10 +154,14 @@ class InpaintStage(Stage):
 
         if self.cfg.get("loss_region", "canvas") == "target":
             fn = self._known_half_fixed(fn, masked)
-        sched = sampling_scheduler(scheduler, self.scheduler)
+        sched = make_sampler(sampler, self.noise_scheduler)
         z = denoise(fn, sched, masked.shape, generator, src.device, num_inference_steps, guidance_scale,
-                    masked.dtype)
-        canvas = self.codec.decode(z)
+                    masked.dtype, latents=latents, step_end=step_end)
+        return self.decode(z) if decode else z
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The target half of the decoded canvas: (B, 3, H, W) in [-1, 1]."""
+        canvas = self.codec.decode(latents)
         return canvas[..., canvas.shape[-1] // 2:]
 
     def _known_half_fixed(self, fn, masked):
@@ -165,8 +172,8 @@ class InpaintStage(Stage):
         noised source exactly as in training."""
         half = masked.shape[-1] // 2
         known = {False: masked[..., :half], True: torch.cat([masked[..., :half]] * 2)}  # built once, not per step
-        kind = self.scheduler.config.prediction_type
-        alphas = self.scheduler.alphas_cumprod
+        kind = self.noise_scheduler.config.prediction_type
+        alphas = self.noise_scheduler.alphas_cumprod
 
         def fixed(x, t, doubled):
             pred = fn(x, t, doubled).clone()

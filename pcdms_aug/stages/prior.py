@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
-    training_scheduler
+from pcdms_aug.stages.diffusion import DEFAULT_SAMPLER, apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, \
+    make_noise_scheduler, make_sampler
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.models.blocks import PriorTransformer
 from pcdms_aug.data.pose import VECTOR_DIM
@@ -46,7 +46,7 @@ class PriorStage(Stage):
         self.prior = PriorTransformer(embed_dim=self.clip.dim, **arch)
         if load_weights:
             init_from_kandinsky(self.prior, cfg["prior"], cfg)
-        self.scheduler = training_scheduler(cfg["scheduler"])
+        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
         # The target is standardised with global scalars (upstream: mean -0.016, std 0.415 for ViT-H/14).
         self.embed_mean, self.embed_std = float(cfg["embed_mean"]), float(cfg["embed_std"])
 
@@ -72,14 +72,16 @@ class PriorStage(Stage):
         src = apply_drop(src, masks["source_image"])
         sp = apply_drop(sp.to(x0.dtype), masks["source_pose"])
         tp = apply_drop(tp.to(x0.dtype), masks["target_pose"])
-        return diffusion_loss(lambda xt, t: self._model(xt, t, src, sp, tp), self.scheduler, x0, generator,
+        return diffusion_loss(lambda xt, t: self._model(xt, t, src, sp, tp), self.noise_scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)))
 
     @torch.no_grad()
     def sample(self, source: dict, source_pose: torch.Tensor, target_pose: torch.Tensor, generator=None,
-               num_inference_steps: int = 20, guidance_scale: float = 1.0, scheduler: str = "unipc") -> torch.Tensor:
+               num_inference_steps: int = 20, guidance_scale: float = 1.0, sampler=DEFAULT_SAMPLER,
+               latents: torch.Tensor | None = None, step_end=None) -> torch.Tensor:
         """Target embeddings (B, D), un-standardised. ``source`` is :meth:`encode_source`'s output. Guidance
-        contrasts with all three conditions at zero, the joint drop of training."""
+        contrasts with all three conditions at zero, the joint drop of training. ``sampler``: a shorthand or a
+        diffusers scheduler object; ``latents`` (B, D) and ``step_end``: see :func:`denoise`."""
         src = source["clip"]
         self.check_inputs(source_embed=src, source_pose=source_pose, target_pose=target_pose)
         sp, tp = source_pose.to(src.dtype), target_pose.to(src.dtype)
@@ -90,7 +92,7 @@ class PriorStage(Stage):
                 return self._model(x, t, s2, sp2, tp2)
             return self._model(x, t, src, sp, tp)
 
-        sched = sampling_scheduler(scheduler, self.scheduler)
+        sched = make_sampler(sampler, self.noise_scheduler)
         x = denoise(fn, sched, (src.shape[0], self.clip.dim), generator, src.device, num_inference_steps,
-                    guidance_scale, src.dtype)
+                    guidance_scale, src.dtype, latents=latents, step_end=step_end)
         return x * self.embed_std + self.embed_mean

@@ -17,8 +17,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from pcdms_aug.stages.diffusion import apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, sampling_scheduler, \
-    training_scheduler
+from pcdms_aug.stages.diffusion import DEFAULT_SAMPLER, apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, \
+    make_noise_scheduler, make_sampler
 from pcdms_aug.models.blocks import ImageProjection, PatchDiscriminator
 from pcdms_aug.models.unet import build_unet
 from pcdms_aug.stages.base import Stage, to_uint8
@@ -39,7 +39,7 @@ class RefineStage(Stage):
         self.unet = build_unet(cfg["unet"], cfg, (3 if self.source_input else 2) * c, c, load_weights=load_weights)
         p = cfg.get("projection", {})
         self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), self.unet.config.cross_attention_dim)
-        self.scheduler = training_scheduler(cfg["scheduler"])
+        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
         adv = cfg.get("adversarial")
         if adv:
             # Trained with the rest, but never used to sample; saved with the stage so a run can continue.
@@ -80,7 +80,7 @@ class RefineStage(Stage):
         return ("codec",) if float(self.cfg.get("ssim_loss", 0.0)) > 0 or self.cfg.get("adversarial") else ()
 
     def training_loss(self, batch, generator=None):
-        """MSE (the scheduler's prediction type) on the target latents given the coarse stage-2 image; source
+        """MSE (the noise scheduler's prediction type) on the target latents given the coarse stage-2 image; source
         features dropped to zeros per ``drop``. Optional, for img2img use (``sampling.refine_strength`` < 1):
         ``train_timesteps: [lo, hi]`` and ``train_coarse_start`` (the share of the batch whose x_t noises the
         coarse image instead of the truth) with ``train_coarse_noise`` (its noise scale; 0 = the noise-free start
@@ -104,7 +104,7 @@ class RefineStage(Stage):
         if self.cfg.get("adversarial"):
             terms.append(self._adversarial_loss)
         extra = (lambda pred, truth: sum(f(pred, truth) for f in terms)) if terms else None
-        return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.scheduler, x0, generator,
+        return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.noise_scheduler, x0, generator,
                               float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
                               start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)),
                               start_noise=float(self.cfg.get("train_coarse_noise", 1.0)), x0_loss=extra)
@@ -134,19 +134,22 @@ class RefineStage(Stage):
 
     @torch.no_grad()
     def sample(self, source: dict, coarse: torch.Tensor, generator=None, num_inference_steps: int = 20,
-               guidance_scale: float = 2.0, scheduler: str = "unipc", strength: float = 1.0,
-               noise: float = 1.0) -> torch.Tensor:
+               guidance_scale: float = 2.0, sampler=DEFAULT_SAMPLER, strength: float = 1.0,
+               noise: float = 1.0, latents: torch.Tensor | None = None, step_end=None,
+               decode: bool = True) -> torch.Tensor:
         """Final images (B, 3, H, W) in [-1, 1] at the stage's size from coarse ones (any size, [-1, 1]).
         Guidance contrasts with the source features at zero; the coarse image stays. ``strength`` 1 starts
         from pure noise (upstream); below 1 from the coarse image noised part of the way (img2img), which
         runs ``steps * strength`` denoiser calls and keeps the coarse layout. ``noise`` scales the noise of that
-        start (1: img2img; 0: the noised image's mean, deterministic; ``denoise``'s ``init_noise``)."""
+        start (1: img2img; 0: the noised image's mean, deterministic; ``denoise``'s ``init_noise``). ``sampler``: a
+        shorthand or a diffusers scheduler object; ``latents`` and ``step_end``: see :func:`denoise`;
+        ``decode=False`` returns the latents (:meth:`decode` makes the images)."""
         dino = source["dino"]
         self.check_inputs(coarse_image=coarse)
         if dino.shape[0] != coarse.shape[0]:
             raise ValueError(f"refine: {dino.shape[0]} encoded sources for {coarse.shape[0]} coarse images")
         cond = self.codec.encode(self.resize(coarse.to(device=dino.device, dtype=dino.dtype)))
-        trained, n_train = self.cfg.get("train_timesteps"), self.scheduler.config.num_train_timesteps
+        trained, n_train = self.cfg.get("train_timesteps"), self.noise_scheduler.config.num_train_timesteps
         if trained and strength * n_train > float(trained[1]) + 1:
             warnings.warn(f"refine: strength {strength} starts at noise levels up to {strength * n_train:.0f}, but "
                           f"this stage was trained on t in [{trained[0]}, {trained[1]}) only; use a strength <= "
@@ -163,10 +166,14 @@ class RefineStage(Stage):
                 return self._model(x, t, both, self.image_proj(d2))
             return self._model(x, t, inputs, self.image_proj(dino))
 
-        sched = sampling_scheduler(scheduler, self.scheduler)
+        sched = make_sampler(sampler, self.noise_scheduler)
         z = denoise(fn, sched, cond.shape, generator, dino.device, num_inference_steps, guidance_scale, cond.dtype,
-                    init=cond, strength=strength, init_noise=noise)
-        return self.codec.decode(z)
+                    init=cond, strength=strength, init_noise=noise, latents=latents, step_end=step_end)
+        return self.decode(z) if decode else z
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] from the stage's latents."""
+        return self.codec.decode(latents)
 
     def preview(self, batch, num_inference_steps=20, generator=None):
         out = self.sample(self.encode_source(batch["source_image"]), batch["coarse_image"], generator,

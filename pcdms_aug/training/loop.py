@@ -25,7 +25,7 @@ from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text, file_log
 from pcdms_aug.training.preview import save_preview
 from pcdms_aug.training.checkpoints import check_folder, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
-from pcdms_aug.utils.runtime import Runtime, barrier, init_runtime
+from pcdms_aug.utils.runtime import Runtime, barrier, init_runtime, as_dtype
 from pcdms_aug.training.data import MicroBatchSampler, make_dataset, micro_generator, to_device
 from pcdms_aug.training.warm_start import warm_start
 
@@ -33,7 +33,7 @@ log = logging.getLogger("pcdms_aug.training.loop")
 
 
 AMP_DTYPES = ("no", "bf16", "fp16")  # train.mixed_precision: autocast dtype on GPU; weights stay fp32
-AMP_TORCH = dict(zip(AMP_DTYPES, (None, torch.bfloat16, torch.float16)))
+AMP_TORCH = {"no": None, **{n: as_dtype(n) for n in AMP_DTYPES[1:]}}  # names of utils.runtime.DTYPES
 
 
 @dataclass

@@ -19,7 +19,7 @@ def warm_start(stage, name: str, source: str) -> tuple[list[str], list[str]]:
     inpainting UNet was started from SD: the warm-started model then computes exactly what the saved one did.
     Components the saved stage lacks entirely (e.g. stage 3's discriminator) keep their initialisation.
     Returns the names of the widened tensors and of those new components."""
-    from pcdms_aug.pipelines.pipeline import stage_folder
+    from pcdms_aug.pipelines.loading import stage_folder
     from pcdms_aug.stages import stage_class
 
     folder = stage_folder(source, name)

@@ -37,25 +37,38 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# The one dtype table: the names commands, configs and the pipeline take, and torch's type for each.
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_CHOICES = ("auto", *DTYPES)
+# What generation uses unless told otherwise: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on a CPU.
+DEFAULT_DTYPE = "auto"
+
+
+def as_dtype(name):
+    """The torch dtype of a name of :data:`DTYPES` (torch's own names, ``"float16"``, are taken too) or of a
+    torch dtype."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    full = DTYPES.get(name, name)
+    if full not in DTYPES.values():
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, full)
+
+
 def pick_dtype(name: str | None, device: str):
-    """'auto' is bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU."""
+    """:func:`as_dtype`, with ``"auto"`` (and None) resolved for ``device`` as :data:`DEFAULT_DTYPE` says."""
     import torch
 
     if name in (None, "auto"):
-        if device.startswith("cuda"):
+        if str(device).startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(table)} or auto")
-    return table[name]
+    return as_dtype(name)
 
 
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
-
-
-def add_dtype_argument(parser, default: str = "auto") -> None:
+def add_dtype_argument(parser, default: str = DEFAULT_DTYPE) -> None:
     """``--dtype`` of every generating command (one help text, one set of choices)."""
     parser.add_argument("--dtype", default=default, choices=DTYPE_CHOICES,
                         help="weights and activations: auto = bf16 on a GPU that has it, else fp16 on GPU, fp32 on "
