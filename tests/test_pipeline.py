@@ -506,7 +506,7 @@ def test_callback_on_step_end_sees_every_step_of_every_stage_and_can_replace_the
         seen.append((stage, step, int(timestep), tuple(kwargs["latents"].shape)))
         return kwargs
 
-    plain = _run(tiny, n=2, output_type="latent")
+    plain = _run(tiny, n=2, batch_size=1, output_type="latent")
     out = _run(tiny, n=2, batch_size=1, output_type="latent", callback_on_step_end=record)
     t = {n: [int(x) for x in tiny.schedulers[n].timesteps] for n in ("prior", "inpaint", "refine")}
     shapes = {"prior": tuple(plain.target_embeds[:1].shape), "inpaint": tuple(plain.coarse_images[:1].shape),

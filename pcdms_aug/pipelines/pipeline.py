@@ -126,7 +126,7 @@ class PCDMsPipeline:
         loading.save_folder(directory, self.stages, self.config, trainable_dtype)
 
     def _cast(self, dtype) -> "PCDMsPipeline":
-        return self if dtype is None else self.to(dtype)
+        return self if dtype is None else self.to(dtype=dtype)
 
     # ---------------------------------------------------------------- device, dtype, offload, progress
     def to(self, *args, **kwargs) -> "PCDMsPipeline":
