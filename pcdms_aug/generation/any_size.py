@@ -13,13 +13,14 @@ from dataclasses import replace
 from typing import Sequence
 
 from pcdms_aug.data.pose import Pose
+from pcdms_aug.pipelines.image_processing import check_size
 
 
 def _taken_as_is(pipe, sizes: set) -> bool:
     if len(sizes) != 1:
         return False
     try:
-        pipe._check_size(next(iter(sizes)))
+        check_size(next(iter(sizes)), pipe.image_size)
     except ValueError:
         return False
     return True
