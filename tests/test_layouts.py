@@ -131,3 +131,26 @@ def test_bad_layouts_are_refused_with_the_file(drawn_layouts, tmp_path):
     assert str(e.value).startswith(f"{lst}:")
     with pytest.raises(DataError, match="unknown layout"):
         open_dataset(msmt, "viper")
+
+
+def test_cuhk03_as_downloaded_is_extracted_by_torchreid_and_read_by_us(tmp_path):
+    """Raw .mat files only, as CUHK03 is downloaded: torchreid's CUHK03 extracts the images and writes its split
+    files on its first run; the reader then agrees with it on the new protocol (detected and labelled)."""
+    out = build_layout(tmp_path / "cuhk03", "cuhk03", (160, 64), train_ids=3, test_ids=2, seed=0, progress=False)
+    assert not (out / "images_detected").exists()
+    with pytest.raises(DataError, match="torchreid writes them"):
+        open_dataset(tmp_path, "cuhk03")
+    for labeled, layout in ((False, "cuhk03"), (True, "cuhk03-labeled")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = torchreid.data.datasets.CUHK03(root=str(tmp_path), verbose=False, cuhk03_labeled=labeled)
+        ours = open_dataset(tmp_path, layout)
+        assert ours.layout == "cuhk03" and theirs.num_train_pids == 3
+        for split in ("train", "query", "gallery"):
+            assert as_set(getattr(theirs, split)) == {(str(it.path), it.pid, it.camid) for it in ours.splits[split]}
+        assert {it.camid for it in ours.query} == {0, 1}  # one query per view of each test identity
+        poses = read_annotations(out / ANNOTATIONS["gallery"], (160, 64))
+        assert set(poses) == {it.filename for it in ours.gallery}
+        assert Image.open(ours.train[0].path).size == (64, 160)
+    classic = torchreid.data.datasets.CUHK03(root=str(tmp_path), verbose=False, cuhk03_classic_split=True, split_id=19)
+    assert len(classic.train) + len(classic.query) == len(ours.train) + len(ours.query) + len(ours.gallery)

@@ -7,7 +7,7 @@ way torchreid's own class for ``L`` reads it: ``OUT`` is the folder torchreid lo
 - ``dukemtmcreid``: ``DukeMTMC-reID/{bounding_box_train,query,bounding_box_test}/0001_c2_f0046182.jpg``
 - ``msmt17``: ``MSMT17_V1/{train,test}/<pid>/<pid>_<index>_<camera>_<day><time>_<frame>_<box>.jpg`` and the four
   ``list_*.txt``; training pids 0..N-1 and test pids 0..M-1, as MSMT17 numbers them (torchreid does not relabel)
-- ``cuhk03``: :mod:`pcdms_aug.data.synthetic_cuhk03`
+- ``cuhk03``: the raw ``.mat`` files as downloaded (:mod:`pcdms_aug.data.synthetic_cuhk03`)
 
 Junk and distractor crops are Market-1501's alone. Every crop is drawn at 128x64 and resized to ``--crop``; the
 annotation CSVs (``annotation-{train,query,gallery}.csv``) hold the keypoints in the crop's own pixels. The
@@ -134,7 +134,7 @@ def build_layout(out: str | Path, layout: str, crop: tuple[int, int] = NATIVE,
 
 def configure(parser):
     syn.configure(parser)
-    parser.add_argument("--layout", choices=LAYOUTS, default="market1501",
+    parser.add_argument("--layout", choices=LAYOUTS, default="market1501",  # cuhk03: the raw .mat files
                         help="dataset layout and file names (default market1501); OUT is the folder torchreid's "
                              "class looks for under its root (market1501, dukemtmc-reid, msmt17, cuhk03)")
     parser.add_argument("--crop", type=size_hw(1024), default=NATIVE, metavar="HxW",
