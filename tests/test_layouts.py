@@ -154,3 +154,16 @@ def test_cuhk03_as_downloaded_is_extracted_by_torchreid_and_read_by_us(tmp_path)
         assert Image.open(ours.train[0].path).size == (64, 160)
     classic = torchreid.data.datasets.CUHK03(root=str(tmp_path), verbose=False, cuhk03_classic_split=True, split_id=19)
     assert len(classic.train) + len(classic.query) == len(ours.train) + len(ours.query) + len(ours.gallery)
+
+
+def test_filter_model_trains_on_another_layout(drawn_layouts, tmp_path):
+    """`generate --filter-model train` on a DukeMTMC-reID folder: torchreid trains on the layout reader's lists."""
+    import torch
+    from reid.filter_model import train_filter_model
+
+    duke = open_dataset(drawn_layouts, "dukemtmcreid")
+    split = save_split(tmp_path / "split.json", make_split(duke.train, 0.5, 0))
+    ckpt = train_filter_model(duke.root, tmp_path / "filter.pth", split=split, epochs=1, size=(64, 32),
+                              batch_size=8)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state["classifier.weight"].shape[0] == 4  # the four training identities of the subset

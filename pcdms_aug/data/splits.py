@@ -34,9 +34,12 @@ class Split:
 
 
 def _name_and_pid(item, where=None) -> tuple[str, int]:
-    """A training item as (file name, pid): a file name/path, a MarketImage, or torchreid's (path, pid, camid...)."""
+    """A training item as (file name, pid): a file name/path, a MarketImage, a layouts.ReidImage, or torchreid's
+    (path, pid, camid...)."""
     if isinstance(item, MarketImage):
         return item.filename, item.name.pid
+    if hasattr(item, "filename") and hasattr(item, "pid"):  # pcdms_aug.data.layouts.ReidImage
+        return item.filename, int(item.pid)
     if isinstance(item, (tuple, list)):
         return Path(item[0]).name, int(item[1])
     name = Path(item).name
