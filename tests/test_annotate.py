@@ -163,6 +163,32 @@ def test_annotate_reads_every_torchreid_layout(vitpose, estimator, drawn_layouts
     assert {p.size for p in read_annotations(tmp_path / "duke.csv", sizes).values()} == {(160, 72)}
 
 
+@pytest.mark.parametrize("size", [(128, 64), (192, 80), (300, 150), (96, 52)])
+def test_joints_land_where_the_person_is_in_a_crop_of_any_size(size, tmp_path_factory):
+    """The posed fixture sees a standing person facing the camera in every crop: through the real preprocessing
+    and heatmap decoding, each joint lands within one network patch of where that person has it, in the crop's
+    own pixels, with the person's right shoulder on the image's left."""
+    from pcdms_aug.testing.vitpose_fixture import STANDING
+
+    folder = write_vitpose_folder(tmp_path_factory.getbasetemp() / "vitpose-posed", posed=True)
+    pose = VitPoseEstimator(folder)([Image.new("RGB", (size[1], size[0]), (120, 110, 100))])[0]
+    assert pose.size == size and pose.visible.all()
+    h, w = size
+    names = {"nose": "Nose", "Rsho": "R_Shoulder", "Lsho": "L_Shoulder", "Relb": "R_Elbow", "Lelb": "L_Elbow",
+             "Rwri": "R_Wrist", "Lwri": "L_Wrist", "Rhip": "R_Hip", "Lhip": "L_Hip", "Rkne": "R_Knee",
+             "Lkne": "L_Knee", "Rank": "R_Ankle", "Lank": "L_Ankle", "Reye": "R_Eye", "Leye": "L_Eye",
+             "Rear": "R_Ear", "Lear": "L_Ear"}
+    for op, coco in names.items():
+        x, y = pose.xy[JOINTS.index(op)] / (w, h)
+        want_x, want_y = STANDING[coco]
+        # a patch of the 6x8 grid is a third of the crop's width and a sixth of its height
+        assert abs(x - want_x) <= 0.34 and abs(y - want_y) <= 0.17, (op, x, y)
+    xy = {op: pose.xy[JOINTS.index(op)] for op in JOINTS}
+    assert xy["Rsho"][0] < xy["neck"][0] < xy["Lsho"][0] and xy["Rhip"][0] < xy["Lhip"][0]
+    assert xy["nose"][1] < xy["neck"][1] < xy["Rhip"][1] < xy["Rkne"][1] < xy["Rank"][1]
+    assert tuple(xy["neck"]) == tuple(np.rint((xy["Rsho"] + xy["Lsho"]) / 2))
+
+
 class _Killed(Exception):
     pass
 

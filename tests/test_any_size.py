@@ -187,3 +187,54 @@ def test_a_mixed_batch_gives_what_each_source_gives_alone(sized, pipe):
     assert [im.size for im in working.images] == [(64, 128), (64, 128)]
     back = working.images[1].resize((72, 160), Image.BICUBIC)
     assert np.array_equal(np.asarray(back), np.asarray(mixed.images[1]))
+
+
+@pytest.mark.parametrize("layout,crop", [("msmt17", (192, 80)), ("dukemtmcreid", (160, 72))])
+def test_drawn_layout_annotate_then_generate_then_inspect(layout, crop, drawn_layouts, pipe, tmp_path, capsys):
+    """A dataset in another layout with crops not 128x64, poses by annotate (the posed ViTPose fixture: a standing
+    person in every crop, so every image is a source), then generate and inspect."""
+    from pcdms_aug.data.layouts import open_dataset
+    from pcdms_aug.testing.vitpose_fixture import write_vitpose_folder
+
+    vitpose = write_vitpose_folder(tmp_path / "vitpose", posed=True)
+    ann = tmp_path / "poses.csv"
+    assert main(["annotate", str(drawn_layouts), "--layout", layout, "--splits", "train", "--estimator", str(vitpose),
+                 "--out", str(ann), "--device", "cpu"]) == 0
+    ds = open_dataset(drawn_layouts, layout)
+    poses = read_annotations(ann, image_sizes(ds.train))
+    assert len(poses) == len(ds.train) and {p.size for p in poses.values()} == {crop}
+    out = tmp_path / "gen"
+    cfg = GenerateConfig(dataset=str(drawn_layouts), layout=layout, annotations=str(ann), weights=WEIGHTS,
+                         out=str(out), views=1, batch=4, steps=1, guidance=1.0, seed=0, device="cpu")
+    counts = generate(cfg, pipeline=pipe, progress=False)
+    assert counts["generated"] == counts["planned"] == counts["sources"] > 0
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {it.filename: it for it in ds.train}
+    for r in rows[:6]:
+        src = by_name[r["source"]]
+        assert (int(r["pid"]), int(r["camid"])) == (src.pid, src.camid + 1)  # the source's identity and camera
+        with Image.open(out / r["file"]) as im:
+            assert (im.height, im.width) == crop
+    capsys.readouterr()
+    assert main(["inspect", str(drawn_layouts), "--layout", layout, "--annotations", str(ann), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == layout and report["image_sizes"] == {f"{crop[0]}x{crop[1]}": len(list(ds.all_images()))}
+    assert report["pose_coverage"]["train"]["with_torso"] == len(ds.train) and report["train_ids"] == len(
+        {it.pid for it in ds.train})
+    assert report["problems"] == []
+
+
+def test_synthesize_pairs_on_a_drawn_layout(drawn_layouts, tmp_path):
+    """DukeMTMC-reID's layout (160x72 crops): the annotation files beside it found by default, every image at
+    its source's size."""
+    root = drawn_layouts / "dukemtmc-reid"
+    rows = (root / "pairs-test.csv").read_text().splitlines()[1:5]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("from,to\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "syn"
+    assert main(["synthesize-pairs", "--pairs", str(pairs), "--dataset", str(root), "--weights", WEIGHTS, "--out",
+                 str(out), "--steps", "1", "--guidance", "1", "--device", "cpu"]) == 0
+    for r in rows:
+        with Image.open(out / "{}_to_{}.png".format(*r.split(","))) as im:
+            assert (im.height, im.width) == (160, 72)

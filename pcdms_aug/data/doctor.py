@@ -1,4 +1,4 @@
-"""`pcdms-aug inspect`: a dataset doctor for Market-1501-layout folders and their annotation CSVs."""
+"""`pcdms-aug inspect`: a dataset doctor for re-ID dataset folders (any layout) and their annotation CSVs."""
 from __future__ import annotations
 
 import json
@@ -8,34 +8,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pcdms_aug.data.layouts import LAYOUTS, SPLIT_NAMES, find_dataset, is_identity, open_dataset
 from pcdms_aug.data.market import SPLITS, MarketDataset
 from pcdms_aug.data.pose import MISSING, NUM_JOINTS, TORSO, check_in_image, read_annotation_rows
 
+SEPARATE_TEST_IDS = ("msmt17", "cuhk03")
 MOST_COMMON_SIZES = 10  # sizes listed one by one in the report; MSMT17 alone has thousands
+# Annotation CSVs found beside a dataset: Market-1501's files and synth-market --layout's.
+ANNOTATION_GLOBS = ("market-annotation-*.csv", "annotation-*.csv")
 
 
 def default_annotations(root: Path) -> list[Path]:
-    """Annotation CSVs that sit beside the split folders (the synthetic set writes them there)."""
-    return sorted(root.glob("market-annotation-*.csv")) + sorted(root.parent.glob("market-annotation-*.csv"))
+    """Annotation CSVs that sit beside the dataset's folders (the synthetic sets write them there)."""
+    return [p for folder in (root, root.parent) for pattern in ANNOTATION_GLOBS for p in sorted(folder.glob(pattern))]
+
+
+def open_for_inspection(root: str | Path, layout: str | None = None):
+    """The dataset; a folder with some of Market-1501's split folders but not all is named as such."""
+    root = Path(root)
+    if find_dataset(root, layout) is None and layout in (None, "market1501") and any(
+            (root / d).is_dir() for d in SPLITS.values()):
+        MarketDataset(root)  # raises, naming the split folders it lacks
+    return open_dataset(root, layout)
 
 
 def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = None,
-                    check_images: bool = True) -> dict:
+                    check_images: bool = True, layout: str | None = None) -> dict:
     """Counts and problems of a dataset. Bad names or CSV rows raise DataError; bad images are problems."""
-    ds = MarketDataset(root)
+    ds = open_for_inspection(root, layout)
     problems: list[str] = []
-    report: dict = {"root": str(ds.root)}
-    for split in SPLITS:
+    report: dict = {"root": str(ds.root), "layout": ds.layout}
+    for split in SPLIT_NAMES:
         items = ds.splits[split]
-        pids = {it.name.pid for it in items if it.name.pid > 0}
         report[f"{split}_images"] = len(items)
-        report[f"{split}_ids"] = len(pids)
+        report[f"{split}_ids"] = len({it.pid for it in items if is_identity(ds, it)})
         if not items:
-            problems.append(f"split {SPLITS[split]} is empty")
+            problems.append(f"split {SPLITS[split] if ds.layout == 'market1501' else split} is empty")
     images = list(ds.all_images())
-    report["cameras"] = sorted({it.name.camid for it in images})
-    report["junk_images"] = sum(it.name.is_junk for it in images)
-    report["distractor_images"] = sum(it.name.is_distractor for it in images)
+    report["cameras"] = sorted({it.camid + 1 for it in images})  # 1-based, as in file names
+    report["junk_images"] = sum(it.pid < 0 for it in images)
+    report["distractor_images"] = sum(not is_identity(ds, it) and it.pid >= 0 for it in images)
     problems += _identity_problems(ds)
     sizes: dict[str, tuple[int, int]] | None = None
     if check_images:
@@ -47,22 +59,25 @@ def inspect_dataset(root: str | Path, annotations: list[str | Path] | None = Non
     return report
 
 
-def _identity_problems(ds: MarketDataset) -> list[str]:
+def _identity_problems(ds) -> list[str]:
     """Identities the re-ID protocol cannot use as intended: seen by one camera, queries without a gallery
     image, identities in both train and test."""
     problems = []
     cams = {}
     for it in ds.train:
-        cams.setdefault(it.name.pid, set()).add(it.name.camid)
-    single = sorted(pid for pid, c in cams.items() if len(c) < 2 and pid > 0)
+        if is_identity(ds, it):
+            cams.setdefault(it.pid, set()).add(it.camid)
+    single = sorted(pid for pid, c in cams.items() if len(c) < 2)
     if single:
         problems.append(f"{len(single)} training identities seen by only one camera (e.g. {single[0]:04d})")
-    query_pids = {it.name.pid for it in ds.query}
-    gallery_pids = {it.name.pid for it in ds.gallery}
+    query_pids = {it.pid for it in ds.query if is_identity(ds, it)}
+    gallery_pids = {it.pid for it in ds.gallery if is_identity(ds, it)}
     lost = sorted(query_pids - gallery_pids)
     if lost:
         problems.append(f"{len(lost)} query identities have no gallery image (e.g. {lost[0]:04d})")
-    overlap = sorted(({it.name.pid for it in ds.train} & (query_pids | gallery_pids)) - {-1, 0})
+    # MSMT17's and CUHK03's test identities are numbered apart from the training ones: equal numbers are
+    # different people there.
+    overlap = sorted(set(cams) & (query_pids | gallery_pids)) if ds.layout not in SEPARATE_TEST_IDS else []
     if overlap:
         problems.append(f"{len(overlap)} identities appear in both train and test (e.g. {overlap[0]:04d})")
     return problems
@@ -90,7 +105,7 @@ def _check_images(images: list, report: dict, sizes: dict) -> list[str]:
     return problems
 
 
-def _check_annotations(ds: MarketDataset, files: list[Path], report: dict, sizes: dict | None) -> list[str]:
+def _check_annotations(ds, files: list[Path], report: dict, sizes: dict | None) -> list[str]:
     """The annotation CSVs against the images: repeated, orphan and missing rows, keypoints inside their image
     (when ``sizes`` were read); counts and pose coverage per split into ``report``."""
     problems = []
@@ -120,7 +135,7 @@ def _check_annotations(ds: MarketDataset, files: list[Path], report: dict, sizes
         if files:
             problems.append("no annotation row matches an image of the dataset")
     report["pose_coverage"] = {split: _coverage([rows.get(it.filename) for it in ds.splits[split]])
-                               for split in SPLITS}
+                               for split in SPLIT_NAMES}
     unannotated_train = sum(1 for it in ds.train if it.filename not in rows)
     if files and unannotated_train:
         problems.append(f"{unannotated_train} training images have no annotation row (they cannot be sources)")
@@ -137,8 +152,8 @@ def _coverage(visible: list) -> dict:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"dataset: {r['root']}"]
-    for split in SPLITS:
+    lines = [f"dataset: {r['root']} ({r['layout']})"]
+    for split in SPLIT_NAMES:
         lines.append(f"  {split:8s} {r[f'{split}_images']:6d} images  {r[f'{split}_ids']:5d} identities")
     lines.append(f"  cameras  {', '.join(f'c{c}' for c in r['cameras'])}")
     lines.append(f"  junk (-1) {r['junk_images']}, distractors (0000) {r['distractor_images']}")
@@ -162,16 +177,18 @@ def format_report(r: dict) -> str:
 
 
 def configure(parser):
-    parser.add_argument("root", help="folder with bounding_box_train/, query/, bounding_box_test/ "
-                                     "(or torchreid's market1501/Market-1501-v15.09.15/ nesting)")
+    parser.add_argument("root", help="a re-ID dataset folder (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 or "
+                                     "train/query/gallery/<identity>/ folders), or torchreid's root above it")
+    parser.add_argument("--layout", choices=LAYOUTS + ("cuhk03-labeled",), default=None,
+                        help="the dataset's layout (default: detected)")
     from pcdms_aug.utils.argtypes import add_annotations_argument
 
-    add_annotations_argument(parser, "annotation CSV(s); default: market-annotation-*.csv beside the split folders")
+    add_annotations_argument(parser, "annotation CSV(s); default: (market-)annotation-*.csv beside the dataset folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-image-check", action="store_true", help="skip opening every image")
 
 
 def run(args):
-    report = inspect_dataset(args.root, args.annotations, check_images=not args.no_image_check)
+    report = inspect_dataset(args.root, args.annotations, check_images=not args.no_image_check, layout=args.layout)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -91,6 +91,13 @@ class ReidDataset:
         return self.image(filename).path
 
 
+def is_identity(dataset, it) -> bool:
+    """Whether an image shows a person of the dataset's identities: not junk (-1) and, in Market-1501's layout,
+    not a distractor (0000); in the other layouts 0 is a person. ``it``: a ReidImage or a MarketDataset image."""
+    pid = it.pid if isinstance(it, ReidImage) else it.name.pid
+    return pid >= 0 and not (pid == 0 and getattr(dataset, "layout", "market1501") == "market1501")
+
+
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

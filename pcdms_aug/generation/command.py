@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from pcdms_aug.config.loading import build, load_config
+from pcdms_aug.data.layouts import LAYOUTS
 from pcdms_aug.generation.identity_filter import REDUCE, TOP_SCOPE
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import file_log
@@ -17,7 +18,7 @@ from pcdms_aug.generation.generate import generate
 from pcdms_aug.generation.plan import PER, POLICIES
 
 # flag destination -> key in the config (dotted: a key of the filter section)
-_FLAGS = {"dataset": "dataset", "annotations": "annotations", "weights": "weights", "out": "out",
+_FLAGS = {"dataset": "dataset", "layout": "layout", "annotations": "annotations", "weights": "weights", "out": "out",
           "views": "views", "per": "per", "policy": "policy", "split": "split", "batch": "batch", "steps": "steps",
           "guidance": "guidance", "scheduler": "scheduler", "seed": "seed", "device": "device", "dtype": "dtype",
           "image_format": "image_format", "stages": "stages", "canonical_poses": "canonical_poses",
@@ -34,9 +35,12 @@ def configure(parser) -> None:
 
     add = parser.add_argument
     add("--config", help="YAML with defaults for every option below (e.g. tiny/generate.yaml, paper/generate.yaml)")
-    add("--dataset", help="Market-1501-layout folder (bounding_box_train, query, bounding_box_test)")
-    add("--annotations", nargs="+", action="extend", help="annotation CSV(s) (default: market-annotation-train.csv beside the "
-                                         "split folders)")
+    add("--dataset", help="re-ID dataset folder (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 or train/query/gallery/"
+                          "<identity>/ folders), or torchreid's root above it")
+    add("--layout", choices=LAYOUTS + ("cuhk03-labeled",), help="the dataset's layout (default: detected)")
+    add("--annotations", nargs="+", action="extend",
+        help="annotation CSV(s) (default: market-annotation-train.csv or annotation-train.csv beside the dataset "
+             "folder; pcdms-aug annotate writes one for any dataset)")
     add("--weights", help="folder written by save_pretrained, 'tiny' (shipped), or a pipeline YAML (random weights)")
     add("--out", help="output folder: images, manifest.csv, plan.csv, generate.json, shards/")
     add("--views", type=positive_int, help="views per source image (--per image) or per identity (--per identity)")

@@ -15,8 +15,9 @@ IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
 @dataclass
 class GenerateConfig:
-    dataset: str | None = None  # Market-1501-layout folder (or torchreid's root above it)
-    annotations: Any = None  # annotation CSV(s); default market-annotation-train.csv beside the split folders
+    dataset: str | None = None  # a re-ID dataset folder in any layouts.LAYOUTS (or torchreid's root above it)
+    layout: str | None = None  # the dataset's layout; None: detected
+    annotations: Any = None  # annotation CSV(s); default (market-)annotation-train.csv beside the dataset folder
     weights: str | None = None  # folder written by save_pretrained, "tiny", or a pipeline YAML (random weights)
     out: str | None = None
     views: int = 4  # per source image (per="image") or per identity (per="identity")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcdms_aug.data.market import MarketDataset, image_sizes
+from pcdms_aug.data.layouts import is_identity, open_dataset
+from pcdms_aug.data.market import image_sizes
 from pcdms_aug.data.pose import read_annotation_files
 from pcdms_aug.data.splits import load_split
 from pcdms_aug.generation.config import GenerateConfig
@@ -53,16 +54,20 @@ def _content_sha(path: Path) -> str:
     return file_sha256(path)[:12]
 
 
+# The training annotations looked for beside a dataset: Market-1501's file, and synth-market --layout's.
+DEFAULT_ANNOTATIONS = ("market-annotation-train.csv", "annotation-train.csv")
+
+
 def annotation_files(cfg: GenerateConfig, root: Path) -> list[Path]:
     given = cfg.annotations
     if given:
         files = [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
     else:
-        files = [p / "market-annotation-train.csv" for p in (root, root.parent)]
+        files = [p / name for name in DEFAULT_ANNOTATIONS for p in (root, root.parent)]
         files = [p for p in files if p.is_file()][:1]
         if not files:
-            raise DataError("no market-annotation-train.csv beside the split folders; pass --annotations CSV",
-                            root)
+            raise DataError(f"no {' or '.join(DEFAULT_ANNOTATIONS)} beside the dataset folder; pass --annotations "
+                            "CSV (pcdms-aug annotate writes one)", root)
     for p in files:
         if not p.is_file():
             raise DataError("annotation file not found", p)
@@ -71,7 +76,7 @@ def annotation_files(cfg: GenerateConfig, root: Path) -> list[Path]:
 
 @dataclass
 class Inputs:
-    dataset: MarketDataset
+    dataset: Any  # layouts.ReidDataset
     sources: Any  # plan.SourceSet
     real_by_pid: dict  # pid -> paths of its real training images (of the split): the filter's references
     settings: dict
@@ -81,7 +86,7 @@ class Inputs:
 def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
     from pcdms_aug.utils.runtime import pick_device, pick_dtype
 
-    dataset = MarketDataset(cfg.dataset)
+    dataset = open_dataset(cfg.dataset, cfg.layout)
     ann = annotation_files(cfg, dataset.root)
     poses = read_annotation_files(ann, image_sizes(dataset.train))  # each in its own image's pixels
     split_names = list(load_split(cfg.split).files) if cfg.split else None
@@ -89,8 +94,8 @@ def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
     wanted = None if split_names is None else set(split_names)
     real_by_pid: dict[int, list[Path]] = {}
     for it in dataset.train:
-        if it.name.pid > 0 and (wanted is None or it.filename in wanted):
-            real_by_pid.setdefault(it.name.pid, []).append(it.path)
+        if is_identity(dataset, it) and (wanted is None or it.filename in wanted):
+            real_by_pid.setdefault(it.pid, []).append(it.path)
     weights_fp = weights_fingerprint(cfg.weights, pipe)
     dtype = str(pick_dtype(cfg.dtype, pick_device(cfg.device))).replace("torch.", "")
     settings = {
@@ -104,4 +109,6 @@ def load_inputs(cfg: GenerateConfig, pipe=None) -> Inputs:
         "require_torso": bool(cfg.require_torso), "image_format": cfg.image_format,
         "jpeg_quality": int(cfg.jpeg_quality) if cfg.image_format == "jpg" else None,
     }
+    if cfg.layout:
+        settings["layout"] = cfg.layout
     return Inputs(dataset, source_set, real_by_pid, json.loads(json.dumps(settings)), weights_fp)

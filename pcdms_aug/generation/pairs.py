@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from pcdms_aug.data.market import MarketDataset, image_size, load_image
+from pcdms_aug.data.layouts import LAYOUTS, ReidDataset, open_dataset
+from pcdms_aug.data.market import image_size, load_image
 from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.generation.any_size import call_any_size
 from pcdms_aug.utils.errors import DataError
@@ -22,7 +23,7 @@ from pcdms_aug.stages.diffusion import SAMPLERS
 from pcdms_aug.utils.runtime import add_dtype_argument, item_seed
 
 
-def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, poses: Mapping[str, Pose],
+def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: ReidDataset, poses: Mapping[str, Pose],
                out_dir: Path, *, batch: int = 8, steps: int | dict | None = None,
                guidance: float | dict | None = None, refine_strength: float | None = None,
                refine_noise: float | None = None, scheduler: str | None = None, seed: int = 0,
@@ -79,7 +80,7 @@ def synthesize(pipe, pairs: Sequence[tuple[str, str]], dataset: MarketDataset, p
     return {"pairs": len(pairs), "this_rank": len(mine), "written": len(todo), "skipped": len(mine) - len(todo)}
 
 
-def load_poses(files: Sequence[str | Path], dataset: MarketDataset,
+def load_poses(files: Sequence[str | Path], dataset: ReidDataset,
                pairs: Sequence[tuple[str, str]]) -> dict[str, Pose]:
     """The poses of the pair images, each in its own image's pixels."""
     names = sorted({n for p in pairs for n in p})
@@ -91,7 +92,10 @@ def configure(parser):
     from pcdms_aug.pipelines.pipeline_config import ORDER
 
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to)")
-    parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
+    parser.add_argument("--dataset", required=True, help="re-ID dataset folder (any layout pcdms_aug.data.layouts "
+                                                          "reads), or torchreid's root above it")
+    parser.add_argument("--layout", choices=LAYOUTS + ("cuhk03-labeled",), default=None,
+                        help="the dataset's layout (default: detected)")
     add_annotations_argument(parser, "annotation CSV(s) of the pair images (default: market-annotation-*.csv "
                                      "beside the split folders)")
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
@@ -155,7 +159,7 @@ def run(args):
 
     out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
     rt = init_runtime(args.device, args.dtype)
-    dataset = MarketDataset(args.dataset)
+    dataset = open_dataset(args.dataset, args.layout)
     pairs = read_pairs(args.pairs)
     if args.max_pairs and len(pairs) > args.max_pairs:
         import random

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pcdms_aug.data.market import DISTRACTOR_PID, JUNK_PID, MarketDataset
+from pcdms_aug.data.layouts import is_identity
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.data.pose import NUM_JOINTS, Pose, PoseBank
@@ -73,15 +73,21 @@ class SourceSet:
         return dict(out)
 
 
-def collect_sources(dataset: MarketDataset, poses: Mapping[str, Pose], split: Iterable[str] | None = None,
+def identity_and_camera(it) -> tuple[int, int]:
+    """(identity, 1-based camera) of a training image: a MarketDataset image or a layouts.ReidImage."""
+    return (it.name.pid, it.name.camid) if hasattr(it, "name") else (it.pid, it.camid + 1)
+
+
+def collect_sources(dataset, poses: Mapping[str, Pose], split: Iterable[str] | None = None,
                     require_torso: bool = True, split_path=None) -> SourceSet:
-    """The training images (of ``split`` where given) with a pose annotation, sorted by name.
+    """The training images of ``dataset`` (a layouts.ReidDataset or a MarketDataset; of ``split`` where given)
+    with a pose annotation, sorted by name.
 
     Junk and distractor images never are sources. Images without an annotation, and (``require_torso``) those
     whose annotation lacks a shoulder or hip, are skipped and counted: the stages were trained on pairs with
     the whole torso annotated.
     """
-    train = [it for it in dataset.train if it.name.pid not in (JUNK_PID, DISTRACTOR_PID)]
+    train = [it for it in dataset.train if is_identity(dataset, it)]
     counts = {"train_images": len(dataset.train), "junk_or_distractor": len(dataset.train) - len(train),
               "not_in_split": 0, "no_annotation": 0, "no_torso": 0}
     if split is not None:
@@ -105,9 +111,9 @@ def collect_sources(dataset: MarketDataset, poses: Mapping[str, Pose], split: It
     ordinal: dict[int, int] = defaultdict(int)
     sources = []
     for it in kept:
-        sources.append(Source(it.filename, it.path, it.name.pid, it.name.camid, poses[it.filename],
-                              ordinal[it.name.pid]))
-        ordinal[it.name.pid] += 1
+        pid, camid = identity_and_camera(it)
+        sources.append(Source(it.filename, it.path, pid, camid, poses[it.filename], ordinal[pid]))
+        ordinal[pid] += 1
     counts["sources"] = len(sources)
     counts["identities"] = len(ordinal)
     if not sources:
