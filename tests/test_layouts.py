@@ -167,3 +167,20 @@ def test_filter_model_trains_on_another_layout(drawn_layouts, tmp_path):
                               batch_size=8)
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state["classifier.weight"].shape[0] == 4  # the four training identities of the subset
+
+
+def test_reid_experiment_with_its_controls_on_msmt17(drawn_layouts, tmp_path):
+    """reid-experiment on torchreid's own msmt17 (192x80 crops): the subset is drawn from torchreid's training
+    list, the views of the subset's images join it, and the controls replay the augmented run's steps."""
+    from reid import experiment
+
+    gen = fake_views(tmp_path / "gen", open_dataset(drawn_layouts, "msmt17"), per_source=2)
+    cfg = {"root": str(drawn_layouts), "dataset": "msmt17", "generated_dir": str(gen), "fractions": [0.5],
+           "seeds": [0], "variants": ["baseline", "augmented", "baseline_steps", "duplicated"], "epochs": 1,
+           "batch_size": 8, "height": 32, "width": 16, "out_dir": str(tmp_path / "out")}
+    df = experiment.run_experiment(cfg, progress=False).set_index("variant")
+    subset = len(load(tmp_path / "out" / "splits" / "split_f0.5_s0.json"))
+    assert df.loc["baseline", "num_train_real"] == subset and df.loc["augmented", "num_train_generated"] == 2 * subset
+    assert df.loc["duplicated", "num_train_images"] == df.loc["augmented", "num_train_images"]
+    assert df.loc["baseline_steps", "steps"] == df.loc["duplicated", "steps"] == df.loc["augmented", "steps"]
+    assert (df["num_train_ids"] == 4).all() and df["mAP"].between(0, 100).all()
