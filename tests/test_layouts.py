@@ -35,6 +35,8 @@ def test_torchreid_reads_the_drawn_layout_as_our_reader_does(drawn_layouts, layo
     theirs = torchreid_own(layout, drawn_layouts)
     ours = open_dataset(drawn_layouts, layout)
     assert ours.layout == layout and open_dataset(drawn_layouts / folder).layout == layout  # detected, too
+    if layout == "msmt17":  # the version folder itself works too
+        assert len(open_dataset(drawn_layouts / folder / "MSMT17_V1").train) == len(ours.train)
     assert as_set(theirs.query) == {(str(it.path), it.pid, it.camid) for it in ours.query}
     assert as_set(theirs.gallery) == {(str(it.path), it.pid, it.camid) for it in ours.gallery}
     assert {(p, c) for p, _, c in as_set(theirs.train)} == {(str(it.path), it.camid) for it in ours.train}

@@ -124,12 +124,13 @@ def _duke(root: Path) -> dict[str, list[ReidImage]]:
 
 
 def _msmt17(root: Path) -> dict[str, list[ReidImage]]:
-    for version, (train_dir, test_dir) in MSMT17_VERSIONS.items():
-        if (root / version).is_dir():
-            base = root / version
-            break
+    if (root / "list_train.txt").is_file():  # the version folder itself (MSMT17_V1/)
+        base, (train_dir, test_dir) = root, MSMT17_VERSIONS.get(root.name, MSMT17_VERSIONS["MSMT17_V1"])
     else:
-        raise DataError(f"no {' or '.join(MSMT17_VERSIONS)} folder", root)
+        version = next((v for v in MSMT17_VERSIONS if (root / v).is_dir()), None)
+        if version is None:
+            raise DataError(f"no {' or '.join(MSMT17_VERSIONS)} folder", root)
+        base, (train_dir, test_dir) = root / version, MSMT17_VERSIONS[version]
     lists = {"train": (train_dir, "list_train.txt"), "query": (test_dir, "list_query.txt"),
              "gallery": (test_dir, "list_gallery.txt")}
     out = {}
@@ -212,7 +213,7 @@ def _looks_like(folder: Path) -> str | None:
     if all((folder / d).is_dir() for d in MARKET_SPLITS.values()):
         first = next(iter(_images(folder / "bounding_box_train")), None)
         return "dukemtmcreid" if first is not None and re.match(r"[-\d]+_c\d_f\d+", first.name) else "market1501"
-    if any((folder / v).is_dir() for v in MSMT17_VERSIONS):
+    if any((folder / v).is_dir() for v in MSMT17_VERSIONS) or (folder / "list_train.txt").is_file():
         return "msmt17"
     if (folder / "splits_new_detected.json").is_file() or (folder / "cuhk03_release").is_dir():
         return "cuhk03"
@@ -222,14 +223,11 @@ def _looks_like(folder: Path) -> str | None:
 
 
 def _candidates(path: Path, layout: str | None):
-    """(folder, layout) pairs to try: the path itself, then torchreid's folders under it."""
-    yield path, layout
+    """Folders to try: the path itself, then torchreid's folders under it."""
+    yield path
     for name, (outer, inner) in TORCHREID_DIRS.items():
         if layout in (None, name):
-            for folder in (path / outer / inner, path / outer) if inner else (path / outer,):
-                yield folder, name
-            if inner:
-                yield path / inner, name
+            yield from (path / outer / inner, path / outer, path / inner) if inner else (path / outer,)
 
 
 def find_dataset(path: str | Path, layout: str | None = None) -> tuple[Path, str] | None:
@@ -239,7 +237,7 @@ def find_dataset(path: str | Path, layout: str | None = None) -> tuple[Path, str
     want = "cuhk03" if layout == "cuhk03-labeled" else layout
     if want is not None and want not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}, cuhk03-labeled", "--layout")
-    for folder, hint in _candidates(path, want):
+    for folder in _candidates(path, want):
         found = _looks_like(folder)
         if found is None or (want is not None and found != want and not (want == "dukemtmcreid" and found ==
                                                                           "market1501")):
