@@ -225,9 +225,9 @@ def test_drawn_layout_annotate_then_generate_then_inspect(layout, crop, drawn_la
     assert report["problems"] == []
 
 
-def test_synthesize_pairs_on_a_drawn_layout(drawn_layouts, tmp_path):
+def test_synthesize_pairs_on_a_drawn_layout(drawn_layouts, tmp_path, capsys):
     """DukeMTMC-reID's layout (160x72 crops): the annotation files beside it found by default, every image at
-    its source's size."""
+    its source's size, measured by metrics against its ground truth."""
     root = drawn_layouts / "dukemtmc-reid"
     rows = (root / "pairs-test.csv").read_text().splitlines()[1:5]
     pairs = tmp_path / "pairs.csv"
@@ -238,3 +238,9 @@ def test_synthesize_pairs_on_a_drawn_layout(drawn_layouts, tmp_path):
     for r in rows:
         with Image.open(out / "{}_to_{}.png".format(*r.split(","))) as im:
             assert (im.height, im.width) == (160, 72)
+    capsys.readouterr()
+    assert main(["metrics", "--pairs", str(pairs), "--generated", str(out), "--dataset", str(root), "--config",
+                 "tiny/metrics.yaml", "--json", "--no-progress", "lpips.enabled=false", "fid.enabled=false",
+                 "fid_reid.enabled=false"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_pairs"] == 4 and report["n_missing"] == 0 and report["protocol"]["size"] == [160, 72]

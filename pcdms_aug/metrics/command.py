@@ -63,7 +63,8 @@ def configure(parser) -> None:
     parser.add_argument("--generated", required=True, metavar="DIR",
                         help="folder of <from>_to_<to>.png (the names as in the CSV, extension kept)")
     parser.add_argument("--dataset", required=True, metavar="ROOT",
-                        help="Market-1501-layout folder holding the ground-truth targets and the training images")
+                        help="re-ID dataset folder (any layout pcdms_aug.data.layouts reads) holding the ground-truth "
+                             "targets and the training images")
     parser.add_argument("--config", default=None,
                         help="metrics YAML (e.g. tiny/metrics.yaml, paper/metrics.yaml): weight paths, batch size")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -18,7 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pcdms_aug.data.market import MarketDataset, load_image
+from pcdms_aug.data.layouts import ReidDataset, open_dataset
+from pcdms_aug.data.market import load_image
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.data.pose import read_pairs
 from pcdms_aug.metrics.config import MetricsConfig, as_config
@@ -69,7 +70,7 @@ def _tensor(images: Sequence[np.ndarray], device: str):
 @dataclass
 class _Pairs:
     """The evaluated pairs, in CSV order: per pair its source, true target and generated candidate file(s)."""
-    dataset: MarketDataset
+    dataset: ReidDataset
     gen_dir: Path
     pairs_path: str | Path | None
     n_listed: int
@@ -112,7 +113,7 @@ def _select_pairs(pairs, generated_dir, dataset_root, best_of: int | None, allow
     gen_dir = Path(generated_dir)
     if not gen_dir.is_dir():
         raise DataError("generated-images folder not found", gen_dir)
-    dataset = MarketDataset(dataset_root)
+    dataset = open_dataset(dataset_root)
     files, missing = _candidates(pairs, gen_dir, best_of)
     if missing and not allow_missing:
         raise DataError(f"{len(missing)} of {len(pairs)} pairs have no generated image; first missing: "
