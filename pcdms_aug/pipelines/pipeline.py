@@ -17,13 +17,16 @@ UnCLIP and Kandinsky pipelines; all three in ``pipe.schedulers``), made at load 
 the diffusers way, ``pipe.inpaint_scheduler = UniPCMultistepScheduler.from_config(pipe.inpaint_scheduler.config)``,
 or assign a shorthand (``"ddim"``, ``"unipc"``, ``"dpmsolver++"``); the ``scheduler=`` argument of a call
 picks shorthands for that call only. ``save_pretrained`` stores the config's shorthand, not swapped objects.
+Words: what diffusers users touch keeps diffusers' word, scheduler (the attributes, the ``scheduler=`` argument,
+``sampling.scheduler`` of the saved config); inside the package that object is a *sampler*, and a stage's
+training schedule its ``noise_scheduler`` (:mod:`pcdms_aug.stages.diffusion`).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from diffusers.utils import BaseOutput
@@ -37,13 +40,16 @@ from pcdms_aug.stages import Stage
 from pcdms_aug.stages.diffusion import make_sampler
 from pcdms_aug.utils.runtime import DEFAULT_DTYPE, DTYPES, as_dtype
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 @dataclass
 class PCDMsOutput(BaseOutput):
     """What a call returns (``return_dict=False``: these fields as a tuple, in this order, None included)."""
 
-    images: list | torch.Tensor  # final images at the source's size as ``output_type`` asks (PIL by default)
-    coarse_images: list | torch.Tensor  # stage-2 images, same size and type (latent: the stage-2 canvas latents)
+    images: list | np.ndarray | torch.Tensor  # final images at the source's size, as output_type asks (PIL)
+    coarse_images: list | np.ndarray | torch.Tensor  # stage-2 images, alike (latent: the stage-2 canvas latents)
     target_embeds: torch.Tensor | None = None  # the global embeddings stage 2 used (prior's or given), float32
     timings: dict = field(default_factory=dict)  # seconds per part
 

@@ -11,7 +11,7 @@ first use, then trains from the cache.
 from __future__ import annotations
 
 from pcdms_aug.training.feature_build import build_cache
-from pcdms_aug.training.feature_cache import DTYPES
+from pcdms_aug.utils.runtime import DTYPES
 from pcdms_aug.utils.errors import DataError
 
 

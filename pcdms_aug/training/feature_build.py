@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from pcdms_aug.training.feature_cache import DTYPES, MANIFEST, SHARDS, CachedPairs, FeatureCache, Keys, \
+from pcdms_aug.training.feature_cache import MANIFEST, SHARDS, CachedPairs, FeatureCache, Keys, \
     check_fresh, fingerprint, read_manifest, shard_files
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_path, atomic_write_text
-from pcdms_aug.utils.runtime import barrier
+from pcdms_aug.utils.runtime import DTYPES, as_dtype, barrier
 
 
 class _Images(torch.utils.data.Dataset):
@@ -112,7 +112,7 @@ def build_cache(stage, dataset, folder, rt, data_image_size, batch: int = 16, dt
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo_images) + len(todo_pairs), desc=f"cache {stage.name} features", unit="item",
                disable=not (progress and rt.is_main), dynamic_ncols=True)
-    store = DTYPES[dtype]
+    store = as_dtype(dtype)
     amp = dict(device_type=rt.device.split(":")[0], dtype=amp_dtype or torch.float32,
                enabled=amp_dtype is not None and rt.device.startswith("cuda"))
     loader = dict(batch_size=batch, num_workers=num_workers, shuffle=False)

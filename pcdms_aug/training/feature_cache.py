@@ -38,7 +38,6 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 UNITS = ("image", "pair")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------ keys
