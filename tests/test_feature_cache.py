@@ -46,7 +46,7 @@ def _losses(stage, plain, cached, idx=(0, 1, 2, 3)):
     stage.train()
     la = stage.training_loss(a, generator=torch.Generator().manual_seed(7))
     lb = stage.training_loss(b, generator=torch.Generator().manual_seed(7))
-    return float(la), float(lb)
+    return float(la.detach()), float(lb.detach())
 
 
 @pytest.mark.parametrize("name", ["prior", "inpaint", "refine"])
@@ -154,7 +154,7 @@ def test_training_from_the_cache_takes_the_steps_of_training_without_it(synth_ma
         cfg = load_run_config("tiny/train_inpaint.yaml", [
             f"data.root={synth_market}", f"data.annotations={synth_market}/market-annotation-train.csv",
             f"train.out={out}", "train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=2",
-            "train.sample_every=2", "train.log_every=1", "data.max_pairs=8", *extra])
+            "train.sample_every=2", "train.sample_steps=2", "train.log_every=1", "data.max_pairs=8", *extra])
         return train(cfg, progress=False)
 
     plain = run(tmp_path / "plain")
@@ -166,3 +166,19 @@ def test_training_from_the_cache_takes_the_steps_of_training_without_it(synth_ma
     # the exported stage still holds its random frozen encoders, and the preview was drawn
     assert sorted(p.name for p in cached.glob("*.safetensors")) == sorted(p.name for p in plain.glob("*.safetensors"))
     assert (tmp_path / "cached" / "samples" / "step-000002.png").is_file()
+
+
+def test_the_cache_features_command_builds_resumes_and_names_what_is_wrong(synth_market, tmp_path, capsys):
+    from pcdms_aug.cli.main import main
+
+    data = [f"data.root={synth_market}", f"data.annotations={synth_market}/market-annotation-train.csv",
+            "data.max_pairs=6"]
+    args = ["cache-features", "tiny/train_prior.yaml", *data, "--out", str(tmp_path / "c"), "--no-progress"]
+    assert main(args) == 0
+    assert "6 pairs" in capsys.readouterr().out
+    shards = shard_files(tmp_path / "c")
+    assert main(args) == 0 and shard_files(tmp_path / "c") == shards  # nothing left to encode
+    assert main(["cache-features", "tiny/train_prior.yaml", *data]) == 2
+    assert "give --out or train.feature_cache" in capsys.readouterr().err
+    assert main([*args, "--dtype", "fp16"]) == 2
+    assert "stored as fp32, not fp16" in capsys.readouterr().err

@@ -22,6 +22,9 @@ def _to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
 
 
+CONDITIONS = ("source_pose_image", "target_pose_image", "source_pose", "target_pose")
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Same-identity (from, to) pairs of a Market-1501-layout folder.
 
@@ -64,17 +67,17 @@ class PairDataset(torch.utils.data.Dataset):
         """A dataset image at ``image_size``, (3, H, W) in [-1, 1]."""
         return _to_tensor(load_image(self.image_path(name), self.image_size))
 
-    def conditions(self, i) -> dict:
-        """Item ``i`` without its images: rendered poses, pose vectors, names."""
+    def conditions(self, i, keys=CONDITIONS) -> dict:
+        """Item ``i`` without its images: those of rendered poses and pose vectors ``keys`` names, and names."""
         frm, to = self.pairs[i]
-        sp, tp = self.poses[frm], self.poses[to]
-        return {
-            "source_pose_image": torch.from_numpy(render_pose(sp, self.image_size)).permute(2, 0, 1).float() / 255,
-            "target_pose_image": torch.from_numpy(render_pose(tp, self.image_size)).permute(2, 0, 1).float() / 255,
-            "source_pose": torch.from_numpy(sp.vector()),
-            "target_pose": torch.from_numpy(tp.vector()),
-            "names": (frm, to),
-        }
+        poses = {"source": self.poses[frm], "target": self.poses[to]}
+        item = {}
+        for key in keys:
+            pose = poses[key.split("_")[0]]
+            item[key] = (torch.from_numpy(render_pose(pose, self.image_size)).permute(2, 0, 1).float() / 255
+                         if key.endswith("_image") else torch.from_numpy(pose.vector()))
+        item["names"] = (frm, to)
+        return item
 
     def __getitem__(self, i):
         frm, to = self.pairs[i]

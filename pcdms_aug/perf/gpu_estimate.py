@@ -1,13 +1,16 @@
-"""Paper-scale figures computed without weights or a GPU: parameters, training memory, FLOPs per image.
+"""Paper-scale figures computed without weights or a GPU: parameters, training FLOPs and memory, FLOPs per image.
 
-    python -m pcdms_aug.perf.gpu_estimate            # one JSON object (about a minute on a CPU)
+    python -m pcdms_aug.perf.gpu_estimate            # one JSON object (3 minutes on 2 shared CPU cores)
 
 Every stage is built from the paper configs on the ``meta`` device (shapes only, no memory), so the parameter
 counts are the published architectures' own. FLOPs are counted by ``torch.utils.flop_counter`` on meta tensors
 (matmuls, convolutions, attention; elementwise work is not counted): one training step of each stage (forward
-and backward) and one generated image with the paper sampling settings. A denoising loop on meta tensors cannot
-run (the schedulers read timestep values), so the stages' sampling loop is replaced, while counting, by one
-denoiser evaluation at the loop's batch, multiplied by the number of evaluations the loop makes.
+and backward) before the feature cache (the frozen networks in the step, gradient checkpointing) and after it
+(``training``), with the memory of both and the largest batch that fits 80 GB; one generated image with the
+paper sampling settings (``sampling``); the GPU-hours of the Market-1501 recipe from those counts (``bill``).
+A denoising loop on meta tensors cannot run (the schedulers read timestep values), so the stages' sampling loop
+is replaced, while counting, by one denoiser evaluation at the loop's batch, multiplied by the number of
+evaluations the loop makes.
 """
 from __future__ import annotations
 
@@ -194,9 +197,46 @@ def estimate() -> dict:
     return report
 
 
+# What one H200 reached per stage (docs/gpu.md, section 3: samples/s x the "before" FLOPs per sample, bf16,
+# gradient checkpointing): the efficiency the bill assumes for every step, cached or not.
+MEASURED_TFLOPS = {"prior": 71.0, "inpaint": 99.0, "refine": 54.0}
+HBM_TB_S = 3.35  # H100 SXM memory bandwidth: the per-step AdamW and EMA updates are bound by it
+UPDATE_BYTES = 40  # per trainable parameter and step: fused AdamW reads and writes 28, the EMA update 12
+MARKET_TRAIN = {"images": 12_112, "pairs": 263_632}  # make_pairs over market-annotation-train.csv
+
+
+def recipe_bill(report: dict, gpus: int = 8) -> dict:
+    """GPU-hours of the Market-1501 recipe from the counts: each stage's ``max_steps`` at its config's batch on
+    ``gpus`` GPUs, a step costing its FLOPs at the stage's measured TFLOP/s plus the optimizer and EMA updates
+    at memory bandwidth; after, plus building the feature cache (its FLOPs at the same rate) once."""
+    from pcdms_aug.config.loading import load_config
+
+    out = {"gpus": gpus, "assumed_tflops": MEASURED_TFLOPS, "stages": {}}
+    for name, entry in report["stages"].items():
+        train = load_config(f"paper/train_{name}.yaml")["train"]
+        plan, rate = entry["training"], MEASURED_TFLOPS[name] * 1e12
+        samples = int(train["max_steps"]) * plan["batch"] * gpus
+        update = UPDATE_BYTES * entry["trainable"] / (HBM_TB_S * 1e12)  # seconds per step and GPU
+        row = {"steps": int(train["max_steps"]), "samples": samples}
+        for when in ("before", "after"):
+            per_step = plan["batch"] * plan["flops_per_sample"][when]["total"] / rate + update
+            row[f"{when}_samples_per_second_per_gpu"] = plan["batch"] / per_step
+            row[f"{when}_gpu_hours"] = samples / row[f"{when}_samples_per_second_per_gpu"] / 3600
+        build = plan["cache_build_flops"]
+        pairs = MARKET_TRAIN["pairs"] if build["per_pair"] else 0
+        row["cache_gpu_hours"] = (MARKET_TRAIN["images"] * build["per_image"] + pairs * build["per_pair"]) / rate / 3600
+        row["after_gpu_hours"] += row["cache_gpu_hours"]
+        out["stages"][name] = row
+    for when in ("before", "after"):
+        out[f"{when}_gpu_hours"] = sum(r[f"{when}_gpu_hours"] for r in out["stages"].values())
+    return out
+
+
 def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(json.dumps(estimate(), indent=2))
+    report = estimate()
+    report["bill"] = recipe_bill(report)
+    print(json.dumps(report, indent=2))
     return 0
 
 

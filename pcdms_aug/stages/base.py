@@ -28,6 +28,7 @@ REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stag
 class Stage(nn.Module):
     name = ""
     FROZEN_IMAGE_KEYS = ("source_image", "target_image")
+    CONDITION_KEYS = ("source_pose_image", "target_pose_image", "source_pose", "target_pose")  # those it reads
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         """``cache``: frozen components already built by other stages (shared when equal);

@@ -23,6 +23,7 @@ CONDITIONS = ("source_features", "target_embed")
 
 class InpaintStage(Stage):
     name = "inpaint"
+    CONDITION_KEYS = ("source_pose_image", "target_pose_image")
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         super().__init__(cfg, cache, load_weights)

@@ -37,6 +37,7 @@ def init_from_kandinsky(prior: PriorTransformer, part: dict, stage_cfg: dict) ->
 
 class PriorStage(Stage):
     name = "prior"
+    CONDITION_KEYS = ("source_pose", "target_pose")
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         super().__init__(cfg, cache, load_weights)

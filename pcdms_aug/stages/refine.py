@@ -28,6 +28,7 @@ CONDITIONS = ("source_features",)
 
 class RefineStage(Stage):
     name = "refine"
+    CONDITION_KEYS = ()
     FROZEN_IMAGE_KEYS = ("source_image", "target_image", "coarse_image")
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):

@@ -136,14 +136,15 @@ def build_cache(stage, dataset, folder, rt, data_image_size, batch: int = 16, dt
     bar.close()
     barrier()
     manifest = read_manifest(folder)
-    if rt.is_main and not manifest.get("complete"):
+    if rt.is_main:
         cached = CachedPairs(dataset, FeatureCache(folder, fp), needs, keys)
         gap = cached.missing()
         if gap is not None:
             raise DataError(f"feature cache still lacks {gap} after the build", folder)
         manifest.update(complete=True, images=len(image_names), pairs=len(dataset),
-                        bytes=sum(p.stat().st_size for p in shard_files(folder)),
-                        build_seconds=time.perf_counter() - t0)  # the last build, the main rank's share
+                        bytes=sum(p.stat().st_size for p in shard_files(folder)))
+        if todo_images or todo_pairs:  # the last build that encoded anything (the main rank's share)
+            manifest["build_seconds"] = time.perf_counter() - t0
         atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
     barrier()
     return read_manifest(folder)
@@ -157,7 +158,7 @@ def open_cache(stage, dataset, folder, data_image_size) -> CachedPairs:
         raise DataError("no feature cache here (build it with pcdms-aug cache-features)", folder)
     fp = fingerprint(stage, data_image_size)
     check_fresh(folder, manifest, stage.name, fp)
-    cached = CachedPairs(dataset, FeatureCache(folder, fp), stage.frozen_needs())
+    cached = CachedPairs(dataset, FeatureCache(folder, fp), stage.frozen_needs(), conditions=stage.CONDITION_KEYS)
     gap = cached.missing()
     if gap is not None:
         raise DataError(f"feature cache lacks {gap}: built for other pairs; run pcdms-aug cache-features with "
@@ -189,10 +190,17 @@ def frozen_on_device(stage, aside, device: str, register: bool = False):
 
 
 def cached_dataset(stage, aside, dataset, folder, rt, data_cfg, amp_dtype=None) -> CachedPairs:
-    """A training run's pairs with their frozen features from ``folder``, built first where missing (the
-    frozen networks ``aside`` on the device for that, then back on the CPU)."""
-    manifest = read_manifest(Path(folder))
-    if manifest is None or not manifest.get("complete"):
+    """A training run's pairs with their frozen features from ``folder``; what it lacks is built first (the
+    frozen networks ``aside`` on the device for that, then back on the CPU). A stale cache is refused, never
+    built over. Every rank decides alike: the files and the cache are the same for all."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    gap = "no manifest"
+    if manifest is not None:
+        fp = fingerprint(stage, data_cfg.image_size)
+        check_fresh(folder, manifest, stage.name, fp)
+        gap = CachedPairs(dataset, FeatureCache(folder, fp), stage.frozen_needs()).missing()
+    if gap is not None:
         with frozen_on_device(stage, aside, rt.device):
             build_cache(stage, dataset, folder, rt, data_cfg.image_size, num_workers=data_cfg.num_workers,
                         amp_dtype=amp_dtype, progress=rt.is_main)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import torch
@@ -83,23 +84,19 @@ class Keys:
 
 
 # ------------------------------------------------------------------------------------------------ fingerprint
-_DIGESTS: dict[int, tuple[object, str]] = {}
+_DIGESTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes); remembered per module."""
-    seen = _DIGESTS.get(id(module))
-    if seen is not None and seen[0] is module:
-        return seen[1]
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.dtype != torch.bfloat16 else
-                     t.view(torch.int16).reshape(-1).numpy().tobytes())
-    digest = h.hexdigest()
-    _DIGESTS[id(module)] = (module, digest)
+    """sha256 of a module's parameters and buffers (names, dtypes, shapes, bytes); remembered while the module
+    lives (frozen weights do not change)."""
+    digest = _DIGESTS.get(module)
+    if digest is None:
+        h = hashlib.sha256()
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        digest = _DIGESTS[module] = h.hexdigest()
     return digest
 
 
@@ -196,9 +193,13 @@ class CachedPairs(torch.utils.data.Dataset):
     ``"<role>.<feature>"`` as ``Stage.frozen_inputs`` returns them) instead of the images they come from; the
     poses are the dataset's own. ``images`` holds the image items, for previews."""
 
-    def __init__(self, dataset, cache: FeatureCache, needs: dict, keys: Keys | None = None):
+    def __init__(self, dataset, cache: FeatureCache, needs: dict, keys: Keys | None = None, conditions=None):
+        """``conditions``: the pose entries a step reads (``Stage.CONDITION_KEYS``; default all)."""
+        from pcdms_aug.data.pairs import CONDITIONS
+
         self.images, self.cache, self.needs = dataset, cache, {r: tuple(n) for r, n in needs.items()}
         self.keys = keys or Keys(dataset)
+        self.conditions = CONDITIONS if conditions is None else tuple(conditions)
 
     def __len__(self):
         return len(self.images)
@@ -215,7 +216,7 @@ class CachedPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         frm, to = self.images.pairs[i]
-        item = self.images.conditions(i)
+        item = self.images.conditions(i, self.conditions)
         frozen = {}
         for role, names in self.needs.items():
             key = self.keys.pair(i) if role == "pair" else self.keys.image(frm if role == "source" else to)
