@@ -244,3 +244,18 @@ def test_synthesize_pairs_on_a_drawn_layout(drawn_layouts, tmp_path, capsys):
                  "fid_reid.enabled=false"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_pairs"] == 4 and report["n_missing"] == 0 and report["protocol"]["size"] == [160, 72]
+
+
+def test_training_pairs_of_a_drawn_layout_group_by_torchreids_identities(drawn_layouts):
+    """MSMT17's names carry no Market-1501 identity rule (its person 0000 is a person): the training pairs come
+    from the identities torchreid reads, every pair within one of them, each image at the training size."""
+    from pcdms_aug.data.layouts import open_dataset
+    from pcdms_aug.data.pairs import PairDataset
+
+    root = drawn_layouts / "msmt17"
+    ds = PairDataset(root, root / "annotation-train.csv", image_size=(128, 64))
+    pid = {it.filename: it.pid for it in open_dataset(root).train}
+    assert ds.pairs and all(pid[a] == pid[b] and a != b for a, b in ds.pairs)
+    assert 0 in {pid[a] for a, _ in ds.pairs}
+    item = ds[0]
+    assert item["source_image"].shape == (3, 128, 64) and ds.poses[item["names"][0]].size == (192, 80)

@@ -98,6 +98,14 @@ def is_identity(dataset, it) -> bool:
     return pid >= 0 and not (pid == 0 and getattr(dataset, "layout", "market1501") == "market1501")
 
 
+def pair_identities(dataset) -> dict[str, int] | None:
+    """What :func:`pcdms_aug.data.market.make_pairs` groups training images by: None for Market-1501 (its names
+    carry the identity), else {file name: identity} of the dataset's training identities."""
+    if dataset.layout == "market1501":
+        return None
+    return {it.filename: it.pid for it in dataset.train if is_identity(dataset, it)}
+
+
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))

@@ -174,13 +174,21 @@ def valid_for_pairs(name: str, pose: Pose) -> bool:
 
 
 def make_pairs(poses: Mapping[str, Pose], max_pairs: int | None = None, seed: int = 0,
-               names: Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """Every ordered pair of two different valid images of one identity; ``max_pairs`` samples (seeded)."""
+               names: Iterable[str] | None = None,
+               identities: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+    """Every ordered pair of two different valid images of one identity; ``max_pairs`` samples (seeded).
+
+    The identity of an image is its Market-1501 name's prefix, junk and distractors left out; or, for other
+    datasets (whose names need not carry it), ``identities[name]`` (images it does not name are left out)."""
     allowed = None if names is None else set(names)
-    by_pid: dict[str, list[str]] = defaultdict(list)
+    by_pid: dict = defaultdict(list)
     for name in sorted(poses):
-        if (allowed is None or name in allowed) and valid_for_pairs(name, poses[name]):
+        if allowed is not None and name not in allowed:
+            continue
+        if identities is None and valid_for_pairs(name, poses[name]):
             by_pid[pid_of(name)].append(name)
+        elif identities is not None and name in identities and poses[name].has_torso():
+            by_pid[identities[name]].append(name)
     pairs = [p for pid in sorted(by_pid) for p in permutations(by_pid[pid], 2)]
     if max_pairs is not None and len(pairs) > max_pairs:
         rng = random.Random(seed)

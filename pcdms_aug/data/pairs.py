@@ -9,7 +9,8 @@ import torch
 
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.data.pose import read_annotations, render_pose
-from pcdms_aug.data.market import IMAGE_SIZE, MarketDataset, image_sizes, load_image, make_pairs
+from pcdms_aug.data.layouts import open_dataset, pair_identities
+from pcdms_aug.data.market import IMAGE_SIZE, image_sizes, load_image, make_pairs
 
 
 def pair_image_name(frm: str, to: str, k: int | None = None) -> str:
@@ -26,7 +27,7 @@ CONDITIONS = ("source_pose_image", "target_pose_image", "source_pose", "target_p
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Same-identity (from, to) pairs of a Market-1501-layout folder.
+    """Same-identity (from, to) pairs of a re-ID dataset folder (any layout; crops of any size).
 
     Items: ``source_image``/``target_image`` (3, H, W) in [-1, 1]; ``source_pose_image``/``target_pose_image``
     (3, H, W) rendered skeletons in [0, 1]; ``source_pose``/``target_pose`` pose vectors; ``names``;
@@ -35,12 +36,12 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, annotations, pairs: Sequence[tuple[str, str]] | None = None,
                  image_size=IMAGE_SIZE, refine_inputs_dir=None):
-        self.dataset = MarketDataset(root)
+        self.dataset = open_dataset(root)
         self.poses = read_annotations(annotations, image_sizes(self.dataset.all_images()))
         self.image_size = tuple(image_size)
         if pairs is None:
             names = {it.filename for it in self.dataset.train}
-            pairs = make_pairs(self.poses, names=names)
+            pairs = make_pairs(self.poses, names=names, identities=pair_identities(self.dataset))
         self.pairs = [tuple(p) for p in pairs]
         if not self.pairs:
             raise DataError("no training pairs: no identity has two images with shoulders and hips annotated",

@@ -106,7 +106,7 @@ def configure(parser):
                         help="image names to draw (default: the first --max)")
     parser.add_argument("--max", type=positive_int, default=16, help="how many rows of the CSV when --names is absent")
     parser.add_argument("--dataset", default=None,
-                        help="Market-1501-layout folder: draw each skeleton over its image, beside the image "
+                        help="re-ID dataset folder (any layout): draw each skeleton over its image, beside the image "
                              "(needed for crops that are not 128x64: keypoints are in each image's pixels)")
     parser.add_argument("--size", type=size_hw(2048), default=(256, 128), help="HxW of each tile (default 256x128)")
     parser.add_argument("--cols", type=positive_int, default=8, help="poses per row of the contact sheet")
@@ -118,14 +118,15 @@ MAX_SHEET_PIXELS = 200_000_000
 
 
 def run(args):
-    from pcdms_aug.data.market import MarketDataset, image_sizes, load_image
+    from pcdms_aug.data.layouts import open_dataset
+    from pcdms_aug.data.market import image_sizes, load_image
     from pcdms_aug.utils.paths import check_out_file, plain_name
 
     size = args.size
     out = check_out_file(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise DataError("--out must end in .png or .jpg", out)
-    ds = MarketDataset(args.dataset) if args.dataset else None
+    ds = open_dataset(args.dataset) if args.dataset else None
     # Keypoints are in each image's own pixels; without the images, in Market-1501's 128x64.
     poses = read_annotations(args.annotations, image_sizes(ds.all_images()) if ds is not None else (128, 64))
     names = [plain_name(n, what="--names") for n in args.names] if args.names else list(poses)[: args.max]

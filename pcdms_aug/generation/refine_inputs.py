@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pcdms_aug.data.market import MarketDataset, image_sizes, make_pairs
+from pcdms_aug.data.layouts import open_dataset, pair_identities
+from pcdms_aug.data.market import image_sizes, make_pairs
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.data.pose import read_annotations, read_pairs, write_pairs
@@ -21,7 +22,8 @@ from pcdms_aug.data.refine_inputs import INFO
 def configure(parser):
     from pcdms_aug.utils.argtypes import finite_float, positive_int
 
-    parser.add_argument("--dataset", required=True, help="Market-1501-layout folder")
+    parser.add_argument("--dataset", required=True, help="re-ID dataset folder (any layout pcdms_aug.data.layouts "
+                                                          "reads)")
     parser.add_argument("--annotations", required=True, help="training annotation CSV")
     parser.add_argument("--weights", required=True,
                         help="pipeline folder with trained prior and inpaint stages ('tiny', a folder, or a YAML)")
@@ -59,7 +61,7 @@ def run(args):
 
     out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
     rt = init_runtime(args.device, args.dtype)
-    dataset = MarketDataset(args.dataset)
+    dataset = open_dataset(args.dataset)
     poses = read_annotations(args.annotations, image_sizes(dataset.train))
     pipe = PCDMsPipeline.load(args.weights, rt.device, args.dtype)
     pairs_file = out / "pairs.csv"
@@ -68,7 +70,7 @@ def run(args):
         pairs = read_pairs(pairs_file)
     else:
         names = {it.filename for it in dataset.train}
-        pairs = make_pairs(poses, args.max_pairs, args.seed, names)
+        pairs = make_pairs(poses, args.max_pairs, args.seed, names, pair_identities(dataset))
         if rt.is_main:
             write_pairs(pairs_file, pairs)
     if rt.is_main:

@@ -31,11 +31,12 @@ def make_dataset(cfg):
             raise DataError("pairs.csv missing: run pcdms-aug make-refine-inputs first", pairs_file)
         pairs = read_pairs(pairs_file)
     elif cfg.data.max_pairs:
-        from pcdms_aug.data.market import MarketDataset, image_sizes, make_pairs
+        from pcdms_aug.data.layouts import open_dataset, pair_identities
+        from pcdms_aug.data.market import image_sizes, make_pairs
         from pcdms_aug.data.pose import read_annotations
-        train = MarketDataset(cfg.data.root).train
-        pairs = make_pairs(read_annotations(cfg.data.annotations, image_sizes(train)), cfg.data.max_pairs,
-                           cfg.train.seed, {it.filename for it in train})
+        ds = open_dataset(cfg.data.root)
+        pairs = make_pairs(read_annotations(cfg.data.annotations, image_sizes(ds.train)), cfg.data.max_pairs,
+                           cfg.train.seed, {it.filename for it in ds.train}, pair_identities(ds))
     return PairDataset(cfg.data.root, cfg.data.annotations, pairs=pairs, image_size=tuple(cfg.data.image_size),
                        refine_inputs_dir=refine)
 
