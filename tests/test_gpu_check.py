@@ -15,7 +15,7 @@ BENCH_KEYS = {"images_per_second", "ms_per_image", "denoiser_fraction", "denoise
               "steps", "autocast"}
 
 
-@pytest.mark.slow  # 5 min on 2 shared cores
+@pytest.mark.slow  # 8 min on 2 cores at load average 10 (--full: every phase)
 def test_reduced_cpu_mode_runs_every_step_and_reports_every_key(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--out", str(tmp_path), "--cpu",
