@@ -203,16 +203,16 @@ def test_unconditional_inputs_at_sampling_are_what_training_drops_to(stages, nam
             [kwargs["class_labels"].detach().clone()] if kwargs.get("class_labels") is not None else [])
     handle = _capture(net, lambda m, args, kwargs: seen.append(grab(args, kwargs)))
     try:
-        cfg = stage.cfg["drop"]
-        stage.cfg["drop"] = {k: 1.0 for k in cfg}  # every condition dropped, jointly
+        cfg = stage.config.drop
+        stage.config.drop = {k: 1.0 for k in cfg}  # every condition dropped, jointly
         with torch.no_grad():
             stage.training_loss(batch, torch.Generator().manual_seed(0))
-        stage.cfg["drop"] = cfg
+        stage.config.drop = cfg
         trained_null = seen.pop()
         sample(stage, batch, torch.Generator().manual_seed(0), steps=1, guidance=2.0)
         guided = seen.pop()
     finally:
-        stage.cfg["drop"] = cfg
+        stage.config.drop = cfg
         handle.remove()
     for t_null, g in zip(trained_null, guided):
         assert g.shape[0] == 2 * t_null.shape[0]
@@ -401,7 +401,7 @@ def test_inpaint_trained_on_the_target_half_samples_the_true_source_half(stages,
     """loss_region: target leaves the source half unlearned; sampling must hold it on the true source (else
     the noisy canvas the UNet reads drifts from what training showed it)."""
     stage = stages["inpaint"]
-    assert stage.cfg["loss_region"] == "target"
+    assert stage.config.loss_region == "target"
     batch = make_batch(2, seed=5)
     seen = {}
     decode = stage.codec.decode

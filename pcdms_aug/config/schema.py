@@ -1,9 +1,11 @@
-"""The typed structure of a stage config (YAML, ``config.json`` of a saved stage, ``model.*`` overrides).
+"""The typed structure of a stage config (YAML, ``config.json`` of a saved stage, ``model.*`` overrides), and
+the one place of its defaults.
 
-A stage keeps its config as plain data (that is what it saves); this module only says what the data may hold,
-so a typo (``sheduler:``) or a wrong value is refused at load, with its path and the nearest valid key, instead
-of silently falling back to a default. The architecture blocks (``unet.config``, ``clip.config``,
-``scheduler``, ...) are checked against the signature of the library class they are passed to.
+A stage saves its config as the plain data it was given (a key left out stays left out, so its default can
+be read here) and reads the typed object :func:`stage_config` builds from it. A typo (``sheduler:``) or a
+wrong value is refused at load, with its path and the nearest valid key. The architecture blocks
+(``unet.config``, ``clip.config``, ``scheduler``, ...) are checked against the signature of the library class
+they are passed to.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from pcdms_aug.config.loading import build, unknown_key_error
 class Encoder:  # clip / dino: a transformers vision model, frozen
     pretrained: Optional[str] = None
     seed: int = 0
-    image_size: Optional[tuple[int, int]] = None
+    image_size: Optional[tuple[int, int]] = None  # None: the model's own
     config: dict = field(default_factory=dict)
-    normalize: Optional[Literal["imagenet", "clip"]] = None
+    # imagenet: DINOv2's own statistics; clip: the official PCDMs fed DINOv2 through CLIPImageProcessor
+    normalize: Literal["imagenet", "clip"] = "imagenet"
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Codec:
     factor: int = 2
     pretrained: Optional[str] = None
     seed: int = 0
-    scaling_factor: Optional[float] = None
+    scaling_factor: Optional[float] = None  # None: the VAE's own
     config: dict = field(default_factory=dict)
 
 
@@ -49,7 +52,7 @@ class Prior:
     heads: int = 32
     pose_hidden: int = 512
     dropout: float = 0.0
-    pose_dim: int = 54
+    pose_dim: int = 54  # data.pose.VECTOR_DIM; the official checkpoint's is 36 (import-official)
     pose_missing: float = -1.0
     pretrained: Optional[str] = None
 
@@ -68,7 +71,7 @@ class Projection:
 @dataclass
 class PoseEncoder:
     channels: tuple[int, ...] = (16, 32, 96, 256)
-    downsample: int = 3
+    downsample: Optional[int] = None  # stride-2 steps; None: to the codec's factor (log2 f; SD's f=8: 3)
     out_kernel: int = 1
     signed_input: bool = False
 
@@ -86,7 +89,7 @@ class Common:
     clip: Optional[Encoder] = None
     dino: Optional[Encoder] = None
     codec: Codec = field(default_factory=Codec)
-    scheduler: dict = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)  # the training noise schedule: DDPMScheduler's arguments
     noise_offset: float = 0.0
     drop: dict[str, float] = field(default_factory=dict)
     weights: Weights = field(default_factory=Weights)
@@ -99,6 +102,7 @@ class Common:
 @dataclass
 class PriorStage(Common):
     prior: Prior = field(default_factory=Prior)
+    # The target embedding is standardised with global scalars (upstream: mean -0.016, std 0.415 for ViT-H/14).
     embed_mean: float = 0.0
     embed_std: float = 1.0
 
@@ -117,7 +121,7 @@ class RefineStage(Common):
     unet: UNet = field(default_factory=UNet)
     projection: Projection = field(default_factory=Projection)
     source_image_input: bool = False
-    adversarial: Optional[Adversarial] = None
+    adversarial: Optional[Adversarial] = None  # None: no discriminator
     ssim_loss: float = 0.0
     train_timesteps: Optional[tuple[int, int]] = None
     train_coarse_start: float = 0.0
@@ -153,8 +157,8 @@ def _check_block(block: dict, kind: str, where: str) -> None:
             raise unknown_key_error(str(key), known, where)
 
 
-def check_stage_config(cfg: dict, name: str, where: str = "stage config") -> None:
-    """A DataError naming the first unknown key or bad value of stage ``name``'s config."""
+def stage_config(cfg: dict, name: str, where: str = "stage config") -> Common:
+    """Stage ``name``'s config as its typed dataclass; a DataError names the first unknown key or bad value."""
     from pcdms_aug.utils.errors import DataError
 
     if name not in SCHEMAS:
@@ -173,3 +177,4 @@ def check_stage_config(cfg: dict, name: str, where: str = "stage config") -> Non
     for key, rate in typed.drop.items():
         if not 0.0 <= rate <= 1.0:
             raise DataError(f"{where}.drop.{key} must be a rate in [0, 1], got {rate}")
+    return typed

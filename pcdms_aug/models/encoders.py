@@ -10,6 +10,7 @@ each folder once for all stages. ``random_weights: true`` in the stage config ig
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,18 +35,19 @@ HOW = ("download it once by hand on a machine with network access (e.g. `hugging
        "--local-dir FOLDER`) and point the config at FOLDER; nothing is downloaded at run time")
 
 
-def pretrained_folder(part: dict, stage_cfg: dict, kind: str) -> Path | None:
-    """The local folder a component loads from, or None when it is built with random weights."""
-    if stage_cfg.get("random_weights"):
+def pretrained_folder(part, stage, kind: str) -> Path | None:
+    """The local folder a component loads from, or None when it is built with random weights. ``part``: the
+    component's section of the typed stage config ``stage`` (:mod:`pcdms_aug.config.schema`)."""
+    if stage.random_weights:
         return None
-    value = part.get("pretrained")
+    value = part.pretrained
     if not value:
         return None
     value = str(value)
     how = HOW.format(repo=SOURCES[kind].split(" ")[0])
     if value.startswith("weights."):
         key = value[len("weights."):]
-        folder = (stage_cfg.get("weights") or {}).get(key)
+        folder = getattr(stage.weights, key, None)
         if not folder:
             raise DataError(f"{value} is not set: the {kind} weights ({SOURCES[kind]}) must be a local folder; "
                             f"{how}; then set {value}=FOLDER (or random_weights=true for an untrained "
@@ -86,18 +88,17 @@ def _seeded(seed, build):
 class GlobalEncoder(nn.Module):
     """CLIP vision tower with projection: one embedding per image (``image_embeds``)."""
 
-    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
+    def __init__(self, cfg, stage):
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        path = pretrained_folder(cfg, stage_cfg or {}, "clip")
+        path = pretrained_folder(cfg, stage, "clip")
         if path is not None:
             _check_files(path, "CLIP image encoder", "clip")
             self.model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
         else:
-            self.model = _seeded(cfg.get("seed", 0),
-                                 lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["config"])))
-        size = cfg.get("image_size") or [self.model.config.image_size] * 2
+            self.model = _seeded(cfg.seed, lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg.config)))
+        size = cfg.image_size or [self.model.config.image_size] * 2
         self.pre = _Preprocess(size, CLIP_MEAN, CLIP_STD)
         self.dim = self.model.config.projection_dim
 
@@ -109,21 +110,19 @@ class LocalEncoder(nn.Module):
     """DINOv2: all tokens (CLS + patches) of the last layer. ``normalize``: imagenet (DINOv2's own) or clip (the
     official PCDMs fed DINOv2 through CLIPImageProcessor; imported checkpoints set it)."""
 
-    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
+    def __init__(self, cfg, stage):
         super().__init__()
         from transformers import Dinov2Config, Dinov2Model
 
-        path = pretrained_folder(cfg, stage_cfg or {}, "dino")
+        path = pretrained_folder(cfg, stage, "dino")
         if path is not None:
             _check_files(path, "DINOv2 encoder", "dino")
             self.model = Dinov2Model.from_pretrained(path, local_files_only=True)
         else:
-            self.model = _seeded(cfg.get("seed", 0), lambda: Dinov2Model(Dinov2Config(**cfg["config"])))
-        size = cfg.get("image_size") or [self.model.config.image_size] * 2
-        norm = cfg.get("normalize", "imagenet")
-        if norm not in ("imagenet", "clip"):
-            raise DataError(f"dino.normalize must be imagenet or clip, got {norm!r}")
-        self.pre = _Preprocess(size, *((IMAGENET_MEAN, IMAGENET_STD) if norm == "imagenet" else (CLIP_MEAN, CLIP_STD)))
+            self.model = _seeded(cfg.seed, lambda: Dinov2Model(Dinov2Config(**cfg.config)))
+        size = cfg.image_size or [self.model.config.image_size] * 2
+        stats = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "imagenet" else (CLIP_MEAN, CLIP_STD)
+        self.pre = _Preprocess(size, *stats)
         self.dim = self.model.config.hidden_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,31 +133,29 @@ class Codec(nn.Module):
     """Images [-1, 1] <-> the space the UNets denoise: SD's VAE latents (f=8, scaled), 2x2 pixel blocks as
     channels (``space_to_depth``), or the pixels themselves."""
 
-    def __init__(self, cfg: dict, stage_cfg: dict | None = None):
+    def __init__(self, cfg, stage):
         super().__init__()
-        self.kind = cfg.get("type", "pixel")
+        self.kind = cfg.type
         if self.kind == "pixel":
             self.vae, self.channels, self.factor, self.scaling = None, 3, 1, 1.0
         elif self.kind == "space_to_depth":
             # Lossless and free: f x f pixel blocks become channels, so a UNet works at 1/f the resolution
             # without a VAE to train (tiny scale's stand-in for SD's f=8 latents).
-            f = int(cfg.get("factor", 2))
+            f = cfg.factor
             self.vae, self.channels, self.factor, self.scaling = None, 3 * f * f, f, 1.0
         elif self.kind == "vae":
             from diffusers import AutoencoderKL
 
-            path = pretrained_folder(cfg, stage_cfg or {}, "vae")
+            path = pretrained_folder(cfg, stage, "vae")
             if path is not None:
                 sub = "vae" if (path / "vae").is_dir() else None
                 _check_files(path / sub if sub else path, "VAE", "vae")
                 self.vae = AutoencoderKL.from_pretrained(path, subfolder=sub, local_files_only=True)
             else:
-                self.vae = _seeded(cfg.get("seed", 0), lambda: AutoencoderKL(**cfg["config"]))
+                self.vae = _seeded(cfg.seed, lambda: AutoencoderKL(**cfg.config))
             self.channels = self.vae.config.latent_channels
             self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-            self.scaling = float(cfg.get("scaling_factor", self.vae.config.scaling_factor))
-        else:
-            raise DataError(f"codec.type must be pixel, space_to_depth or vae, got {self.kind!r}")
+            self.scaling = float(self.vae.config.scaling_factor if cfg.scaling_factor is None else cfg.scaling_factor)
 
     def encode_dist(self, images: torch.Tensor) -> torch.Tensor:
         """What encoding keeps of images: a VAE's latent distribution (its mean and log-variance concatenated
@@ -191,28 +188,30 @@ class Codec(nn.Module):
 FROZEN_KINDS = {"clip": GlobalEncoder, "dino": LocalEncoder, "codec": Codec}
 
 
-def frozen_key(name: str, cfg: dict, stage_cfg: dict) -> str:
+def frozen_key(name: str, cfg, stage) -> str:
     """Two stages whose frozen component has the same key hold the very same weights, so a pipeline keeps one
     copy: ``<name>|folder|<path>`` (read from a local folder) or ``<name>|random|<config>`` (inline config and
     seed; shared only after checking the weights, see ``Stage.from_pretrained``)."""
     kind = "vae" if name == "codec" else name
-    folder = None if name == "codec" and cfg.get("type") != "vae" else pretrained_folder(cfg, stage_cfg, kind)
+    folder = None if name == "codec" and cfg.type != "vae" else pretrained_folder(cfg, stage, kind)
+    fields = dataclasses.asdict(cfg)
     if folder is not None:
-        rest = {k: v for k, v in cfg.items() if k not in ("pretrained", "config", "seed")}
+        rest = {k: v for k, v in fields.items() if k not in ("pretrained", "config", "seed")}
         return f"{name}|folder|{folder.resolve()}|" + json.dumps(rest, sort_keys=True, default=str)
-    return f"{name}|random|" + json.dumps(cfg, sort_keys=True, default=str)
+    return f"{name}|random|" + json.dumps(fields, sort_keys=True, default=str)
 
 
 def is_folder_key(key: str) -> bool:
     return key.split("|", 2)[1] == "folder"
 
 
-def build_frozen(name: str, cfg: dict, stage_cfg: dict, cache: dict | None = None) -> nn.Module:
-    """A frozen component, taken from ``cache`` when an equal one was built already."""
-    key = frozen_key(name, cfg, stage_cfg) if cache is not None else None
+def build_frozen(name: str, cfg, stage, cache: dict | None = None) -> nn.Module:
+    """A frozen component (``cfg``: its section of the typed stage config ``stage``), taken from ``cache`` when
+    an equal one was built already."""
+    key = frozen_key(name, cfg, stage) if cache is not None else None
     if key is not None and key in cache:
         return cache[key]
-    module = FROZEN_KINDS[name](cfg, stage_cfg).requires_grad_(False).eval()
+    module = FROZEN_KINDS[name](cfg, stage).requires_grad_(False).eval()
     if key is not None:
         cache[key] = module
     return module

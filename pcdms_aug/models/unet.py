@@ -8,17 +8,17 @@ from pcdms_aug.utils.errors import DataError
 from pcdms_aug.models.encoders import SOURCES
 
 
-def build_unet(cfg: dict, stage_cfg: dict, in_channels: int, out_channels: int,
-               class_embed_dim: int | None = None, load_weights: bool = True):
+def build_unet(cfg, stage, in_channels: int, out_channels: int, class_embed_dim: int | None = None,
+               load_weights: bool = True):
     """The architecture is SD's own ``unet/config.json`` when ``pretrained`` names an SD-2.1-base folder, else
-    ``cfg['config']``; input/output channels and the class embedding are the stage's. ``load_weights=False``
+    ``cfg.config`` (``cfg``: the ``unet`` section of the typed stage config ``stage``); input/output channels and the class embedding are the stage's. ``load_weights=False``
     builds the architecture only (the weights then come from a saved stage)."""
     from diffusers import UNet2DConditionModel
 
     from pcdms_aug.models.encoders import pretrained_folder
 
-    arch = dict(cfg.get("config") or {})
-    path = pretrained_folder(cfg, stage_cfg, "unet")
+    arch = dict(cfg.config)
+    path = pretrained_folder(cfg, stage, "unet")
     base_sd = None
     if path is not None:
         if not (path / "unet" / "config.json").is_file():

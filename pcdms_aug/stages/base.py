@@ -31,34 +31,36 @@ class Stage(nn.Module):
     CONDITION_KEYS = ("source_pose_image", "target_pose_image", "source_pose", "target_pose")  # those it reads
 
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
-        """``cache``: frozen components already built by other stages (shared when equal);
-        ``load_weights=False``: architecture only, weights to be loaded from a saved stage."""
+        """``cfg``: the config as given (what :meth:`save_pretrained` writes); the stage reads ``self.config``,
+        its typed form with the defaults of :mod:`pcdms_aug.config.schema`. ``cache``: frozen components
+        already built by other stages (shared when equal); ``load_weights=False``: architecture only, weights
+        to be loaded from a saved stage."""
+        from pcdms_aug.config.schema import stage_config
+
         super().__init__()
         self.cfg = cfg
-        self.image_size = tuple(cfg.get("image_size", (128, 64)))
+        self.config = stage_config(cfg, self.name, f"{self.name} stage config")
+        self.image_size = tuple(self.config.image_size)
         self._cache = cache
         self._load_weights = load_weights
 
     def frozen(self, name: str) -> nn.Module:
         from pcdms_aug.models.encoders import build_frozen
 
-        return build_frozen(name, self.cfg[name], self.cfg, self._cache)
+        return build_frozen(name, getattr(self.config, name), self.config, self._cache)
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, cfg: dict, seed: int = 0, cache: dict | None = None,
                     load_weights: bool = True) -> "Stage":
         """Trainable parts random (``seed``) or from SD-2.1-base; frozen parts as their config says."""
-        from pcdms_aug.config.schema import check_stage_config
-
         cfg = copy.deepcopy(dict(cfg))
-        check_stage_config(cfg, cls.name, f"{cls.name} stage config")
         cfg.pop("stage", None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             stage = cls(cfg, cache=cache, load_weights=load_weights)
         del stage._cache
-        if cfg.get("gradient_checkpointing") is True:  # "auto": the training loop decides (training/memory.py)
+        if stage.config.gradient_checkpointing is True:  # "auto": the training loop decides (training/memory.py)
             stage.enable_gradient_checkpointing()
         for name in FROZEN:
             part = getattr(stage, name, None)
@@ -114,10 +116,10 @@ class Stage(nn.Module):
         """Whether a frozen component is read from a local pretrained folder (then it is not saved)."""
         from pcdms_aug.models.encoders import pretrained_folder
 
-        part = self.cfg.get(name) or {}
-        if name == "codec" and part.get("type") != "vae":
+        part = getattr(self.config, name)
+        if part is None or (name == "codec" and part.type != "vae"):
             return False
-        return pretrained_folder(part, self.cfg, "vae" if name == "codec" else name) is not None
+        return pretrained_folder(part, self.config, "vae" if name == "codec" else name) is not None
 
     def _saved_components(self) -> dict[str, nn.Module]:
         return {n: m for n, m in self.components().items()
@@ -184,7 +186,7 @@ class Stage(nn.Module):
             from pcdms_aug.stages import stage_class
             return stage_class(name).from_pretrained(directory, cache)
         # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
-        stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache, cfg),
+        stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache),
                                 load_weights=False)
         for comp, module in stage._saved_components().items():
             f = directory / f"{comp}.safetensors"
@@ -200,7 +202,7 @@ class Stage(nn.Module):
                 raise DataError(f"weights do not match the config: missing {sorted(missing)[:3]}, "
                                 f"unexpected {sorted(unexpected)[:3]}", f)
             if cache is not None and comp in FROZEN:
-                key = frozen_key(comp, stage.cfg[comp], stage.cfg)
+                key = frozen_key(comp, getattr(stage.config, comp), stage.config)
                 other = cache.get(key)
                 if other is not None and _same_weights(other, module):
                     setattr(stage, comp, other)
@@ -313,9 +315,9 @@ class _FolderOnly(dict):
     """A view of a component cache that serves (and records) only folder-backed parts: a randomly
     initialised frozen part is loaded from the stage's own file first and shared only when equal."""
 
-    def __init__(self, cache: dict, cfg: dict):
+    def __init__(self, cache: dict):
         super().__init__()
-        self.cache, self.cfg = cache, cfg
+        self.cache = cache
 
     def __contains__(self, key):
         from pcdms_aug.models.encoders import is_folder_key

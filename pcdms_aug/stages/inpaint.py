@@ -8,6 +8,7 @@ released stage-2-only official checkpoint (``PCDMs_ckpt.pt``), which works witho
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -31,20 +32,20 @@ class InpaintStage(Stage):
         self.dino = self.frozen("dino")
         self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.uses_target_embed = bool(cfg.get("target_embed", True))
-        self.unet = build_unet(cfg["unet"], cfg, 2 * c + 1, c,
+        self.uses_target_embed = self.config.target_embed
+        self.unet = build_unet(self.config.unet, self.config, 2 * c + 1, c,
                                class_embed_dim=self.clip.dim if self.uses_target_embed else None,
                                load_weights=load_weights)
         cross = self.unet.config.cross_attention_dim
         if self.uses_target_embed and cross != self.clip.dim:
             raise ValueError(f"inpaint: cross_attention_dim ({cross}) must equal the global embedding size "
                              f"({self.clip.dim}): the embedding is one of the attention tokens")
-        p = cfg.get("projection", {})
-        self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), cross)
-        pe = dict(cfg.get("pose_encoder", {}))
-        pe.setdefault("downsample", int(math.log2(self.codec.factor)))
+        self.image_proj = ImageProjection(self.dino.dim, self.config.projection.hidden, cross)
+        pe = dataclasses.asdict(self.config.pose_encoder)
+        if pe["downsample"] is None:
+            pe["downsample"] = int(math.log2(self.codec.factor))
         self.pose_encoder = PoseEncoder(out_channels=self.unet.config.block_out_channels[0], **pe)
-        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
+        self.noise_scheduler = make_noise_scheduler(self.config.scheduler)
 
     # ---------------------------------------------------------------- pieces
     def encode_source(self, images: torch.Tensor) -> dict:
@@ -109,17 +110,17 @@ class InpaintStage(Stage):
         x0 = self.codec.latent(frozen["pair.canvas"])
         mask, masked = self._known(dist=frozen["source.known"])
         conditions = CONDITIONS if self.uses_target_embed else CONDITIONS[:1]
-        masks = drop_masks(conditions, self.cfg["drop"], x0.shape[0], generator, x0.device)
+        masks = drop_masks(conditions, self.config.drop, x0.shape[0], generator, x0.device)
         dino = apply_drop(dino, masks["source_features"])
         if self.uses_target_embed:
             embed = apply_drop(embed, masks["target_embed"])
         tokens = self._tokens(dino, embed)
         pose_feats = self.pose_encoder(self._pose_images(sp_img, tp_img))
         weight = None
-        if self.cfg.get("loss_region", "canvas") == "target":
+        if self.config.loss_region == "target":
             weight = (1.0 - mask).expand(-1, 1, -1, -1)
         return diffusion_loss(lambda xt, t: self._model(xt, t, mask, masked, pose_feats, tokens, embed),
-                              self.noise_scheduler, x0, generator, float(self.cfg.get("noise_offset", 0.0)), weight)
+                              self.noise_scheduler, x0, generator, self.config.noise_offset, weight)
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -153,7 +154,7 @@ class InpaintStage(Stage):
                                    torch.cat([pose_feats, pose_feats]), self._tokens(d2, e2), e2)
             return self._model(x, t, mask, masked, pose_feats, self._tokens(dino, embed), embed)
 
-        if self.cfg.get("loss_region", "canvas") == "target":
+        if self.config.loss_region == "target":
             fn = self._known_half_fixed(fn, masked)
         sched = make_sampler(sampler, self.noise_scheduler)
         z = denoise(fn, sched, masked.shape, generator, src.device, num_inference_steps, guidance_scale,

@@ -1,24 +1,25 @@
 """Stage 1, the prior: predicts the target image's global (CLIP) embedding from the source's and both poses."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from pcdms_aug.stages.diffusion import DEFAULT_SAMPLER, apply_drop, cfg_double, denoise, diffusion_loss, drop_masks, \
     make_noise_scheduler, make_sampler
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.models.blocks import PriorTransformer
-from pcdms_aug.data.pose import VECTOR_DIM
 from pcdms_aug.stages.base import Stage
 
 CONDITIONS = ("source_image", "source_pose", "target_pose")
 
 
-def init_from_kandinsky(prior: PriorTransformer, part: dict, stage_cfg: dict) -> int:
+def init_from_kandinsky(prior: PriorTransformer, part, stage) -> int:
     """Copy the Kandinsky-2.2 prior's tensors whose names and shapes agree (its transformer blocks, time
     embedding, ``prd`` token, norm); the rest keeps its random init. Returns how many tensors were copied."""
     from pcdms_aug.models.encoders import pretrained_folder
 
-    path = pretrained_folder(part, stage_cfg, "prior")
+    path = pretrained_folder(part, stage, "prior")
     if path is None:
         return 0
     from diffusers import PriorTransformer as KandinskyPrior
@@ -42,14 +43,12 @@ class PriorStage(Stage):
     def __init__(self, cfg: dict, cache: dict | None = None, load_weights: bool = True):
         super().__init__(cfg, cache, load_weights)
         self.clip = self.frozen("clip")
-        arch = {k: v for k, v in cfg["prior"].items() if k != "pretrained"}
-        arch.setdefault("pose_dim", VECTOR_DIM)  # 36: the official checkpoint's input (import-official)
+        arch = {k: v for k, v in dataclasses.asdict(self.config.prior).items() if k != "pretrained"}
         self.prior = PriorTransformer(embed_dim=self.clip.dim, **arch)
         if load_weights:
-            init_from_kandinsky(self.prior, cfg["prior"], cfg)
-        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
-        # The target is standardised with global scalars (upstream: mean -0.016, std 0.415 for ViT-H/14).
-        self.embed_mean, self.embed_std = float(cfg["embed_mean"]), float(cfg["embed_std"])
+            init_from_kandinsky(self.prior, self.config.prior, self.config)
+        self.noise_scheduler = make_noise_scheduler(self.config.scheduler)
+        self.embed_mean, self.embed_std = self.config.embed_mean, self.config.embed_std
 
     def encode_source(self, images: torch.Tensor) -> dict:
         return {"clip": self.clip(images)}
@@ -69,12 +68,12 @@ class PriorStage(Stage):
         frozen = self.frozen_inputs(batch)
         src = frozen["source.clip"]
         x0 = (frozen["target.clip"] - self.embed_mean) / self.embed_std
-        masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
+        masks = drop_masks(CONDITIONS, self.config.drop, x0.shape[0], generator, x0.device)
         src = apply_drop(src, masks["source_image"])
         sp = apply_drop(sp.to(x0.dtype), masks["source_pose"])
         tp = apply_drop(tp.to(x0.dtype), masks["target_pose"])
         return diffusion_loss(lambda xt, t: self._model(xt, t, src, sp, tp), self.noise_scheduler, x0, generator,
-                              float(self.cfg.get("noise_offset", 0.0)))
+                              self.config.noise_offset)
 
     @torch.no_grad()
     def sample(self, source: dict, source_pose: torch.Tensor, target_pose: torch.Tensor, generator=None,

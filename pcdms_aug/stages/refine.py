@@ -36,15 +36,15 @@ class RefineStage(Stage):
         self.dino = self.frozen("dino")
         self.codec = self.frozen("codec")
         c = self.codec.channels
-        self.source_input = bool(cfg.get("source_image_input", False))
-        self.unet = build_unet(cfg["unet"], cfg, (3 if self.source_input else 2) * c, c, load_weights=load_weights)
-        p = cfg.get("projection", {})
-        self.image_proj = ImageProjection(self.dino.dim, p.get("hidden", 768), self.unet.config.cross_attention_dim)
-        self.noise_scheduler = make_noise_scheduler(cfg["scheduler"])
-        adv = cfg.get("adversarial")
-        if adv:
+        self.source_input = self.config.source_image_input
+        self.unet = build_unet(self.config.unet, self.config, (3 if self.source_input else 2) * c, c,
+                               load_weights=load_weights)
+        self.image_proj = ImageProjection(self.dino.dim, self.config.projection.hidden,
+                                          self.unet.config.cross_attention_dim)
+        self.noise_scheduler = make_noise_scheduler(self.config.scheduler)
+        if self.config.adversarial is not None:
             # Trained with the rest, but never used to sample; saved with the stage so a run can continue.
-            self.discriminator = PatchDiscriminator(adv.get("channels", (32, 64, 128)))
+            self.discriminator = PatchDiscriminator(self.config.adversarial.channels)
 
     def encode_source(self, images: torch.Tensor) -> dict:
         out = {"dino": self.dino(self.resize(images))}
@@ -78,7 +78,7 @@ class RefineStage(Stage):
 
     def cache_keeps(self):
         """The x0 terms (SSIM, adversarial) decode predictions: the VAE stays with them."""
-        return ("codec",) if float(self.cfg.get("ssim_loss", 0.0)) > 0 or self.cfg.get("adversarial") else ()
+        return ("codec",) if self.config.ssim_loss > 0 or self.config.adversarial is not None else ()
 
     def training_loss(self, batch, generator=None):
         """MSE (the noise scheduler's prediction type) on the target latents given the coarse stage-2 image; source
@@ -93,22 +93,21 @@ class RefineStage(Stage):
         x0 = self.codec.latent(frozen["target.latent"])
         cond = self.codec.latent(frozen["pair.coarse"])
         src_latent = self.codec.latent(frozen["source.latent"]) if self.source_input else None
-        masks = drop_masks(CONDITIONS, self.cfg["drop"], x0.shape[0], generator, x0.device)
+        masks = drop_masks(CONDITIONS, self.config.drop, x0.shape[0], generator, x0.device)
         tokens = self.image_proj(apply_drop(dino, masks["source_features"]))
         if src_latent is not None:
             src_latent = apply_drop(src_latent, masks["source_features"])
         inputs = self._cond(cond, src_latent)
         terms = []
-        w = float(self.cfg.get("ssim_loss", 0.0))
-        if w > 0:
-            terms.append(lambda pred, truth: w * self._ssim_loss(pred, truth))
-        if self.cfg.get("adversarial"):
+        c = self.config
+        if c.ssim_loss > 0:
+            terms.append(lambda pred, truth: c.ssim_loss * self._ssim_loss(pred, truth))
+        if c.adversarial is not None:
             terms.append(self._adversarial_loss)
         extra = (lambda pred, truth: sum(f(pred, truth) for f in terms)) if terms else None
         return diffusion_loss(lambda xt, t: self._model(xt, t, inputs, tokens), self.noise_scheduler, x0, generator,
-                              float(self.cfg.get("noise_offset", 0.0)), timesteps=self.cfg.get("train_timesteps"),
-                              start=cond, start_prob=float(self.cfg.get("train_coarse_start", 0.0)),
-                              start_noise=float(self.cfg.get("train_coarse_noise", 1.0)), x0_loss=extra)
+                              c.noise_offset, timesteps=c.train_timesteps, start=cond,
+                              start_prob=c.train_coarse_start, start_noise=c.train_coarse_noise, x0_loss=extra)
 
     def _adversarial_loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Hinge GAN terms in one scalar, so the one optimizer of the training loop serves both players: the
@@ -124,7 +123,7 @@ class RefineStage(Stage):
         g_loss = -functional_call(d, frozen, (fake,)).mean()
         self.loss_terms = {"discriminator": float(d_loss.detach()), "generator": float(g_loss.detach()),
                            "mse": float(F.mse_loss(pred.detach(), truth))}
-        return d_loss + float(self.cfg["adversarial"]["weight"]) * g_loss
+        return d_loss + self.config.adversarial.weight * g_loss
 
     def _ssim_loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """1 - SSIM of the decoded x0 prediction, with the evaluation's Gaussian window (sigma 1.2, 9 taps)."""
@@ -150,7 +149,7 @@ class RefineStage(Stage):
         if dino.shape[0] != coarse.shape[0]:
             raise ValueError(f"refine: {dino.shape[0]} encoded sources for {coarse.shape[0]} coarse images")
         cond = self.codec.encode(self.resize(coarse.to(device=dino.device, dtype=dino.dtype)))
-        trained, n_train = self.cfg.get("train_timesteps"), self.noise_scheduler.config.num_train_timesteps
+        trained, n_train = self.config.train_timesteps, self.noise_scheduler.config.num_train_timesteps
         if trained and strength * n_train > float(trained[1]) + 1:
             warnings.warn(f"refine: strength {strength} starts at noise levels up to {strength * n_train:.0f}, but "
                           f"this stage was trained on t in [{trained[0]}, {trained[1]}) only; use a strength <= "

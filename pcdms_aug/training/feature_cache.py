@@ -26,6 +26,7 @@ file was encoded as stored, and nothing else is looked up.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import weakref
@@ -111,7 +112,7 @@ def fingerprint(stage, data_image_size) -> str:
         module = stage.frozen_component(name)
         if module is None:
             continue
-        cfg = {k: v for k, v in (stage.cfg.get(name) or {}).items() if k != "pretrained"}
+        cfg = {k: v for k, v in dataclasses.asdict(getattr(stage.config, name)).items() if k != "pretrained"}
         parts["components"][name] = {"config": cfg, "weights": weights_digest(module)}
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

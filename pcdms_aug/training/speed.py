@@ -10,7 +10,7 @@ def on_device(stage, cfg, rt, log):
     """``stage`` (built on the CPU) on ``rt.device`` as run config ``cfg`` says; returns it and the names of
     the frozen components left on the CPU (``train.feature_cache``: the step reads their outputs)."""
     tc = cfg.train
-    if cfg.model.get("gradient_checkpointing") == "auto":
+    if stage.config.gradient_checkpointing == "auto":
         from pcdms_aug.training.memory import auto_checkpointing
 
         auto_checkpointing(stage, cfg.stage, cfg.model, tc.batch_size, rt, bool(tc.feature_cache), log)
