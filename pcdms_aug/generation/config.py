@@ -1,44 +1,75 @@
-"""`pcdms-aug generate` settings: the options of a generation run and their checks."""
+"""`pcdms-aug generate` settings: the options of a generation run, each declared once (its YAML key, its flag
+and its help, see :mod:`pcdms_aug.config.options`), and their checks."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcdms_aug.config.options import later, option
+from pcdms_aug.data.layouts import LAYOUTS
 from pcdms_aug.generation.identity_filter import FilterConfig
 from pcdms_aug.generation.plan import PER, POLICIES
+from pcdms_aug.utils.argtypes import choice_list, finite_float, positive_int
 from pcdms_aug.utils.errors import DataError
-from pcdms_aug.utils.runtime import DEFAULT_DTYPE
+from pcdms_aug.utils.runtime import DEFAULT_DTYPE, DTYPE_CHOICES
 
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
 
+def _stage_list():
+    from pcdms_aug.pipelines.pipeline_config import ORDER
+
+    return choice_list(ORDER)
+
+
+def _samplers():
+    from pcdms_aug.stages.diffusion import SAMPLERS
+
+    return SAMPLERS
+
+
 @dataclass
 class GenerateConfig:
-    dataset: str | None = None  # a re-ID dataset folder in any layouts.LAYOUTS (or torchreid's root above it)
-    layout: str | None = None  # the dataset's layout; None: detected
-    annotations: Any = None  # annotation CSV(s); default (market-)annotation-train.csv beside the dataset folder
-    weights: str | None = None  # folder written by save_pretrained, "tiny", or a pipeline YAML (random weights)
-    out: str | None = None
-    views: int = 4  # per source image (per="image") or per identity (per="identity")
-    per: str = "image"
-    policy: str = "random"  # random | canonical | coverage
-    split: str | None = None  # low-data subset (data.splits JSON): its images are the sources and the pose pool
-    batch: int = 8  # views per forward pass (fixed groups of the plan; part of the settings)
-    steps: Any = None  # a number or {prior: n, inpaint: n, refine: n}; None: the pipeline's own
-    guidance: Any = None  # a number or per stage; None: the pipeline's own defaults
-    scheduler: str | None = None  # None: the pipeline's own
-    stages: tuple = ("prior", "inpaint", "refine")
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = DEFAULT_DTYPE  # a name of utils.runtime.DTYPE_CHOICES; part of the settings
-    canonical_poses: int = 8  # k of the canonical policy (PN-GAN used 8)
+    """A generation run. Flags replace the keys of ``--config`` YAML; a key neither sets keeps the default here."""
+
+    dataset: str | None = option(help="re-ID dataset folder (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 or "
+                                      "train/query/gallery/<identity>/ folders), or torchreid's root above it")
+    layout: str | None = option(choices=LAYOUTS + ("cuhk03-labeled",), help="the dataset's layout (default: detected)")
+    annotations: Any = option(help="annotation CSV(s) (default: market-annotation-train.csv or annotation-train.csv "
+                                   "beside the dataset folder; pcdms-aug annotate writes one for any dataset)",
+                              nargs="+", action="extend")
+    weights: str | None = option(help="folder written by save_pretrained, 'tiny' (shipped), or a pipeline YAML "
+                                      "(random weights)")
+    out: str | None = option(help="output folder: images, manifest.csv, plan.csv, generate.json, shards/")
+    views: int = option(4, type=positive_int,
+                        help="views per source image (--per image) or per identity (--per identity)")
+    per: str = option("image", choices=PER)
+    policy: str = option("random", choices=POLICIES,
+                         help="target poses: random (the paper: poses of the training split), canonical (k-means, "
+                              "as PN-GAN), coverage (far from the identity's own)")
+    split: str | None = option(help="low-data subset JSON (pcdms_aug.data.splits): its images are the sources and "
+                                    "the random pose pool")
+    batch: int = option(8, type=positive_int,
+                        help="views per forward pass (part of the settings: fixes which views share one)")
+    # YAML also takes {prior: n, inpaint: n, refine: n}; None: the pipeline's own
+    steps: Any = option(type=positive_int, help="sampling steps of every stage")
+    guidance: Any = option(type=finite_float(0.0),
+                           help="classifier-free guidance of every stage (default: the pipeline's)")
+    scheduler: str | None = option(choices=later(_samplers))  # None: the pipeline's own
+    seed: int = option(0, type=int)
+    device: str = option("auto", help="auto | cpu | cuda")
+    dtype: str = option(DEFAULT_DTYPE, choices=DTYPE_CHOICES, help=" | ".join(DTYPE_CHOICES))  # part of the settings
+    stages: tuple = option(("prior", "inpaint", "refine"), type=later(_stage_list),
+                           help="comma list (default all three; without refine the stage-2 image is the view)")
+    image_format: str = option("jpg", flag="--format", choices=sorted(IMAGE_FORMATS))  # jpg: as Market-1501
+    canonical_poses: int = option(8, type=positive_int, help="k of the canonical policy (default 8)")
     coverage_candidates: int = 32  # k-means candidates the coverage policy picks from
     require_torso: bool = True  # skip sources whose annotation lacks a shoulder or hip (as the training pairs)
-    image_format: str = "jpg"  # jpg (as Market-1501) | png
     jpeg_quality: int = 95
-    overwrite: bool = False
-    filter: FilterConfig = field(default_factory=FilterConfig)
+    overwrite: bool = option(False, action="store_true",
+                             help="replace a run with other settings (or a foreign manifest) in --out")
+    filter: FilterConfig = option(default_factory=FilterConfig)
 
     def check(self) -> None:
         for key in ("dataset", "weights", "out"):
@@ -54,7 +85,6 @@ class GenerateConfig:
         if self.image_format not in IMAGE_FORMATS:
             raise DataError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
         from pcdms_aug.pipelines.pipeline_config import ORDER
-        from pcdms_aug.utils.runtime import DTYPE_CHOICES
 
         _check_per_stage(self.steps, "steps", integer=True)
         _check_per_stage(self.guidance, "guidance", integer=False)

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pcdms_aug.config.options import option
+from pcdms_aug.utils.argtypes import finite_float, positive_int
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import file_sha256
 
@@ -33,14 +35,23 @@ FILTER_TRAINERS = "pcdms_aug.filter_trainers"  # entry point group (setup.cfg)
 
 @dataclass
 class FilterConfig:
-    model: str | None = None  # torchreid checkpoint path; None: no filter (score empty, every view kept)
-    arch: str = "osnet_x0_25"  # torchreid model name of the checkpoint
-    reduce: str = "mean"  # mean | max: similarity to the identity's mean real feature, or to its closest image
+    """The filter's options (the ``filter:`` section of generate's config; flags ``--filter-*``)."""
+
+    # None: no filter (score empty, every view kept)
+    model: str | None = option(help="re-ID checkpoint (torchreid model.pth.tar-N or a state dict) for the "
+                                    "identity-consistency filter; 'train' trains a small one on the real images first")
+    arch: str = option("osnet_x0_25", help="torchreid model name of the checkpoint (default osnet_x0_25)")
+    reduce: str = option("mean", choices=REDUCE,
+                         help="similarity to the mean real feature (default) or to the closest")
     size: tuple = (256, 128)  # (height, width) the model was trained at
-    threshold: float | None = None  # keep views with score >= threshold (no model: no rule, every view kept)
-    top: float | None = None  # or keep this fraction of the best-scored views
-    top_scope: str = "identity"  # identity: the fraction of each identity's views; all: of all views
-    train_epochs: int = 10  # model: train -> a small re-ID model trained on the real images first
+    # A rule: a threshold or a top fraction (no model: no rule, every view kept).
+    threshold: float | None = option(type=finite_float(-1.0, 1.0), group="rule",
+                                     help="keep views whose score reaches this cosine")
+    top: float | None = option(type=finite_float(0.0, 1.0, lo_open=True), group="rule", metavar="FRACTION",
+                               help="keep this fraction of the best views")
+    top_scope: str = option("identity", choices=TOP_SCOPE,
+                            help="top fraction of each identity's views (default) or of all")
+    train_epochs: int = option(10, type=positive_int, help="epochs of --filter-model train (default 10)")
 
     def check(self) -> None:
         if self.reduce not in REDUCE:
