@@ -146,7 +146,8 @@ def test_training_from_the_cache_takes_the_steps_of_training_without_it(synth_ma
     the stage while it trains, and the weights are those of the run that encodes every step."""
     from safetensors.torch import load_file
 
-    from pcdms_aug.training.loop import load_run_config, train
+    from pcdms_aug.training.config import load_run_config
+    from pcdms_aug.training.loop import train
 
     torch.set_num_threads(1)
 

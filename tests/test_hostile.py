@@ -303,7 +303,7 @@ def test_a_folder_is_held_by_one_run_and_a_stale_lock_is_taken_over(tmp_path):
 def test_config_typos_are_refused_with_the_nearest_key(tmp_path):
     from pcdms_aug.config.loading import CONFIG_ROOT
     from pcdms_aug.pipelines.pipeline import PCDMsPipeline
-    from pcdms_aug.training.loop import load_run_config
+    from pcdms_aug.training.config import load_run_config
 
     with pytest.raises(DataError, match="did you mean 'sampling.refine_strength'"):
         PCDMsPipeline.from_config("tiny/pipeline.yaml", overrides=["sampling.refine_strenght=0.3"])

@@ -557,7 +557,7 @@ def test_refine_adversarial_term_trains_the_discriminator_and_the_denoiser_again
 def test_refine_discriminator_is_saved_with_the_stage_and_starts_fresh_when_warm_starting(tmp_path):
     from pcdms_aug.pipelines.loading import stage_folder
     from pcdms_aug.stages import stage_class
-    from pcdms_aug.training.warm_start import warm_start
+    from pcdms_aug.training.checkpoints import warm_start
 
     cfg = load_config("tiny/refine.yaml")
     cfg.update(adversarial={"weight": 0.1, "channels": [8, 16]})
@@ -598,7 +598,7 @@ def test_assemble_refuses_bad_overrides_and_a_config_of_another_scale_before_loa
 def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
     from pcdms_aug.data.refine_inputs import INFO, check_refine_inputs
 
-    with pytest.raises(DataError, match="older make-refine-inputs"):
+    with pytest.raises(DataError, match=f"no {INFO}: not a folder of pcdms-aug make-refine-inputs"):
         check_refine_inputs(tmp_path, (128, 64))
     (tmp_path / INFO).write_text('{"image_size": [64, 32]}')
     assert check_refine_inputs(tmp_path, (128, 64)) == [64, 32]  # tiny: stage 2 at 64x32, stage 3 at 128x64
@@ -617,16 +617,16 @@ def test_refine_inputs_are_checked_against_the_training_size(tmp_path):
 
 
 def test_training_refuses_refine_inputs_of_unknown_size_and_reads_a_bare_no(tmp_path):
-    """train reads `train.mixed_precision=no` (YAML: false) as "no", and stage 3 refuses a folder made by the
-    old source-size make-refine-inputs before it reads any image."""
-    from pcdms_aug.training.loop import load_run_config
+    """train reads `train.mixed_precision=no` (YAML: false) as "no", and stage 3 refuses a folder without the
+    record of its images' size before it reads any image."""
+    from pcdms_aug.training.config import load_run_config
     from pcdms_aug.training.data import make_dataset
 
     cfg = load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=no", f"data.root={tmp_path}",
                                                      f"data.annotations={tmp_path}/a.csv",
                                                      f"data.refine_inputs={tmp_path}"])
     assert cfg.train.mixed_precision == "no"
-    with pytest.raises(DataError, match="older make-refine-inputs"):
+    with pytest.raises(DataError, match="not a folder of pcdms-aug make-refine-inputs"):
         make_dataset(cfg)
     with pytest.raises(DataError, match="train.mixed_precision must be one of no, bf16, fp16, got 'fp8'"):
         load_run_config("tiny/train_refine.yaml", ["train.mixed_precision=fp8"])

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from pcdms_aug.cli.main import main
 from pcdms_aug.training.checkpoints import list_checkpoints, read_state
-from pcdms_aug.training.loop import load_run_config, train
+from pcdms_aug.training.config import load_run_config
+from pcdms_aug.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def test_refiner_with_source_image_input_warm_starts_from_the_shipped_one_with_z
     from pcdms_aug.config.loading import load_config
     from pcdms_aug.pipelines.loading import stage_folder
     from pcdms_aug.stages import build_stage, stage_class
-    from pcdms_aug.training.warm_start import warm_start
+    from pcdms_aug.training.checkpoints import warm_start
 
     torch.set_num_threads(1)
     cfg = load_config(ROOT / "configs/tiny/refine.yaml")

@@ -28,7 +28,7 @@ COMMANDS = {
     "render-pose": ("pcdms_aug.data.viz", "draw poses (or skeletons over images) and contact sheets as PNG"),
     "train": ("pcdms_aug.training.loop", "train one stage (prior, inpaint or refine)"),
     "cache-features": ("pcdms_aug.training.cache_features", "compute a training run's frozen features once"),
-    "export-checkpoint": ("pcdms_aug.training.export", "a stage folder (EMA weights) from a training checkpoint"),
+    "export-checkpoint": ("pcdms_aug.training.checkpoints", "a stage folder (EMA weights) from a training checkpoint"),
     "assemble": ("pcdms_aug.pipelines.assemble", "one pipeline folder from separately trained stage folders"),
     "make-refine-inputs": ("pcdms_aug.generation.refine_inputs", "run a trained stage 2 over the training pairs"),
     "synthesize-pairs": ("pcdms_aug.generation.pairs", "generate the target image of every pair of a pairs CSV"),

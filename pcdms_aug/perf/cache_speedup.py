@@ -69,7 +69,8 @@ def measure(out: Path, stage: str, steps: int, rounds: int, batch: int, device: 
     from pcdms_aug.testing.paper_fixture import weights_settings, write_folders
     from pcdms_aug.training.data import make_dataset
     from pcdms_aug.training.feature_build import build_cache
-    from pcdms_aug.training.loop import load_run_config, train
+    from pcdms_aug.training.config import load_run_config
+    from pcdms_aug.training.loop import train
     from pcdms_aug.utils.runtime import init_runtime
 
     out.mkdir(parents=True, exist_ok=True)

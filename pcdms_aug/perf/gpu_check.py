@@ -125,8 +125,9 @@ class Check:
                     cached: bool = False) -> None:
         """``--steps`` steps of ``stage`` (``cached``: from its feature cache, built first on first use);
         recorded under ``train`` or ``train_cached``, the cache build under ``cache``."""
+        from pcdms_aug.training.config import load_run_config
         from pcdms_aug.training.feature_cache import read_manifest
-        from pcdms_aug.training.loop import load_run_config, train
+        from pcdms_aug.training.loop import train
 
         steps = steps or self.steps
         name = stage + ("_cached" if cached else "")
@@ -168,8 +169,7 @@ class Check:
 
     def resume_and_export(self, model, data) -> None:
         """The resume stage again, one step further: it must resume from its checkpoint; then the export."""
-        from pcdms_aug.training.loop import export_checkpoint
-        from pcdms_aug.training.checkpoints import list_checkpoints
+        from pcdms_aug.training.checkpoints import export_checkpoint, list_checkpoints
 
         out = self.work / "runs" / RESUME_STAGE
         step, ckpt = list_checkpoints(out)[-1]
@@ -201,7 +201,7 @@ class Check:
         """Stage 3's inputs in their folder format, random images (the speed does not depend on them)."""
         from pcdms_aug.perf.cache_speedup import write_refine_inputs
         from pcdms_aug.training.data import make_dataset
-        from pcdms_aug.training.loop import load_run_config
+        from pcdms_aug.training.config import load_run_config
 
         folder = self.work / "refine_inputs_random"
         if self.rt.is_main and not (folder / "pairs.csv").is_file():

@@ -30,7 +30,7 @@ def configure(parser):
 def run(args):
     from pcdms_aug.stages import build_stage
     from pcdms_aug.training.data import make_dataset
-    from pcdms_aug.training.loop import AMP_TORCH, load_run_config
+    from pcdms_aug.training.config import AMP_TORCH, load_run_config
     from pcdms_aug.utils.runtime import init_runtime
 
     cfg = load_run_config(args.config, args.overrides)

@@ -1,4 +1,7 @@
-"""Training checkpoints: what a run needs to resume, and nothing a reader must execute.
+"""Training checkpoints: what a run needs to resume (and nothing a reader must execute), the EMA weights swapped
+in for what should use them, a warm start from a saved stage (``train.init_from``), and the export of a stage
+folder: OUT/final at the end of a run, or `pcdms-aug export-checkpoint` from a checkpoint while a run goes on
+(`pcdms-aug assemble` takes the result like any OUT/final).
 
 A checkpoint folder ``OUT/checkpoint-<step>/`` holds
 
@@ -12,6 +15,8 @@ A checkpoint folder ``OUT/checkpoint-<step>/`` holds
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
@@ -21,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pcdms_aug.training.config import RunConfig, load_run_config
 from pcdms_aug.utils.errors import DataError
-from pcdms_aug.utils.io import temp_dir_beside
+from pcdms_aug.utils.io import atomic_write_text, temp_dir_beside
 
 FORMAT = 2  # 1: whole stage in model.safetensors + pickled state.pt (refused: it would run code to read)
 FILES = ("trainable.safetensors", "ema.safetensors", "state.pt", "config.yaml")
@@ -52,7 +58,7 @@ def trainable_names(stage) -> list[str]:
             for k, _ in module.named_parameters()]
 
 
-def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep: int, config_text: str) -> Path:
+def save_checkpoint(out: Path, step: int, stage, optimizer, lr_scheduler, ema, keep: int, config_text: str) -> Path:
     """Written into a hidden folder and renamed into place in one step; older ones beyond ``keep`` removed."""
     from safetensors.torch import save_file
 
@@ -66,7 +72,7 @@ def save_checkpoint(out: Path, step: int, stage, optimizer, scheduler, ema, keep
         save_file(shadow, str(tmp / "ema.safetensors"))
         ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
         torch.save({"format": FORMAT, "step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ema": ema_meta, "rng": rng_state()}, tmp / "state.pt")
+                    "scheduler": lr_scheduler.state_dict(), "ema": ema_meta, "rng": rng_state()}, tmp / "state.pt")
         (tmp / "config.yaml").write_text(config_text)
         if final.exists():
             shutil.rmtree(final)
@@ -102,7 +108,8 @@ def check_folder(path: Path) -> None:
 
 def load_checkpoint(path: Path, stage, ema, device="cpu") -> dict:
     """Trainable and EMA weights of ``save_checkpoint``'s folder into ``stage`` and ``ema``; returns the rest of
-    its state (step, optimizer, scheduler, rng). A tensor missing or of another shape is a DataError."""
+    its state (step, optimizer, the LR schedule under "scheduler", rng). A tensor missing or of another shape is
+    a DataError."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -168,3 +175,93 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ EMA, warm start
+@contextlib.contextmanager
+def ema_weights(ema, params):
+    """``params`` hold the EMA weights of ``ema`` (a diffusers EMAModel) inside the block, their own after."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def _widened(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """A convolution that takes more input channels than the saved one and is otherwise the same."""
+    return (mine.dim() == 4 and theirs.dim() == 4 and mine.shape[1] > theirs.shape[1]
+            and mine.shape[:1] + mine.shape[2:] == theirs.shape[:1] + theirs.shape[2:])
+
+
+def warm_start(stage, name: str, source: str) -> tuple[list[str], list[str]]:
+    """Copy every weight of a saved stage into ``stage`` (same architecture, or a DataError naming the
+    first mismatching tensors). A convolution given more input channels than the saved one (e.g. a UNet's
+    conv_in with a new conditioning image) keeps the saved weights and starts the new channels at zero, as SD's
+    inpainting UNet was started from SD: the warm-started model then computes exactly what the saved one did.
+    Components the saved stage lacks entirely (e.g. stage 3's discriminator) keep their initialisation.
+    Returns the names of the widened tensors and of those new components."""
+    from pcdms_aug.pipelines.loading import stage_folder
+    from pcdms_aug.stages import stage_class
+
+    folder = stage_folder(source, name)
+    saved = stage_class(name).from_pretrained(folder)
+    mine, theirs = stage.state_dict(), saved.state_dict()
+    fresh = {k for k in mine if k.split(".", 1)[0] not in {n.split(".", 1)[0] for n in theirs}}
+    widened = sorted(k for k in mine.keys() & theirs.keys() if _widened(mine[k], theirs[k]))
+    bad = sorted(k for k in (mine.keys() - fresh) | theirs.keys()
+                 if k not in widened and (k not in mine or k not in theirs or mine[k].shape != theirs[k].shape))
+    if bad:
+        raise DataError(f"train.init_from: the saved {name} stage does not match this config "
+                        f"({len(bad)} tensors differ, e.g. {', '.join(bad[:3])})", folder)
+    state = {k: v.to(mine[k].dtype) for k, v in theirs.items()}
+    state.update({k: mine[k] for k in fresh})
+    for k in widened:
+        w = torch.zeros_like(mine[k])
+        w[:, :theirs[k].shape[1]] = theirs[k]
+        state[k] = w
+    stage.load_state_dict(state)
+    return widened, sorted({k.split(".", 1)[0] for k in fresh})
+
+
+# ------------------------------------------------------------------------------------------ export
+def export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) -> None:
+    """OUT/final in our format, with the EMA weights (what inference should use)."""
+    with ema_weights(ema, params):
+        stage.save_pretrained(final)
+        atomic_write_text(final / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
+                                                              "ema_decay": cfg.train.ema_decay}, indent=2))
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """A stage folder (as OUT/final: EMA weights, our format) from ``OUT/checkpoint-<step>/`` of a run, so an
+    intermediate step can be assembled and measured while the run goes on."""
+    from diffusers.training_utils import EMAModel
+
+    from pcdms_aug.stages import build_stage
+
+    ckpt, out = Path(checkpoint), Path(out)
+    check_folder(ckpt)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError("export target exists and is not an empty folder", out)
+    cfg = load_run_config(ckpt / "config.yaml")
+    stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
+    if cfg.train.init_from:
+        warm_start(stage, cfg.stage, cfg.train.init_from)
+    params = list(stage.trainable_parameters())
+    ema = EMAModel(params, decay=cfg.train.ema_decay)
+    state = load_checkpoint(ckpt, stage, ema)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_final(stage, ema, params, out, cfg, int(state["step"]))
+    return out
+
+
+def configure(parser):
+    parser.add_argument("checkpoint", help="OUT/checkpoint-<step>/ of `pcdms-aug train`")
+    parser.add_argument("--out", required=True, help="new stage folder (refused if it exists and is not empty)")
+
+
+def run(args):
+    print(f"[export-checkpoint] wrote {export_checkpoint(args.checkpoint, args.out)}")
+    return 0

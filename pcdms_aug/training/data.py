@@ -11,7 +11,7 @@ from pcdms_aug.utils.errors import DataError
 
 
 def make_dataset(cfg):
-    """The pairs a run config's stage trains on (``cfg``: :class:`pcdms_aug.training.loop.RunConfig`)."""
+    """The pairs a run config's stage trains on (``cfg``: :class:`pcdms_aug.training.config.RunConfig`)."""
     from pcdms_aug.data.pairs import PairDataset
 
     if not cfg.data.root or not cfg.data.annotations:

@@ -8,7 +8,6 @@ processes with grad_accum=1.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -17,100 +16,19 @@ from pathlib import Path
 
 import torch
 
-from pcdms_aug.config.loading import apply_overrides, build, load_config, resolve_config_path, to_dict
-from pcdms_aug.training.ema import ema_weights
+from pcdms_aug.training.checkpoints import (ema_weights, export_final, list_checkpoints, load_checkpoint,
+                                            save_checkpoint, set_rng_state, warm_start)
+from pcdms_aug.training.config import AMP_TORCH, RunConfig, as_yaml, load_run_config
+from pcdms_aug.training.data import MicroBatchSampler, make_dataset, micro_generator, to_device
 from pcdms_aug.training.feature_build import frozen_on_device
 from pcdms_aug.training.speed import adamw, on_device
 from pcdms_aug.utils.errors import DataError
-from pcdms_aug.utils.io import atomic_write_text, file_log
-from pcdms_aug.training.preview import save_preview
-from pcdms_aug.training.checkpoints import check_folder, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
-from pcdms_aug.utils.runtime import Runtime, barrier, init_runtime, as_dtype
-from pcdms_aug.training.data import MicroBatchSampler, make_dataset, micro_generator, to_device
-from pcdms_aug.training.warm_start import warm_start
+from pcdms_aug.utils.io import file_log
+from pcdms_aug.utils.runtime import Runtime, barrier, init_runtime
 
 log = logging.getLogger("pcdms_aug.training.loop")
 
 
-AMP_DTYPES = ("no", "bf16", "fp16")  # train.mixed_precision: autocast dtype on GPU; weights stay fp32
-AMP_TORCH = {"no": None, **{n: as_dtype(n) for n in AMP_DTYPES[1:]}}  # names of utils.runtime.DTYPES
-
-
-@dataclass
-class DataConfig:
-    root: str = ""
-    annotations: str = ""
-    image_size: tuple = (128, 64)
-    refine_inputs: str | None = None
-    max_pairs: int | None = None
-    num_workers: int = 0
-
-
-@dataclass
-class TrainConfig:
-    out: str = "runs/train"
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU only; trainable weights stay fp32)
-    batch_size: int = 4  # per process and micro-batch
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.999)
-    lr_schedule: str = "cosine"  # any diffusers.optimization scheduler name
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    sample_every: int = 200
-    sample_steps: int = 20
-    # Warm start (step 0 only): a saved stage folder, a saved pipeline folder (its stage of this name) or
-    # "tiny". The architecture must match the config; optimizer, schedule and EMA start fresh.
-    init_from: str | None = None
-    # The frozen networks' outputs read from this folder (pcdms-aug cache-features; what is missing is built
-    # on first use): the step then runs no frozen network, and they stay off the device.
-    feature_cache: str | None = None
-    channels_last: bool = True  # the trainable convolutions in channels-last layout (CUDA only)
-    compile: bool = False  # torch.compile the trainable denoiser (the first steps pay for compiling)
-
-
-@dataclass
-class RunConfig:
-    stage: str = "inpaint"
-    model: dict | str = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def load_run_config(path, overrides=()) -> RunConfig:
-    """``overrides`` may reach into the stage's model config too (``model.noise_offset=0.05``), also where the
-    run config names it by path."""
-    path = resolve_config_path(path)
-    model_over = [o for o in overrides if o.strip().startswith("model.")]
-    raw = load_config(path, [o for o in overrides if o not in model_over])
-    if (raw.get("train") or {}).get("mixed_precision") is False:  # YAML reads a bare `no` as false
-        raw["train"]["mixed_precision"] = "no"
-    cfg = build(RunConfig, raw, where=str(path))
-    if isinstance(cfg.model, str):
-        cfg.model = load_config(cfg.model if Path(cfg.model).is_file() else path.parent / cfg.model)
-    cfg.model = apply_overrides(cfg.model, [o.strip()[len("model."):] for o in model_over])
-    if cfg.stage not in ("prior", "inpaint", "refine"):
-        raise DataError(f"stage must be prior, inpaint or refine, got {cfg.stage!r}", path)
-    if cfg.train.mixed_precision not in AMP_DTYPES:
-        raise DataError(f"train.mixed_precision must be one of {', '.join(AMP_DTYPES)}, "
-                        f"got {cfg.train.mixed_precision!r}", path)
-    return cfg
-
-
-def _yaml(cfg: RunConfig) -> str:
-    import yaml
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-# ------------------------------------------------------------------------------------------ the loop
 class _LossModule(torch.nn.Module):
     """DDP synchronises gradients of what runs inside ``forward``; the stage's loss is that forward."""
 
@@ -132,7 +50,7 @@ class _Run:
     stage: torch.nn.Module
     params: list
     optimizer: torch.optim.Optimizer
-    scheduler: object  # the LR schedule
+    lr_scheduler: object
     ema: object  # diffusers EMAModel of params
     step: int = 0
     dataset: object = None
@@ -196,9 +114,9 @@ def _set_up_model(cfg: RunConfig, rt: Runtime, out: Path) -> _Run:
     if not params:
         raise DataError(f"stage {cfg.stage} has no trainable parameters")
     optimizer = adamw(params, tc, rt.device)
-    scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps,
-                              num_training_steps=tc.max_steps)
-    return _Run(cfg, rt, out, stage, params, optimizer, scheduler, EMAModel(params, decay=tc.ema_decay),
+    lr_scheduler = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps,
+                                 num_training_steps=tc.max_steps)
+    return _Run(cfg, rt, out, stage, params, optimizer, lr_scheduler, EMAModel(params, decay=tc.ema_decay),
                 aside=aside)
 
 
@@ -206,7 +124,7 @@ def _resume(run: _Run, step: int, path: Path) -> None:
     """Weights, EMA, optimizer, schedule and RNG states of checkpoint ``path`` (of ``step``)."""
     state = load_checkpoint(path, run.stage, run.ema, run.rt.device)
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    run.lr_scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     run.step = step
     if run.rt.is_main:
@@ -245,7 +163,7 @@ def _start_logs(run: _Run) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     run.writer = SummaryWriter(str(run.out / "tb"))
-    (run.out / "config.yaml").write_text(_yaml(run.cfg))
+    (run.out / "config.yaml").write_text(as_yaml(run.cfg))
     log.info("stage %s: %d trainable parameters, %d pairs, global batch %d, world %d", run.cfg.stage,
              sum(p.numel() for p in run.params), len(run.dataset), run.sampler.global_batch(), run.rt.world_size)
 
@@ -271,7 +189,7 @@ def _step_loop(run: _Run, progress: bool) -> None:
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {run.step}; lower train.lr or check the data")
         bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{total:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.2e}")
         if rt.is_main and _due(run, tc.log_every):
             _log_step(run, total, grad_norm, seen / max(time.time() - t0, 1e-9))
         if rt.is_main and _due(run, tc.sample_every):
@@ -280,8 +198,8 @@ def _step_loop(run: _Run, progress: bool) -> None:
                              run.out / "samples" / f"step-{run.step:06d}.png", tc.sample_steps, tc.seed, rt.device)
         if _due(run, tc.checkpoint_every):
             if rt.is_main:
-                save_checkpoint(run.out, run.step, run.stage, run.optimizer, run.scheduler, run.ema,
-                                tc.keep_checkpoints, _yaml(run.cfg))
+                save_checkpoint(run.out, run.step, run.stage, run.optimizer, run.lr_scheduler, run.ema,
+                                tc.keep_checkpoints, as_yaml(run.cfg))
             barrier()
     bar.close()
 
@@ -315,7 +233,7 @@ def _optimizer_step(run: _Run, it) -> tuple[float, torch.Tensor | None]:
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip) if tc.grad_clip > 0 else None
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    run.scheduler.step()
+    run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.ema.step(run.params)
     return total, grad_norm
@@ -323,7 +241,7 @@ def _optimizer_step(run: _Run, it) -> tuple[float, torch.Tensor | None]:
 
 def _log_step(run: _Run, total: float, grad_norm, rate: float) -> None:
     """The step's loss, LR, speed (samples/s) and gradient norm to TensorBoard and train.log."""
-    lr, step = run.scheduler.get_last_lr()[0], run.step
+    lr, step = run.lr_scheduler.get_last_lr()[0], run.step
     run.writer.add_scalar("loss", total, step)
     run.writer.add_scalar("lr", lr, step)
     run.writer.add_scalar("samples_per_second", rate, step)
@@ -337,47 +255,42 @@ def _log_step(run: _Run, total: float, grad_norm, rate: float) -> None:
              "".join(f" {k} {v:.4f}" for k, v in terms.items()))
 
 
+def save_preview(stage, ema, params, dataset, path: Path, steps: int, seed: int, device: str) -> None:
+    """The stage's preview grid (source / target pose / sample with the EMA weights / ground truth rows) of a
+    fixed few pairs (the dataset's first four), sampled with ``steps`` steps from a generator seeded by
+    ``seed``; nothing is written for a stage without preview rows."""
+    preview = getattr(stage, "preview", None)
+    if preview is None:
+        return
+    from pcdms_aug.data.viz import contact_sheet
+    from pcdms_aug.utils.io import atomic_save_image
+
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(4, len(dataset)))])
+    with ema_weights(ema, params):
+        stage.eval()
+        try:
+            with torch.no_grad():
+                rows = preview(to_device(batch, device), num_inference_steps=steps,
+                               generator=torch.Generator(device=device).manual_seed(seed))
+        finally:
+            stage.train()
+    if not rows:
+        return
+    labels = list(rows[0].keys())
+    sheet = contact_sheet([list(r.values()) for r in rows], col_labels=labels)
+    atomic_save_image(path, sheet)
+
+
 def _finish(run: _Run) -> Path:
     """OUT/final (EMA weights) written by the main process; every rank returns its path."""
     final = run.out / "final"
     if run.rt.is_main:
         with frozen_on_device(run.stage, run.aside, run.rt.device, register=True):
-            _export_final(run.stage, run.ema, run.params, final, run.cfg, run.step)
+            export_final(run.stage, run.ema, run.params, final, run.cfg, run.step)
         run.writer.close()
         print(f"[train] wrote {final}", flush=True)
     barrier()
     return final
-
-
-def _export_final(stage, ema, params, final: Path, cfg: RunConfig, step: int) -> None:
-    """OUT/final in our format, with the EMA weights (what inference should use)."""
-    with ema_weights(ema, params):
-        stage.save_pretrained(final)
-        atomic_write_text(final / "training.json", json.dumps({"steps": step, "stage": cfg.stage,
-                                                              "ema_decay": cfg.train.ema_decay}, indent=2))
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """A stage folder (as OUT/final: EMA weights, our format) from ``OUT/checkpoint-<step>/`` of a run, so an
-    intermediate step can be assembled and measured while the run goes on."""
-    from diffusers.training_utils import EMAModel
-
-    from pcdms_aug.stages import build_stage
-
-    ckpt, out = Path(checkpoint), Path(out)
-    check_folder(ckpt)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError("export target exists and is not an empty folder", out)
-    cfg = load_run_config(ckpt / "config.yaml")
-    stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
-    if cfg.train.init_from:
-        warm_start(stage, cfg.stage, cfg.train.init_from)
-    params = list(stage.trainable_parameters())
-    ema = EMAModel(params, decay=cfg.train.ema_decay)
-    state = load_checkpoint(ckpt, stage, ema)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _export_final(stage, ema, params, out, cfg, int(state["step"]))
-    return out
 
 
 def configure(parser):
