@@ -104,7 +104,6 @@ def train_steps(engine, cfg, schedule: Schedule, validate=None, early_stop: bool
                         "(the loader drops the last partial batch); lower batch_size")
     if validate is not None and int(cfg.eval_every) < 1:
         raise DataError(f"eval_every must be >= 1, got {cfg.eval_every}")
-    engine.scheduler = None  # the engine's per-epoch scheduler is replaced by the per-step one below
     lr_sched = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, _lr_factor(schedule, cfg.gamma))
     engine.max_epoch = max(1, math.ceil(schedule.total_steps / len(loader)))
     track, drops, step, epoch, start = _Tracker(), 0, 0, 0, time.perf_counter()

@@ -50,10 +50,11 @@ pcdms-aug train tiny/train_inpaint.yaml "${common[@]}" "${warm[@]}" train.out="$
 wait "$prior_pid" "$refine_pid"
 
 # ------------------------------------------------------------------------------------------ phase 3
-# Stage 3 only, for its img2img use (then sampling.refine_strength 0.2; now 0.25 from a noise-free start): stage-2 outputs of the phase-2 weights
-# (10 UniPC steps, like phases 1 and 2) on 1600 pairs, then the refiner warm-started from phase 2 and trained on
-# the low-noise quarter of the schedule only, where img2img samples it (as SDXL's refiner). Prior and inpaint
-# are phase 2's. The pipeline now samples with DDIM; stage-3 inputs from DDIM were not tried yet.
+# Stage 3 only, for its img2img use (sampling.refine_strength 0.25, from a noise-free start): stage-2 outputs
+# of the phase-2 weights (10 UniPC steps, like phases 1 and 2) on 1600 pairs, then the refiner warm-started from
+# phase 2 and trained on the low-noise quarter of the schedule only, where img2img samples it (as SDXL's
+# refiner). Prior and inpaint are phase 2's. The shipped pipeline samples with DDIM; stage-3 inputs made with
+# DDIM are untried.
 RUNS3=${RUNS3:-runs/tiny3}
 mkdir -p "$RUNS3"
 pcdms-aug assemble --prior "$RUNS2/prior/final" --inpaint "$RUNS2/inpaint/final" --refine "$RUNS2/refine/final" \

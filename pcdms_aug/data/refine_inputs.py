@@ -20,8 +20,8 @@ def check_refine_inputs(folder: str | Path, image_size) -> list:
         raise DataError("stage-2 outputs folder not found (data.refine_inputs; make it with pcdms-aug "
                         "make-refine-inputs)", folder)
     if not info.is_file():
-        raise DataError(f"no {INFO}: made by an older make-refine-inputs (images at the source size); run "
-                        "pcdms-aug make-refine-inputs again", folder)
+        raise DataError(f"no {INFO}: not a folder of pcdms-aug make-refine-inputs, which records there the size "
+                        "of its images; run pcdms-aug make-refine-inputs again", folder)
     try:
         recorded = json.loads(info.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

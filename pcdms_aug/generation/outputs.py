@@ -29,7 +29,6 @@ SETTINGS = "generate.json"
 PLAN = "plan.csv"
 MANIFEST = "manifest.csv"
 SHARDS = "shards"
-LOG = "generate.log"
 SHEET = "views.png"  # source, target pose and view of the first identities: to look at before training on them
 FILTER = "filter"  # --filter-model train writes its checkpoint here
 FORMAT = "pcdms-aug generate v1"

@@ -25,7 +25,6 @@ def int_at_least(lo: int):
 
 
 positive_int = int_at_least(1)
-nonnegative_int = int_at_least(0)
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
@@ -74,16 +73,6 @@ def size_hw(max_side: int = 4096):
         return h, w
     parse.__name__ = "HxW"
     return parse
-
-
-class Once(argparse.Action):
-    """A flag that may be given once: a repeat would silently drop the first value, so it is refused."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, f"_seen_{self.dest}", False):
-            parser.error(f"argument {option_string}: given more than once (give it once)")
-        setattr(namespace, f"_seen_{self.dest}", True)
-        setattr(namespace, self.dest, values)
 
 
 def add_annotations_argument(parser, help_text: str) -> None:
