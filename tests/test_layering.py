@@ -170,3 +170,23 @@ def test_no_import_circle():
         if m not in state:
             visit(m, [m])
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_each_room_says_what_it_holds_and_what_it_may_import():
+    """Each room's __init__ docstring names it and the rooms it may import; those are below it in ROOMS and cover
+    what its modules do import ("every room below it": all of ROOMS before it)."""
+    import re
+
+    graph = _graph()
+    for i, room in enumerate(ROOMS):
+        doc = ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text(encoding="utf-8"))) or ""
+        assert f"Room ``{room}``" in doc, f"{room}/__init__.py does not say which room it is"
+        said = " ".join(re.findall(r"(?:[Mm]ay import|Imports nothing)[^.]*\.", doc))
+        assert said, f"{room}/__init__.py does not say what it may import"
+        if "every room" in said:
+            allowed = set(ROOMS[:i])
+        else:
+            allowed = set(re.findall(r"``(\w+)``", said))
+        assert allowed <= set(ROOMS[:i]), f"{room} claims rooms that are not below it: {allowed - set(ROOMS[:i])}"
+        used = {_room(d) for m, deps in graph.items() if _room(m) == room for d in deps} - {None, room}
+        assert used <= allowed, f"{room} imports {sorted(used - allowed)}, which its docstring does not allow"

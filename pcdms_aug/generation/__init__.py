@@ -7,6 +7,12 @@ Public API::
 
 Output folder: the images (Market-1501 names with sequence digit 9, see :mod:`.names`), ``manifest.csv``,
 ``plan.csv``, ``generate.json`` and ``shards/`` (see :mod:`.outputs`).
+
+Room ``generation``: the run (``generate``) with its options (``config``), inputs (``inputs``), plan (``plan``),
+output folder (``outputs``), the pipeline over crops of any size (``any_size``) and the identity filter
+(``identity_filter``); the other generation commands:
+`synthesize-pairs` (``pairs``) and `make-refine-inputs` (``refine_inputs``). May import every room below it:
+``utils``, ``config``, ``data``, ``testing``, ``models``, ``stages``, ``pipelines``, ``metrics`` and ``training``.
 """
 from pcdms_aug.generation.identity_filter import FilterConfig
 from pcdms_aug.generation.command import config_from_args, configure, run

@@ -3,6 +3,8 @@ Fréchet distance; Inception or re-ID features), each beside the copy-source flo
 only; absent ones refuse a metric.
 
 The CLI (`pcdms-aug metrics`) is :mod:`.command`; the heavy parts (torch networks) are imported when used.
+
+Room ``metrics``; may import ``utils``, ``config``, ``data``, ``testing``, ``models``, ``stages`` and ``pipelines``.
 """
 from pcdms_aug.metrics.command import configure, format_table, run
 from pcdms_aug.metrics.config import MetricsConfig

@@ -1,2 +1,5 @@
-"""Model parts of PCDMs: the prior transformer, pose encoder and image projection (blocks.py), the frozen
-encoders and image codec (encoders.py), the stages' UNets (unet.py)."""
+"""Room ``models``: the networks of PCDMs. The prior transformer, pose encoder, image projection and patch
+discriminator (``blocks``), the frozen encoders and image codec (``encoders``), the stages' UNets (``unet``).
+
+May import ``utils``, ``config``, ``data`` and ``testing``.
+"""

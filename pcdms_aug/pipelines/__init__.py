@@ -1,6 +1,7 @@
-"""The pipeline: the stages in order, used as a diffusers pipeline is (pipeline), its config and the stages' order
-(pipeline_config), folders read and written (loading), a call's checks (call_inputs), images and poses in and
-out (image_processing); the commands that make pipeline folders (assemble, import_official).
+"""Room ``pipelines``: the stages in order, used as a diffusers pipeline is (``pipeline``), its config and the
+stages' order (``pipeline_config``), folders read and written (``loading``), a call's checks (``call_inputs``),
+images and poses in and out (``image_processing``); the commands that make pipeline folders (``assemble``,
+``import_official``).
 
-Imports from utils, config, data, models and stages; never from metrics, training, generation, cli or perf.
+May import ``utils``, ``config``, ``data``, ``testing``, ``models`` and ``stages``.
 """

@@ -1,4 +1,10 @@
-"""The three PCDMs stages; ``pipelines/pipeline_config.py`` is the only place that knows their order."""
+"""Room ``stages``: the three PCDMs stages, each the same parts (components, ``training_loss``, ``sample``,
+``save_pretrained`` / ``from_pretrained``; ``base``): the prior (``prior``), inpainting (``inpaint``) and
+refining (``refine``), with the diffusion loss, condition drops, noise schedule and samplers they share
+(``diffusion``). ``pipelines/pipeline_config.py`` is the only place that knows their order.
+
+May import ``utils``, ``config``, ``data``, ``testing`` and ``models``.
+"""
 from __future__ import annotations
 
 from pcdms_aug.stages.base import Stage
