@@ -85,6 +85,15 @@ def _seeded(seed, build):
         return build()
 
 
+def _vision_model(cfg, stage, kind: str, what: str, model_class, config_class):
+    """A transformers vision model read from its local folder, or built from ``cfg.config`` under ``cfg.seed``."""
+    path = pretrained_folder(cfg, stage, kind)
+    if path is not None:
+        _check_files(path, what, kind)
+        return model_class.from_pretrained(path, local_files_only=True)
+    return _seeded(cfg.seed, lambda: model_class(config_class(**cfg.config)))
+
+
 class GlobalEncoder(nn.Module):
     """CLIP vision tower with projection: one embedding per image (``image_embeds``)."""
 
@@ -92,12 +101,8 @@ class GlobalEncoder(nn.Module):
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        path = pretrained_folder(cfg, stage, "clip")
-        if path is not None:
-            _check_files(path, "CLIP image encoder", "clip")
-            self.model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
-        else:
-            self.model = _seeded(cfg.seed, lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg.config)))
+        self.model = _vision_model(cfg, stage, "clip", "CLIP image encoder", CLIPVisionModelWithProjection,
+                                   CLIPVisionConfig)
         size = cfg.image_size or [self.model.config.image_size] * 2
         self.pre = _Preprocess(size, CLIP_MEAN, CLIP_STD)
         self.dim = self.model.config.projection_dim
@@ -114,12 +119,7 @@ class LocalEncoder(nn.Module):
         super().__init__()
         from transformers import Dinov2Config, Dinov2Model
 
-        path = pretrained_folder(cfg, stage, "dino")
-        if path is not None:
-            _check_files(path, "DINOv2 encoder", "dino")
-            self.model = Dinov2Model.from_pretrained(path, local_files_only=True)
-        else:
-            self.model = _seeded(cfg.seed, lambda: Dinov2Model(Dinov2Config(**cfg.config)))
+        self.model = _vision_model(cfg, stage, "dino", "DINOv2 encoder", Dinov2Model, Dinov2Config)
         size = cfg.image_size or [self.model.config.image_size] * 2
         stats = (IMAGENET_MEAN, IMAGENET_STD) if cfg.normalize == "imagenet" else (CLIP_MEAN, CLIP_STD)
         self.pre = _Preprocess(size, *stats)
