@@ -152,15 +152,16 @@ def largest_batch(stage, budget_gb: float, checkpointing: bool, cached: bool) ->
     return max(0, int((budget_gb - (one["total"] - per)) // per)) if per > 0 else 0
 
 
-def folder_architecture(part: str, cfg: dict) -> dict | None:
-    """The architecture a component's local folder holds (its ``config.json``), or None (inline config)."""
+def folder_architecture(part: str, stage) -> dict | None:
+    """The architecture a component's local folder holds (its ``config.json``), or None (inline config);
+    ``stage``: the typed stage config (:mod:`pcdms_aug.config.schema`)."""
     from pcdms_aug.models.encoders import pretrained_folder
 
-    spec = cfg.get(part)
-    if not isinstance(spec, dict) or (part == "codec" and spec.get("type") != "vae"):
+    spec = getattr(stage, part, None)
+    if spec is None or (part == "codec" and spec.type != "vae"):
         return None
     kind = {"codec": "vae"}.get(part, part)
-    folder = pretrained_folder(spec, cfg, kind)
+    folder = pretrained_folder(spec, stage, kind)
     if folder is None:
         return None
     if part in ("clip", "dino"):
@@ -178,11 +179,13 @@ def folder_architecture(part: str, cfg: dict) -> dict | None:
 def meta_stage(name: str, model_cfg: dict):
     """The stage of a run's model config, architecture only, on the meta device (no weights read: the
     architectures of folder-backed parts from their ``config.json``)."""
+    from pcdms_aug.config.schema import stage_config
     from pcdms_aug.stages import build_stage
 
     cfg = copy.deepcopy(dict(model_cfg))
+    typed = stage_config(cfg, name, f"{name} stage config")
     for part in ("clip", "dino", "codec", "unet"):
-        arch = folder_architecture(part, cfg)
+        arch = folder_architecture(part, typed)
         if arch is not None:
             cfg[part]["config"] = arch
     cfg["random_weights"] = True
