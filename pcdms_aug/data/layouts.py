@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from pcdms_aug.data.market import SPLITS as MARKET_SPLITS, MarketDataset
+from pcdms_aug.data.market import SPLITS as MARKET_SPLITS, MarketDataset, SplitLists
 from pcdms_aug.utils.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -49,7 +49,7 @@ class ReidImage:
     split: str  # train | query | gallery
 
 
-class ReidDataset:
+class ReidDataset(SplitLists):
     """The image lists of a re-ID dataset folder in one of :data:`LAYOUTS`."""
 
     def __init__(self, root: Path, layout: str, splits: dict[str, list[ReidImage]]):
@@ -64,18 +64,6 @@ class ReidDataset:
         self._by_name = {}
         for split in ("gallery", "query", "train"):  # train wins a name shared across splits
             self._by_name.update({it.filename: it for it in splits.get(split, [])})
-
-    @property
-    def train(self) -> list[ReidImage]:
-        return self.splits["train"]
-
-    @property
-    def query(self) -> list[ReidImage]:
-        return self.splits["query"]
-
-    @property
-    def gallery(self) -> list[ReidImage]:
-        return self.splits["gallery"]
 
     def all_images(self) -> Iterable[ReidImage]:
         for split in SPLIT_NAMES:

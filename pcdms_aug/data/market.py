@@ -85,7 +85,25 @@ def find_root(root: str | Path) -> Path:
                     f"(looked in {root} and {root.joinpath(*TORCHREID_NESTING)})", root)
 
 
-class MarketDataset:
+class SplitLists:
+    """``train``, ``query`` and ``gallery``: the image lists of ``self.splits`` (a dataset of any layout)."""
+
+    splits: dict[str, list]
+
+    @property
+    def train(self) -> list:
+        return self.splits["train"]
+
+    @property
+    def query(self) -> list:
+        return self.splits["query"]
+
+    @property
+    def gallery(self) -> list:
+        return self.splits["gallery"]
+
+
+class MarketDataset(SplitLists):
     """The image lists of a Market-1501-layout folder. Names are parsed strictly: a bad one is an error."""
 
     def __init__(self, root: str | Path):
@@ -98,18 +116,6 @@ class MarketDataset:
                     continue
                 items.append(MarketImage(p, parse_name(p.name, p)))
             self.splits[split] = items
-
-    @property
-    def train(self) -> list[MarketImage]:
-        return self.splits["train"]
-
-    @property
-    def query(self) -> list[MarketImage]:
-        return self.splits["query"]
-
-    @property
-    def gallery(self) -> list[MarketImage]:
-        return self.splits["gallery"]
 
     def path_of(self, filename: str) -> Path:
         """Find an image by file name in any split (train first, then gallery, then query)."""
