@@ -29,7 +29,9 @@ from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.utils.paths import check_out_dir
 from pcdms_aug.utils.runtime import pick_device
 
-from .datasets import MANIFEST, base_folder, build_base, dataset_name, read_manifest, select_views
+from . import provenance
+from .datasets import (MANIFEST, base_folder, build_base, dataset_name, read_manifest, select_views,
+                       validation_items)
 from .report import write_reports
 from .schedule import Schedule
 from .training import TrainConfig, train_and_evaluate
@@ -49,6 +51,10 @@ class ExperimentConfig(TrainConfig):
     generated_dir: Any = None  # folder, template with {fraction}/{percent}/{seed}, or {fraction: folder}
     views_per_identity: int | None = None  # cap per identity, in manifest order
     views_per_image: int | None = None  # cap per source image, in manifest order (1 of a 4-view folder: 1 view)
+    # What the views' generator was trained on (reid.provenance): null = known for the shipped tiny weights,
+    # unknown for others; "this" (this dataset's training split: the paper's protocol), "other" (other people
+    # only), "unknown", or the folder of the dataset it was trained on.
+    generator_trained_on: Any = None
     fractions: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
     seeds: tuple = (0, 1, 2)
     variants: tuple = VARIANTS
@@ -98,7 +104,7 @@ def run_id(fraction: float, seed: int, variant: str) -> str:
 # Keys that do not change what a run computes: a finished run stays valid when only these differ.
 _NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
                        "generated_dir", "views_per_identity",
-                       "views_per_image", "generated_share"}
+                       "views_per_image", "generated_share", "generator_trained_on"}
 # Keys that change nothing unless converge / max_steps is on (so runs made before they existed stay valid).
 _CONVERGE_KEYS = {"converge", "eval_every", "patience", "plateau_drops", "min_delta", "val_images"}
 
@@ -196,6 +202,7 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
             for f in cfg.fractions for v in variants for s in cfg.seeds]
     _check_generated(cfg, splits, runs)
 
+    seen = _provenance(cfg, data_dir, real.train, splits)
     device = pick_device(cfg.device)
     results, executed, skipped, by_id = [], [], [], {}
     bar = tqdm(runs, desc="reid runs", unit="run", disable=not progress)
@@ -219,11 +226,28 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
             log.info("%s: mAP %.1f Rank-1 %.1f (%s, %d steps, %d real + %d generated + %d repeated, %.0f s)", rid,
                      res["mAP"], res["rank1"], res["protocol"], res["steps"], res["num_train_real"],
                      res["num_train_generated"], res.get("num_train_repeated", 0), res["wall_s"])
+        res.update(seen.get((fraction, seed), {}))
         results.append(res)
         by_id[rid] = res
     df = write_reports(results, out, "Re-ID: generated views against the controls", _notes(cfg, name, data_dir))
     df.attrs.update(executed=executed, skipped=skipped, out_dir=str(out))
     return df
+
+
+def _provenance(cfg, data_dir: Path, train: list, splits: dict) -> dict:
+    """(fraction, seed) -> what the generator of its views saw (reid.provenance), for every variant of it."""
+    out, cache = {}, {}
+    for (fraction, seed), split in splits.items():
+        gen = generated_dir_for(cfg.generated_dir, fraction, seed)
+        if not gen:
+            continue
+        weights = provenance.views_weights(gen)
+        if weights not in cache:
+            cache[weights] = provenance.generator_data(cfg.generator_trained_on, data_dir, weights)
+        val = ([Path(p).name for p, _, _ in validation_items(train, split, cfg.val_images, seed)]
+               if cfg.converge else [])
+        out[(fraction, seed)] = provenance.describe(cache[weights], data_dir, split, val)
+    return out
 
 
 def _replay(by_id: dict, fraction: float, seed: int, variant: str):

@@ -107,6 +107,7 @@ def train_steps(engine, cfg, schedule: Schedule, validate=None, early_stop: bool
     lr_sched = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, _lr_factor(schedule, cfg.gamma))
     engine.max_epoch = max(1, math.ceil(schedule.total_steps / len(loader)))
     track, drops, step, epoch, start = _Tracker(), 0, 0, 0, time.perf_counter()
+    cap = schedule.total_steps
     stop = schedule.total_steps <= 0
     while not stop:
         engine.epoch = epoch
@@ -139,7 +140,7 @@ def train_steps(engine, cfg, schedule: Schedule, validate=None, early_stop: bool
         schedule.total_steps = step
     if track.state is not None:
         engine.model.load_state_dict(track.state)
-    return {"steps": step, "epochs_run": epoch, "lr_milestones": list(schedule.milestones),
+    return {"steps": step, "step_cap": cap, "epochs_run": epoch, "lr_milestones": list(schedule.milestones),
             "best_step": track.best_step if track.curve else step,
             "val_mAP": track.best if track.curve else None, "val_curve": track.curve,
             "train_s": time.perf_counter() - start}

@@ -47,7 +47,7 @@ def test_runner_writes_results_and_resumes(data, tmp_path):
         n = g.set_index("variant").num_train_generated
         assert n["baseline"] == 0 and n["augmented"] == subset > n["filtered"] > 0
     md = (out / "results.md").read_text()
-    assert "| 0.5 | augmented | epochs | 2 |" in md and "±" in md and "ΔmAP vs strongest control" in md
+    assert "| 0.5 | augmented | epochs | 2 |" in md and "±" in md and "ΔmAP vs best-mean control" in md
     assert len(list((out / "runs").glob("*.json"))) == 6 and len(list((out / "splits").glob("*.json"))) == 2
 
     again = experiment.run_experiment(config(root, gen, out), progress=False)
