@@ -186,8 +186,8 @@ def _report(out: Path, args, df, metrics, timings, format_table, pipe, reid_cfg)
         f"{int(args.fraction * 100)}% of the real training images, {args.views} generated view(s) per kept image "
         f"(stages {', '.join(args.stages)}), seeds {', '.join(map(str, args.seeds))}; {protocol}.",
         "These numbers are measured on the synthetic set by this run; they are not Market-1501 numbers. The demo's "
-        "re-ID runs are short (not trained to convergence): `pcdms-aug reid-experiment tiny/reid.yaml converge=true` "
-        "compares the variants at convergence.", "",
+        "re-ID runs are short (not trained to convergence): `pcdms-aug reid-experiment tiny/reid.yaml converge=true "
+        "max_steps=3000` compares the variants at convergence (docs/experiments.md).", "",
         *[f"What the generator saw: {line}." for line in report.generator_lines(df)], "",
         *_lead(df),
         "## Downstream re-ID (every variant)", "", reid_md, "", "![CMC](reid/cmc.png)", "",

@@ -85,7 +85,7 @@ def generator_data(spec, data_dir: Path, weights: str | None) -> Seen:
     """What the views' generator was trained on, from the config's ``generator_trained_on`` and the views'
     weights hash (null: known for the shipped tiny weights, unknown for any other)."""
     if spec is None:
-        from pcdms_aug.generation.generate import weights_fingerprint
+        from pcdms_aug.generation.inputs import weights_fingerprint
 
         return _tiny() if weights and weights == weights_fingerprint("tiny") else Seen(
             f"weights {weights or '?'}: not stated (set generator_trained_on)", None, None)

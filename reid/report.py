@@ -133,8 +133,12 @@ def cap_line(df: pd.DataFrame) -> str | None:
     per = [f"{v} {int(capped[known & (df.variant == v)].sum())}/{int((known & (df.variant == v)).sum())}"
            for v in VARIANTS if (known & (df.variant == v)).any()]
     n, k = int(known.sum()), int(capped[known].sum())
+    own = known & (df.protocol == "converged") if "protocol" in df else known & False
+    own_k = int(capped[own].sum())
     return (f"best validation step at the last step the run was allowed (the cap for a run on its own schedule, "
-            f"the replayed end for a control): {k} of {n} runs ({k / n:.0%}; {', '.join(per)})")
+            f"the replayed end for a control): {k} of {n} runs ({k / n:.0%}; {', '.join(per)})"
+            + (f"; the cap, not a plateau, ended {own_k} run(s) on their own schedule: raise max_steps"
+               if own_k else ""))
 
 
 _SAW = {"paper": "the paper's protocol: it trained on images of the subset's identities outside the subset",

@@ -7,7 +7,7 @@ import pytest
 from pcdms_aug.data.splits import make_split, save_split
 from pcdms_aug.data.market import MarketDataset
 from pcdms_aug.data.synthetic import build_synthetic_market
-from pcdms_aug.generation.generate import weights_fingerprint
+from pcdms_aug.generation.inputs import weights_fingerprint
 from pcdms_aug.utils.errors import DataError
 from reid import provenance as pv
 from tests.conftest import SYNTH_SETTINGS

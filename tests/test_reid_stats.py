@@ -83,5 +83,7 @@ def test_paired_frame_and_runs_at_their_cap():
     capped = stats.at_cap(df)
     assert capped.tolist() == [True, False, True] * 5
     line = report.cap_line(df)
-    assert "10 of 15 runs (67%; baseline 5/5, augmented 5/5, duplicated 0/5)" in line
+    assert "10 of 15 runs (67%; baseline 5/5, augmented 5/5, duplicated 0/5)" in line and "raise" not in line
+    own = df.assign(protocol=["converged", "equal_steps:converged", "converged"] * 5)
+    assert "the cap, not a plateau, ended 10 run(s) on their own schedule: raise max_steps" in report.cap_line(own)
     assert report.cap_line(df.drop(columns="step_cap")) is None

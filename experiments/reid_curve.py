@@ -1,0 +1,73 @@
+"""The gain of the views against the strength of the real-only model: one point per fraction of real images.
+
+    python experiments/reid_curve.py OUT.png "TITLE" RESULTS.csv [RESULTS.csv ...]
+
+Each RESULTS.csv is a `reid-experiment` results.csv (every control and `augmented`, paired by seed); their rows
+are pooled (one folder per fraction, or one folder for all). x: the mean mAP of the control with the highest
+mean (the baseline's strength at that fraction); y: augmented minus that control, mean over seeds with its 95 %
+Student-t interval (reid.stats). Prints the table in markdown.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import pandas as pd
+
+from reid import stats
+
+
+def curve_rows(df: pd.DataFrame, variant: str = "augmented") -> list[dict]:
+    rows = []
+    for fraction in sorted(df.fraction.unique()):
+        best = stats.gain_over_best_mean(df, fraction, variant)
+        if best is None:
+            continue
+        control = df[(df.fraction == fraction) & (df.variant == best.control) & df.seed.isin(best.diffs.index)]
+        rows.append({"fraction": fraction, "control": best.control, "control_mAP": control.mAP.mean(),
+                     "seeds": best.n, "gain": best.mean, "low": best.low, "high": best.high, "call": best.call})
+    return rows
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for r in rows:
+        lo = 0 if math.isnan(r["low"]) else r["gain"] - r["low"]
+        hi = 0 if math.isnan(r["high"]) else r["high"] - r["gain"]
+        ax.errorbar([r["control_mAP"]], [r["gain"]], yerr=[[lo], [hi]], marker="o", capsize=4, color="C0")
+        ax.annotate(f"{r['fraction'] * 100:g}% ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})",
+                    (r["control_mAP"], r["gain"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("real-only model: mAP of the control with the highest mean (%)")
+    ax.set_ylabel("augmented − that control (mAP, 95 % CI)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print(__doc__)
+        return 2
+    out, title, csvs = argv[0], argv[1], argv[2:]
+    df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
+    rows = curve_rows(df)
+    print("| fraction | control with the highest mean | its mAP | seeds | augmented − it | 95 % interval | called |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ci = "n/a" if math.isnan(r["low"]) else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
+        print(f"| {r['fraction'] * 100:g}% | {r['control']} | {r['control_mAP']:.1f} | {r['seeds']} | "
+              f"{r['gain']:+.1f} | {ci} | {r['call']} |")
+    plot(rows, out, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
