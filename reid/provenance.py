@@ -28,7 +28,7 @@ from pcdms_aug.utils.errors import DataError
 TINY_TRAINED_ON = {"seed": 0, "train_ids": 60, "test_ids": 60}
 STATES = ("this", "other", "unknown")  # besides null (inferred) and a dataset folder
 PAPER = "paper"  # images of the subset's identities outside the subset
-SUBSET = "subset only"  # the subset's people, through the subset's own images only
+SAME_PEOPLE = "same people"  # some of the subset's people, none of their images outside the subset
 OTHER = "other identities"
 UNKNOWN = "unknown"
 
@@ -129,5 +129,5 @@ def describe(seen: Seen, data_dir: Path, split_file: str | Path, val_files: list
     seen_outside = [f for f in outside if keys[f][1] in seen.images]
     out.update(gen_seen_subset_ids=len(people & seen_people), gen_seen_outside_images=len(seen_outside),
                gen_seen_val_images=sum(keys[f][1] in seen.images for f in val_files if f in keys),
-               generator_saw=PAPER if seen_outside else SUBSET if people & seen_people else OTHER)
+               generator_saw=PAPER if seen_outside else SAME_PEOPLE if people & seen_people else OTHER)
     return out

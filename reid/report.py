@@ -142,7 +142,7 @@ def cap_line(df: pd.DataFrame) -> str | None:
 
 
 _SAW = {"paper": "the paper's protocol: it trained on images of the subset's identities outside the subset",
-        "subset only": "it saw the subset's identities through the subset's own images only",
+        "same people": "it saw some of the subset's identities, but none of their images outside the subset",
         "other identities": "none of the subset's identities: people the generator never saw",
         "unknown": "unknown whether it saw the subset's identities"}
 
