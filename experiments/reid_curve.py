@@ -43,9 +43,13 @@ def plot(rows: list[dict], path: str, title: str) -> None:
         ax.annotate(f"{r['fraction'] * 100:g}% ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})",
                     (r["control_mAP"], r["gain"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.axhline(0, color="grey", lw=0.8)
+    ax.margins(y=0.25)
+    ax.set_xlim(0, 100)  # the whole range of a real-only model's mAP, so curves of several runs compare
     ax.set_xlabel("real-only model: mAP of the control with the highest mean (%)")
     ax.set_ylabel("augmented − that control (mAP, 95 % CI)")
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

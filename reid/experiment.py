@@ -244,7 +244,8 @@ def _provenance(cfg, data_dir: Path, train: list, splits: dict) -> dict:
         weights = provenance.views_weights(gen)
         if weights not in cache:
             cache[weights] = provenance.generator_data(cfg.generator_trained_on, data_dir, weights)
-        val = ([Path(p).name for p, _, _ in validation_items(train, split, cfg.val_images, seed)]
+        # The images the runs validate on (training.py draws them from the same list the same way).
+        val = ([Path(it[0]).name for it in validation_items([it[:3] for it in train], split, cfg.val_images, seed)]
                if cfg.converge else [])
         out[(fraction, seed)] = provenance.describe(cache[weights], data_dir, split, val)
     return out
