@@ -84,17 +84,22 @@ def _identity_problems(ds) -> list[str]:
 
 
 def _check_images(images: list, report: dict, sizes: dict) -> list[str]:
-    """Every image decoded: unreadable ones are problems; each one's (height, width) into ``sizes``, the most
-    common sizes into ``report["image_sizes"]`` (any size is fine: keypoints are in each image's own pixels)."""
+    """Every image decoded as the commands decode it: unreadable ones are problems; each one's (height, width)
+    into ``sizes``, the most common sizes into ``report["image_sizes"]`` (any size is fine: keypoints are in
+    each image's own pixels), the modes converted to RGB into ``report["converted_modes"]``."""
+    from pcdms_aug.data.images import open_rgb
+
     problems = []
+    notes = Counter()
     for it in images:
         try:
             with Image.open(it.path) as im:
                 im.verify()
-            with Image.open(it.path) as im:
-                # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
-                im.load()
-                sizes[it.filename] = (im.height, im.width)
+            # verify() reads no pixel data: a truncated JPEG passes it and fails only when decoded
+            im, note = open_rgb(it.path)
+            sizes[it.filename] = (im.height, im.width)
+            if note:
+                notes[note] += 1
         except Exception as e:  # noqa: BLE001 - any decoder failure is the same finding
             problems.append(f"unreadable image {it.path}: {e.__class__.__name__}: {e}")
     counts = Counter(sizes.values())
@@ -102,6 +107,7 @@ def _check_images(images: list, report: dict, sizes: dict) -> list[str]:
     report["image_sizes"] = {f"{h}x{w}": n for (h, w), n in common}
     if len(counts) > len(common):
         report["image_sizes"]["other"] = sum(counts.values()) - sum(n for _, n in common)
+    report["converted_modes"] = dict(sorted(notes.items()))
     return problems
 
 
@@ -159,6 +165,7 @@ def format_report(r: dict) -> str:
     lines.append(f"  junk (-1) {r['junk_images']}, distractors (0000) {r['distractor_images']}")
     if "image_sizes" in r:
         lines.append(f"  image sizes {r['image_sizes']}")
+        lines += [f"  converted to RGB: {n} image(s) of mode {note}" for note, n in r["converted_modes"].items()]
     if r["annotation_files"]:
         lines.append("annotations: " + ", ".join(Path(f).name for f in r["annotation_files"]))
         lines.append(f"  annotated {r['annotated_images']}, unannotated {r['unannotated_images']}, "

@@ -136,17 +136,13 @@ MIN_SIDE = 8
 
 
 def load_image(path: str | Path, size: tuple[int, int] | None = None):
-    """Open an image as RGB, failing with the file named; optionally resized to (height, width)."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image as RGB (any mode, see :mod:`.images`), failing with the file named; optionally resized to
+    (height, width)."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.load()
-    except FileNotFoundError:
-        raise DataError("image not found", path) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"unreadable image ({e.__class__.__name__}: {e})", path) from None
+    from pcdms_aug.data.images import open_rgb
+
+    im, _ = open_rgb(path)
     if min(im.size) < MIN_SIDE:
         raise DataError(f"image is {im.height}x{im.width} pixels: too small for a person crop (at least "
                         f"{MIN_SIDE} on each side)", path)

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pcdms_aug.data.images import rgb
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_save_image
 from pcdms_aug.data.pose import Pose, read_annotations, render_pose
@@ -14,7 +15,7 @@ from pcdms_aug.data.pose import Pose, read_annotations, render_pose
 
 def _as_pil(img) -> Image.Image:
     if isinstance(img, Image.Image):
-        return img.convert("RGB")
+        return rgb(img)[0]
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
@@ -94,7 +95,7 @@ def views_sheet(plan: Sequence, dataset, folder: str | Path, identities: int = 8
 def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Image | None = None) -> np.ndarray:
     """A pose drawn on black, or over ``image`` (resized to ``size``) when one is given."""
     size = size or (pose.size if image is None else (image.height, image.width))
-    canvas = None if image is None else np.asarray(image.convert("RGB").resize((size[1], size[0])))
+    canvas = None if image is None else np.asarray(rgb(image)[0].resize((size[1], size[0])))
     return render_pose(pose, size, canvas=canvas)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcdms_aug.data.images import rgb
 from pcdms_aug.data.pose import NUM_JOINTS, Pose, as_pose, render_pose
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -55,7 +56,7 @@ def images_to_tensor(images, image_size) -> tuple[torch.Tensor, tuple[int, int]]
             im = Image.fromarray(im)
         elif not isinstance(im, Image.Image):
             raise ValueError(f"a source image must be a PIL image, a uint8 array or a tensor, got {type(im)}")
-        pils.append(im if im.mode == "RGB" else im.convert("RGB"))
+        pils.append(rgb(im)[0])  # any mode: 16-bit scaled, transparency over grey (data.images)
     sizes = sorted({(im.height, im.width) for im in pils})
     if len(sizes) != 1:
         raise ValueError(f"source images must share one size, got {sizes}")
