@@ -32,24 +32,27 @@ def _part(name: str, timings: dict):
 
 
 def configure(parser):
+    from pcdms_aug.generation.names import MAX_VIEWS_PER_SOURCE
+    from pcdms_aug.utils.argtypes import finite_float, int_in, seed_int, steps_int
+
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--weights", default="tiny", help="'tiny' (shipped), a saved pipeline folder or a YAML")
-    parser.add_argument("--fraction", type=float, default=0.2, help="fraction of real training images kept")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--views", type=int, default=2, help="generated views per real training image (default 2)")
+    parser.add_argument("--fraction", type=finite_float(0.0, 1.0, lo_open=True), default=0.2, help="fraction of real training images kept")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--views", type=int_in(1, MAX_VIEWS_PER_SOURCE), default=2, help="generated views per real training image (default 2)")
     from pcdms_aug.utils.argtypes import choice_list
     from pcdms_aug.pipelines.pipeline_config import ORDER
     # Stage 2's image, not the refined one: with the tiny weights it served re-ID better at convergence
     # (docs/experiments.md, "Levers").
     parser.add_argument("--stages", type=choice_list(ORDER), default=("prior", "inpaint"),
                         help="stages that make the re-ID views (default: prior,inpaint)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=steps_int, default=None,
                         help="denoising steps of every stage (default: the weights' own per stage)")
-    parser.add_argument("--metric-pairs", type=int, default=120, help="test pairs scored by the synthesis metrics")
-    parser.add_argument("--epochs", type=int, default=8, help="re-ID training epochs")
-    parser.add_argument("--train-ids", type=int, default=60)
-    parser.add_argument("--test-ids", type=int, default=60)
-    parser.add_argument("--world-seed", type=int, default=0,
+    parser.add_argument("--metric-pairs", type=int_in(1, 100_000), default=120, help="test pairs scored by the synthesis metrics")
+    parser.add_argument("--epochs", type=int_in(1, 1000), default=8, help="re-ID training epochs")
+    parser.add_argument("--train-ids", type=int_in(1, 9999), default=60)
+    parser.add_argument("--test-ids", type=int_in(1, 9999), default=60)
+    parser.add_argument("--world-seed", type=seed_int, default=0,
                         help="seed of the synthetic world drawn (default 0: the world the shipped tiny weights "
                              "were trained on, so their views are of people they saw, the paper's protocol; "
                              "another seed draws people they never saw)")

@@ -24,7 +24,8 @@ from typing import Any
 
 from pcdms_aug.config.loading import build, load_config, to_dict
 from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_split, split_filename
-from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.argtypes import MAX_SEED
+from pcdms_aug.utils.errors import DataError, shown
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.utils.paths import check_out_dir
 from pcdms_aug.utils.runtime import pick_device
@@ -55,9 +56,9 @@ class ExperimentConfig(TrainConfig):
     # unknown for others; "this" (this dataset's training split: the paper's protocol), "other" (other people
     # only), "unknown", or the folder of the dataset it was trained on.
     generator_trained_on: Any = None
-    fractions: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
-    seeds: tuple = (0, 1, 2)
-    variants: tuple = VARIANTS
+    fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = VARIANTS
     out_dir: str = "runs/reid"
 
 
@@ -66,10 +67,12 @@ def make_config(cfg: dict | Any):
     cfg = build(ExperimentConfig, cfg, "reid config") if isinstance(cfg, dict) else dataclasses.replace(cfg)
     cfg.check("reid config")
     cfg.fractions = tuple(check_fraction(f, "reid config: fractions") for f in cfg.fractions)
-    cfg.seeds = tuple(int(s) for s in cfg.seeds)
+    for i, s in enumerate(cfg.seeds):
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise DataError(f"reid config: seeds[{i}] must be an integer in 0..{MAX_SEED}, got {shown(s)}")
     bad = [v for v in cfg.variants if v not in VARIANTS]
     if bad or not cfg.variants:
-        raise DataError(f"reid config: variants must be among {', '.join(VARIANTS)}, got {list(cfg.variants)}")
+        raise DataError(f"reid config: variants must be among {', '.join(VARIANTS)}, got {shown(list(cfg.variants))}")
     if not cfg.fractions or not cfg.seeds:
         raise DataError("reid config: fractions and seeds must not be empty")
     if any(v in REPLAYS for v in cfg.variants) and "augmented" not in cfg.variants:
@@ -159,14 +162,15 @@ def _check_generated(cfg, splits, runs) -> None:
 
 
 def _load_result(path: Path, fp: dict) -> dict:
-    try:
-        res = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"unreadable run result ({e}); delete it to rerun that run", path) from None
-    old = res.get("fingerprint", {})
+    from pcdms_aug.config.loading import read_json
+
+    res = read_json(path, "run result")
+    old = res.get("fingerprint") if isinstance(res, dict) else None
+    if not isinstance(old, dict):
+        raise DataError("not a run result of reid-experiment (no fingerprint); delete it to rerun that run", path)
     diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
     if diff:
-        what = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff[:4])
+        what = ", ".join(f"{k}: {shown(old.get(k))} -> {shown(fp.get(k))}" for k in diff[:4])
         raise DataError(f"this finished run was made with another config ({what}); use another out_dir, "
                         "or --force to rerun everything", path)
     return res

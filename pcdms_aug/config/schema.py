@@ -157,12 +157,46 @@ def _check_block(block: dict, kind: str, where: str) -> None:
             raise unknown_key_error(str(key), known, where)
 
 
+# Sane maxima of the numbers that size a model, checked before anything is built: the paper's largest are
+# 5120 (CLIP ViT-H's MLP), 40 layers (DINOv2-giant) and 512-pixel images; a value far beyond them asks for
+# gigabytes, so it is refused by name rather than allocated. Seeds are not sizes.
+MAX_SIZE = 8192
+MAX_COUNT = 256  # layers, heads, blocks
+MAX_IMAGE_SIDE = 2048
+MAX_LIST = 64
+_COUNT_WORDS = ("layers", "heads", "downsample", "groups")
+_IMAGE_WORDS = ("image_size", "sample_size")
+
+
+def check_sizes(node, where: str) -> None:
+    """Every integer of a stage config in 0..its maximum (by key name), every list at most MAX_LIST long."""
+    from pcdms_aug.utils.errors import DataError, shown
+
+    def walk(v, key: str, path: str):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, str(k), f"{path}.{k}")
+        elif isinstance(v, (list, tuple)):
+            if len(v) > MAX_LIST:
+                raise DataError(f"{path} has {len(v)} items: at most {MAX_LIST}")
+            for i, x in enumerate(v):
+                walk(x, key, f"{path}[{i}]")
+        elif isinstance(v, int) and not isinstance(v, bool) and not key.endswith("seed"):
+            top = MAX_IMAGE_SIDE if key in _IMAGE_WORDS else MAX_COUNT if any(
+                w in key for w in _COUNT_WORDS) else MAX_SIZE
+            if not 0 <= v <= top:
+                raise DataError(f"{path} = {shown(v)} is out of range: a size here is 0..{top}")
+    walk(node, "", where)
+
+
 def stage_config(cfg: dict, name: str, where: str = "stage config") -> Common:
-    """Stage ``name``'s config as its typed dataclass; a DataError names the first unknown key or bad value."""
+    """Stage ``name``'s config as its typed dataclass; a DataError names the first unknown key, bad value or
+    out-of-range size."""
     from pcdms_aug.utils.errors import DataError
 
     if name not in SCHEMAS:
         raise DataError(f"{where}: unknown stage {name!r}; use {', '.join(SCHEMAS)}")
+    check_sizes({k: v for k, v in cfg.items() if k not in ("origin", "weights")}, where)
     typed = build(SCHEMAS[name], cfg, where)
     _check_block(typed.scheduler, "scheduler", f"{where}.scheduler")
     for enc in ("clip", "dino"):

@@ -113,14 +113,18 @@ def as_pose(value, size: tuple[int, int]) -> Pose:
 
 
 # ----------------------------------------------------------------------------------------------- CSV io
+MAX_COORDINATE = 10**6
+MAX_TEXT_BYTES = 256 << 20  # Market-1501's annotations are 4 MB
 def _parse_int_list(text: str, what: str, path, line: int) -> list[int]:
     try:
         values = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DataError(f"cannot parse {what} list {text.strip()[:60]!r}", path, line) from None
-    # json reads true as 1 and NaN / Infinity as floats: a coordinate is a finite number, nothing else.
+    # json reads true as 1 and NaN / Infinity as floats: a coordinate is a finite number, nothing else, and
+    # no pixel lies a million pixels away (a 400-digit integer would not even convert to a float).
     if not isinstance(values, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_COORDINATE
+            and math.isfinite(v) for v in values):
         raise DataError(f"{what} must be a list of finite numbers, got {text.strip()[:60]!r}", path, line)
     if len(values) != NUM_JOINTS:
         raise DataError(f"{what} has {len(values)} keypoints, expected {NUM_JOINTS} (OpenPose COCO-18)",
@@ -130,7 +134,10 @@ def _parse_int_list(text: str, what: str, path, line: int) -> list[int]:
 
 def read_text_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (a BOM allowed); undecodable bytes are an error naming the line."""
-    data = path.read_bytes()
+    with open(path, "rb") as f:
+        data = f.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise DataError(f"too large for an annotation or pairs file (over {MAX_TEXT_BYTES >> 20} MB)", path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -2,7 +2,6 @@
 which records the size they were made at. Training reads it; the generation driver writes it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pcdms_aug.utils.errors import DataError
@@ -22,10 +21,9 @@ def check_refine_inputs(folder: str | Path, image_size) -> list:
     if not info.is_file():
         raise DataError(f"no {INFO}: not a folder of pcdms-aug make-refine-inputs, which records there the size "
                         "of its images; run pcdms-aug make-refine-inputs again", folder)
-    try:
-        recorded = json.loads(info.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"corrupt {INFO}: {e}; run pcdms-aug make-refine-inputs again", info) from None
+    from pcdms_aug.config.loading import read_json
+
+    recorded = read_json(info, INFO)
     made = list(recorded.get("image_size", []) if isinstance(recorded, dict) else [])
     if len(made) != 2 or not all(isinstance(v, int) and v > 0 for v in made):
         raise DataError(f"corrupt {INFO}: image_size must be [height, width], got {made}; run pcdms-aug "

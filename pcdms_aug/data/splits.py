@@ -98,18 +98,18 @@ def save_split(path: str | Path, split: Split) -> Path:
 
 
 def load_split(path: str | Path) -> Split:
+    from pcdms_aug.config.loading import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("split file not found", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"split file is not valid JSON ({e})", path) from None
+    data = read_json(path, "split file", limit=64 << 20)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"not a split file (expected \"format\": \"{FORMAT}\")", path)
     missing = [k for k in ("fraction", "seed", "total_images", "num_ids", "files") if k not in data]
     if missing:
         raise DataError(f"split file lacks key(s) {', '.join(missing)}", path)
+    for key in ("seed", "total_images", "num_ids"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or not 0 <= data[key] < 2**63:
+            raise DataError(f"split file: {key} must be a non-negative integer", path)
     files = data["files"]
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
         raise DataError("'files' must be a non-empty list of image names", path)

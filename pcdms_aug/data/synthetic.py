@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.errors import DataError, shown
 from pcdms_aug.utils.io import atomic_save_image, atomic_write_text
 from pcdms_aug.data.pose import Pose, read_annotations, write_annotations, write_pairs
 from pcdms_aug.data import people as pp
@@ -196,13 +196,12 @@ def _check(out: Path, settings: dict) -> bool:
     if not meta_path.is_file():
         raise DataError(f"folder is not empty and holds no {META}: refusing to write a synthetic dataset into "
                         "it (choose a new or empty folder)", out)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"unreadable ({e}); delete the folder or choose another", meta_path) from None
+    from pcdms_aug.config.loading import read_json
+
+    meta = read_json(meta_path, META)
     if not isinstance(meta, dict) or meta.get("settings") != settings:
         old = meta.get("settings") if isinstance(meta, dict) else None
-        raise DataError(f"holds a synthetic build with other settings {old}, asked for {settings}: choose another "
+        raise DataError(f"holds a synthetic build with other settings {shown(old)}, asked for {settings}: choose another "
                         "folder or delete this one", meta_path)
     return bool(meta.get("complete"))
 
@@ -283,10 +282,12 @@ def pose_comparison(synthetic_csv: str | Path, real_csv: str | Path) -> str:
 
 
 def configure(parser):
+    from pcdms_aug.utils.argtypes import int_in, seed_int
+
     parser.add_argument("out", help="output folder (new, empty, or a previous build of the same settings)")
-    parser.add_argument("--train-ids", type=int, default=DEFAULT_TRAIN_IDS, help="training identities")
-    parser.add_argument("--test-ids", type=int, default=DEFAULT_TEST_IDS, help="test identities (query + gallery)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--train-ids", type=int_in(1, 9999), default=DEFAULT_TRAIN_IDS, help="training identities")
+    parser.add_argument("--test-ids", type=int_in(1, 9999), default=DEFAULT_TEST_IDS, help="test identities (query + gallery)")
+    parser.add_argument("--seed", type=seed_int, default=DEFAULT_SEED)
     parser.add_argument("--compare-poses", metavar="REAL_CSV",
                         help="after building, print the keypoint statistics of the synthetic training annotations "
                              "beside those of this real annotation CSV (markdown)")

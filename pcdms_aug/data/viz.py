@@ -100,17 +100,17 @@ def pose_tile(pose: Pose, size: tuple[int, int] | None = None, image: Image.Imag
 
 
 def configure(parser):
-    from pcdms_aug.utils.argtypes import positive_int, size_hw
+    from pcdms_aug.utils.argtypes import int_in, items_int, size_hw
 
     parser.add_argument("--annotations", required=True, help="annotation CSV (name:keypoints_y:keypoints_x)")
     parser.add_argument("--names", nargs="+", action="extend", default=None,
                         help="image names to draw (default: the first --max)")
-    parser.add_argument("--max", type=positive_int, default=16, help="how many rows of the CSV when --names is absent")
+    parser.add_argument("--max", type=items_int, default=16, help="how many rows of the CSV when --names is absent")
     parser.add_argument("--dataset", default=None,
                         help="re-ID dataset folder (any layout): draw each skeleton over its image, beside the image "
                              "(needed for crops that are not 128x64: keypoints are in each image's pixels)")
     parser.add_argument("--size", type=size_hw(2048), default=(256, 128), help="HxW of each tile (default 256x128)")
-    parser.add_argument("--cols", type=positive_int, default=8, help="poses per row of the contact sheet")
+    parser.add_argument("--cols", type=int_in(1, 256), default=8, help="poses per row of the contact sheet")
     parser.add_argument("--out", required=True, help="output PNG")
 
 

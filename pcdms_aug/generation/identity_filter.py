@@ -24,13 +24,14 @@ from typing import Sequence
 import numpy as np
 
 from pcdms_aug.config.options import option
-from pcdms_aug.utils.argtypes import finite_float, positive_int
-from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.argtypes import finite_float, int_in
+from pcdms_aug.utils.errors import DataError, shown
 from pcdms_aug.utils.io import file_sha256
 
 REDUCE = ("mean", "max")
 TOP_SCOPE = ("identity", "all")
 FILTER_TRAINERS = "pcdms_aug.filter_trainers"  # entry point group (setup.cfg)
+MAX_EPOCHS = 1000
 
 
 @dataclass
@@ -43,7 +44,7 @@ class FilterConfig:
     arch: str = option("osnet_x0_25", help="torchreid model name of the checkpoint (default osnet_x0_25)")
     reduce: str = option("mean", choices=REDUCE,
                          help="similarity to the mean real feature (default) or to the closest")
-    size: tuple = (256, 128)  # (height, width) the model was trained at
+    size: tuple[int, int] = (256, 128)  # (height, width) the model was trained at
     # A rule: a threshold or a top fraction (no model: no rule, every view kept).
     threshold: float | None = option(type=finite_float(-1.0, 1.0), group="rule",
                                      help="keep views whose score reaches this cosine")
@@ -51,23 +52,24 @@ class FilterConfig:
                                help="keep this fraction of the best views")
     top_scope: str = option("identity", choices=TOP_SCOPE,
                             help="top fraction of each identity's views (default) or of all")
-    train_epochs: int = option(10, type=positive_int, help="epochs of --filter-model train (default 10)")
+    train_epochs: int = option(10, type=int_in(1, MAX_EPOCHS), help="epochs of --filter-model train (default 10)")
 
     def check(self) -> None:
         if self.reduce not in REDUCE:
-            raise DataError(f"filter.reduce must be one of {', '.join(REDUCE)}, got {self.reduce!r}")
+            raise DataError(f"filter.reduce must be one of {', '.join(REDUCE)}, got {shown(self.reduce)}")
         if self.top_scope not in TOP_SCOPE:
-            raise DataError(f"filter.top_scope must be one of {', '.join(TOP_SCOPE)}, got {self.top_scope!r}")
+            raise DataError(f"filter.top_scope must be one of {', '.join(TOP_SCOPE)}, got {shown(self.top_scope)}")
         if self.threshold is not None and self.top is not None:
             raise DataError("give --filter-threshold or --filter-top, not both")
         if self.top is not None and not 0.0 < float(self.top) <= 1.0:
             raise DataError(f"--filter-top must be a fraction in (0, 1], got {self.top}")
         if self.threshold is not None and not -1.0 <= float(self.threshold) <= 1.0:
             raise DataError(f"--filter-threshold is a cosine similarity in [-1, 1], got {self.threshold}")
-        if int(self.train_epochs) < 1:
-            raise DataError(f"filter.train_epochs must be at least 1, got {self.train_epochs}")
-        if len(tuple(self.size)) != 2:
-            raise DataError(f"filter.size must be [height, width], got {self.size!r}")
+        from pcdms_aug.config.loading import check_ranges
+
+        check_ranges(self, {"train_epochs": (1, MAX_EPOCHS)}, "filter")
+        if len(tuple(self.size)) != 2 or not all(isinstance(v, int) and 16 <= v <= 1024 for v in self.size):
+            raise DataError(f"filter.size must be [height, width], each 16..1024, got {shown(self.size)}")
 
 
 def scorer_fingerprint(cfg: FilterConfig) -> str | None:

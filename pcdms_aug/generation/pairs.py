@@ -88,7 +88,8 @@ def load_poses(files: Sequence[str | Path], dataset: ReidDataset,
 
 
 def configure(parser):
-    from pcdms_aug.utils.argtypes import add_annotations_argument, choice_list, finite_float, positive_int
+    from pcdms_aug.utils.argtypes import (add_annotations_argument, batch_int, choice_list, finite_float, items_int,
+                                          seed_int, steps_int)
     from pcdms_aug.pipelines.pipeline_config import ORDER
 
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to)")
@@ -100,7 +101,7 @@ def configure(parser):
                                      "beside the split folders)")
     parser.add_argument("--weights", required=True, help="'tiny', a saved pipeline folder, or a pipeline YAML")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png")
-    parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
+    parser.add_argument("--steps", type=steps_int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default=None, choices=SAMPLERS,
                         help="default: the pipeline's own")
     parser.add_argument("--guidance", type=finite_float(0.0), default=None,
@@ -110,11 +111,11 @@ def configure(parser):
                              "pipeline's own)")
     parser.add_argument("--refine-noise", type=finite_float(0.0, 1.0), default=None,
                         help="scale of that noise, 0 to 1 (0: a deterministic start; default: the pipeline's own)")
-    parser.add_argument("--batch", type=positive_int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=batch_int, default=8)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--stages", type=choice_list(ORDER), default=ORDER,
                         help="comma list; without refine the coarse stage-2 image is the output")
-    parser.add_argument("--max-pairs", type=positive_int, default=None, help="a seeded sample of the pairs")
+    parser.add_argument("--max-pairs", type=items_int, default=None, help="a seeded sample of the pairs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate every image of a folder made with other settings (replaced one by one)")

@@ -28,6 +28,7 @@ from pcdms_aug.generation.names import MAX_VIEWS_PER_SOURCE, view_name
 log = logging.getLogger(__name__)
 POLICIES = ("random", "canonical", "coverage")
 PER = ("image", "identity")
+MAX_POSES = 1000  # k of the canonical and coverage policies (k-means centres)
 PLAN_COLUMNS = ("index", "group", "file", "pid", "camid", "source", "view", "target_pose_origin",
                 "target_pose_index", "seed", "target_keypoints_y", "target_keypoints_x")
 

@@ -20,7 +20,7 @@ from pcdms_aug.generation.pairs import synthesize
 from pcdms_aug.data.refine_inputs import INFO
 
 def configure(parser):
-    from pcdms_aug.utils.argtypes import finite_float, positive_int
+    from pcdms_aug.utils.argtypes import batch_int, finite_float, items_int, seed_int, steps_int
 
     parser.add_argument("--dataset", required=True, help="re-ID dataset folder (any layout pcdms_aug.data.layouts "
                                                           "reads)")
@@ -28,13 +28,13 @@ def configure(parser):
     parser.add_argument("--weights", required=True,
                         help="pipeline folder with trained prior and inpaint stages ('tiny', a folder, or a YAML)")
     parser.add_argument("--out", required=True, help="folder for <from>_to_<to>.png, pairs.csv and inputs.json")
-    parser.add_argument("--max-pairs", type=positive_int, default=None, help="a seeded sample of the training pairs")
-    parser.add_argument("--steps", type=positive_int, default=None, help="per stage (default: the pipeline's own)")
+    parser.add_argument("--max-pairs", type=items_int, default=None, help="a seeded sample of the training pairs")
+    parser.add_argument("--steps", type=steps_int, default=None, help="per stage (default: the pipeline's own)")
     parser.add_argument("--scheduler", default=None, choices=SAMPLERS,
                         help="default: the pipeline's own")
     parser.add_argument("--guidance", type=finite_float(0.0), default=None, help="default: the pipeline's own")
-    parser.add_argument("--batch", type=positive_int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=batch_int, default=16)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto")
     add_dtype_argument(parser)
 

@@ -57,7 +57,7 @@ def format_table(result: dict) -> str:
 
 
 def configure(parser) -> None:
-    from pcdms_aug.utils.argtypes import positive_int
+    from pcdms_aug.utils.argtypes import int_in
 
     parser.add_argument("--pairs", required=True, help="pairs CSV (from,to) whose targets were generated")
     parser.add_argument("--generated", required=True, metavar="DIR",
@@ -75,7 +75,7 @@ def configure(parser) -> None:
                                                       ".json name) to FILE")
     parser.add_argument("--allow-missing", action="store_true",
                         help="evaluate the pairs whose generated image exists and say how many are missing")
-    parser.add_argument("--best-of", type=positive_int, metavar="K", default=None,
+    parser.add_argument("--best-of", type=int_in(1, 1000), metavar="K", default=None,
                         help="ORACLE protocol of upstream: read <from>_to_<to>_<k>.png, k=0..K-1, and keep the "
                              "sample closest (SSIM) to the ground truth. Uses the ground truth, so it is not "
                              "available when augmenting; labelled as such. Never the default")

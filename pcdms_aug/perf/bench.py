@@ -25,8 +25,9 @@ from functools import partial
 
 import numpy as np
 
-from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.errors import DataError, shown
 
+MAX_PAIRS = 100_000
 PARTS = ("encode", "prior", "inpaint", "refine")
 
 
@@ -250,13 +251,17 @@ def _autocast(pipe, dtype):
 
 
 def check_args(pipe, *, pairs=1, views=1, steps=None, batch=None, guidance=None, stages=None,
-               refine_strength=None, refine_noise=None) -> None:
+               refine_strength=None, refine_noise=None, seed=0) -> None:
     """Every argument checked before anything runs: a one-line DataError naming the argument."""
+    from pcdms_aug.generation.names import MAX_VIEWS_PER_SOURCE
     from pcdms_aug.pipelines.pipeline_config import ORDER
+    from pcdms_aug.utils.argtypes import MAX_BATCH, MAX_SEED, MAX_STEPS
 
-    for name, value in (("--pairs", pairs), ("--views", views), ("--steps", steps), ("--batch", batch)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise DataError(f"{name} must be an integer of at least 1, got {value}")
+    for name, value, lo, hi in (("--pairs", pairs, 1, MAX_PAIRS), ("--views", views, 1, MAX_VIEWS_PER_SOURCE),
+                                ("--steps", steps, 1, MAX_STEPS), ("--batch", batch, 1, MAX_BATCH),
+                                ("--seed", seed, 0, MAX_SEED)):
+        if value is not None and (not isinstance(value, int) or not lo <= value <= hi):
+            raise DataError(f"{name} must be an integer in {lo}..{hi}, got {shown(value)}")
     if stages is not None:
         bad = [s for s in stages if s not in ORDER]
         if bad or not stages:
@@ -355,7 +360,8 @@ def run(args) -> int:
         weights = str(resolve_config_path(args.config))
     dev = pick_device(args.device)
     checked = dict(pairs=args.pairs, views=args.views, steps=args.steps, batch=args.batch, guidance=args.guidance,
-                   stages=args.stages, refine_strength=args.refine_strength, refine_noise=args.refine_noise)
+                   stages=args.stages, refine_strength=args.refine_strength, refine_noise=args.refine_noise,
+                   seed=args.seed)
     check_args(None, **checked)  # before the (paper scale: minutes of) loading
     compute = pick_dtype(args.dtype, dev)
     autocast = None if compute == torch.float32 or args.cast else compute

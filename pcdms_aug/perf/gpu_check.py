@@ -35,6 +35,8 @@ RESUME_STAGE = "inpaint"  # the largest checkpoint: what a resume and an export 
 
 
 def configure(parser) -> None:
+    from pcdms_aug.utils.argtypes import batch_int, int_in
+
     parser.add_argument("--out", required=True, help="work folder; the report is OUT/gpu_check.json")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--fixture", action="store_true", help="random-weight folders in the downloaded layouts")
@@ -47,11 +49,11 @@ def configure(parser) -> None:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (gloo); training without autocast")
     parser.add_argument("--reduced", action="store_true", help="reduced-depth fixture at 64x32 (implies "
                                                                "--fixture)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per stage (default 20, "
+    parser.add_argument("--steps", type=int_in(1, 1_000_000), default=None, help="training steps per stage (default 20, "
                                                                 "reduced 2)")
-    parser.add_argument("--batch", type=int, default=None, help="training batch (default: the paper configs', "
+    parser.add_argument("--batch", type=batch_int, default=None, help="training batch (default: the paper configs', "
                                                                 "reduced 2)")
-    parser.add_argument("--bench-pairs", type=int, default=None, help="pairs per bench mode, 4 views each (default 4)")
+    parser.add_argument("--bench-pairs", type=int_in(1, 100_000), default=None, help="pairs per bench mode, 4 views each (default 4)")
     parser.add_argument("--full", action="store_true", help="also resume, export, make-refine-inputs, assemble "
                                                             "and one image")
 

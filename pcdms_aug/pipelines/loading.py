@@ -83,17 +83,15 @@ def stages_from_config(path: str | Path, seed: int = 0, overrides=()) -> tuple[d
 
 def read_pipeline_yaml(directory: Path) -> dict:
     """The checked ``pipeline.yaml`` of a pipeline folder (or its JSON form, ``pipeline.json``, same keys)."""
-    import yaml
+    from pcdms_aug.config.loading import parse_yaml, read_config_text
 
     meta = directory / "pipeline.yaml"
     if not meta.is_file() and (directory / "pipeline.json").is_file():
         meta = directory / "pipeline.json"
     if not meta.is_file():
         raise DataError("not a saved PCDMs pipeline (pipeline.yaml missing)", directory)
-    try:
-        cfg = yaml.safe_load(meta.read_text())  # JSON is YAML
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DataError(f"corrupt {meta.name}: {e}", meta) from None
+    # JSON is YAML; read with the bounds of every config (aliases, nesting, size)
+    cfg = parse_yaml(read_config_text(meta, what=f"corrupt {meta.name}: "), meta)
     if not isinstance(cfg, dict):
         raise DataError(f"corrupt {meta.name}: not a mapping", meta)
     check_pipeline_config(cfg, str(meta))

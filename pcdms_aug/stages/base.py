@@ -22,6 +22,7 @@ from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_dir
 
 FROZEN = ("clip", "dino", "codec")
+MAX_PARAMETERS = 6e9  # per stage; the paper's largest (inpaint, with its frozen encoders) holds 2.7 billion
 REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stage's file
 
 
@@ -52,10 +53,12 @@ class Stage(nn.Module):
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, cfg: dict, seed: int = 0, cache: dict | None = None,
-                    load_weights: bool = True) -> "Stage":
+                    load_weights: bool = True, _on_meta: bool = False) -> "Stage":
         """Trainable parts random (``seed``) or from SD-2.1-base; frozen parts as their config says."""
         cfg = copy.deepcopy(dict(cfg))
         cfg.pop("stage", None)
+        if not _on_meta:
+            cls.on_meta(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             stage = cls(cfg, cache=cache, load_weights=load_weights)
@@ -66,6 +69,37 @@ class Stage(nn.Module):
             part = getattr(stage, name, None)
             if part is not None:
                 part.requires_grad_(False).eval()
+        return stage
+
+    @classmethod
+    def on_meta(cls, cfg: dict, where: str | Path | None = None) -> "Stage | None":
+        """The stage ``cfg`` describes, built on the meta device (shapes, no memory): refused when it holds
+        more than MAX_PARAMETERS, or when the config does not build at all. None when parts come from
+        pretrained folders (their size is the folders')."""
+        from pcdms_aug.config.schema import stage_config
+        from pcdms_aug.models.encoders import pretrained_folder
+
+        where = where or f"{cls.name} stage config"
+        try:
+            typed = stage_config(cfg, cls.name, str(where))
+            for name in ("clip", "dino", "codec", "unet", "prior"):
+                part = getattr(typed, name, None)
+                if part is not None and getattr(part, "pretrained", None) \
+                        and pretrained_folder(part, typed, "vae" if name == "codec" else name) is not None:
+                    return None
+            with torch.device("meta"):
+                stage = cls(copy.deepcopy(cfg), cache={}, load_weights=False)
+        except DataError as e:
+            if e.path is not None and str(where).startswith(e.path):
+                raise
+            raise DataError(str(e), where) from None
+        except Exception as e:  # noqa: BLE001 - whatever the libraries raise, the config is the cause
+            raise DataError(f"the config does not build the {cls.name} stage ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]})", where) from None
+        n = sum(p.numel() for p in stage.parameters())
+        if n > MAX_PARAMETERS:
+            raise DataError(f"the config asks for {n / 1e9:.1f} billion parameters (at most {MAX_PARAMETERS / 1e9:g} "
+                            "billion per stage, over twice the paper's largest)", where)
         return stage
 
     def enable_gradient_checkpointing(self) -> list[str]:
@@ -160,10 +194,9 @@ class Stage(nn.Module):
             raise DataError(f"{cls.name or 'stage'} folder not found", directory)
         if not cfg_file.is_file():
             raise DataError(f"no {cls.name or 'stage'} weights here (config.json missing)", directory)
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"corrupt config.json: {e}", cfg_file) from None
+        from pcdms_aug.config.loading import read_json
+
+        cfg = read_json(cfg_file, "config.json")
         if not isinstance(cfg, dict):
             raise DataError("corrupt config.json: not a mapping", cfg_file)
         return cfg
@@ -185,15 +218,19 @@ class Stage(nn.Module):
         if not cls.name:
             from pcdms_aug.stages import stage_class
             return stage_class(name).from_pretrained(directory, cache)
+        from pcdms_aug.config.schema import stage_config
+
+        stage_config(cfg, cls.name, str(directory / "config.json"))
+        files = {}
+        meta = cls.on_meta(cfg, directory / "config.json")
+        for comp, module in (meta._saved_components() if meta is not None else {}).items():
+            files[comp] = _component_file(directory, comp)
+            _check_shapes(module, files[comp])
         # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
         stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache),
-                                load_weights=False)
+                                load_weights=False, _on_meta=True)
         for comp, module in stage._saved_components().items():
-            f = directory / f"{comp}.safetensors"
-            if not f.is_file() and comp in FROZEN and (directory / f"{comp}{REFERENCE}").is_file():
-                f = _referenced_file(directory / f"{comp}{REFERENCE}", comp)
-            if not f.is_file():
-                raise DataError(f"weights of component {comp!r} missing", f)
+            f = files.get(comp) or _component_file(directory, comp)
             try:
                 missing, unexpected = load_model(module, str(f), strict=False)
             except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -351,15 +388,45 @@ def _store_once(file: Path, name: str, shared: dict) -> None:
                                                                    indent=2) + "\n")
 
 
+def _component_file(directory: Path, comp: str) -> Path:
+    """The weights file of a saved component: its own, or the sibling stage's its reference names."""
+    f = directory / f"{comp}.safetensors"
+    if not f.is_file() and comp in FROZEN and (directory / f"{comp}{REFERENCE}").is_file():
+        f = _referenced_file(directory / f"{comp}{REFERENCE}", comp)
+    if not f.is_file():
+        raise DataError(f"weights of component {comp!r} missing", f)
+    return f
+
+
+def _check_shapes(module: nn.Module, file: Path) -> None:
+    """The tensors ``file`` holds (read from its header) against those of ``module`` (on the meta device): a
+    config that disagrees with its weights is refused before any tensor is made."""
+    from safetensors import SafetensorError, safe_open
+
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    try:
+        with safe_open(str(file), "pt", device="cpu") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"cannot read the weights ({' '.join(str(e).split())[:200]})", file) from None
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise DataError(f"weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                        file)
+    for k in sorted(want):
+        if want[k] != have[k]:
+            raise DataError(f"weights do not match the config: {k} is {list(have[k])} in the file, "
+                            f"{list(want[k])} in config.json", file)
+
+
 def _referenced_file(ref: Path, comp: str) -> Path:
     """The file ``<comp>.ref.json`` stands for: ``<comp>.safetensors`` of a sibling stage folder of the same
     pipeline folder (no other path is followed), with the sha256 the reference records."""
     from pcdms_aug.stages import STAGES
 
-    try:
-        spec = json.loads(ref.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"corrupt reference: {e}", ref) from None
+    from pcdms_aug.config.loading import read_json
+
+    spec = read_json(ref, "reference")
     if not isinstance(spec, dict) or not isinstance(spec.get("same_as"), str) or not isinstance(spec.get("sha256"),
                                                                                                   str):
         raise DataError('corrupt reference: expected {"same_as": "<stage>/<component>.safetensors", '

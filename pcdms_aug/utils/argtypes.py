@@ -8,23 +8,35 @@ import math
 
 
 def _int(text: str) -> int:
+    if len(text) > 30:
+        raise argparse.ArgumentTypeError(f"{text[:20]}... ({len(text)} characters) is out of range")
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
-def int_at_least(lo: int):
+def int_in(lo: int, hi: int):
+    """An integer in [lo, hi]: every count has a maximum, so a huge value is refused before anything is sized
+    by it (``--views 1000000000`` would allocate gigabytes first)."""
     def parse(text: str) -> int:
         v = _int(text)
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is out of range: must be an integer >= {lo}")
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: must be an integer in {lo}..{hi}")
         return v
-    parse.__name__ = f"integer >= {lo}"
+    parse.__name__ = f"integer in {lo}..{hi}"
     return parse
 
 
-positive_int = int_at_least(1)
+# The maxima of the counts every command shares (one place): far beyond any real use, far below exhaustion.
+MAX_STEPS = 1000  # sampling steps of a stage (a scheduler's training timesteps)
+MAX_BATCH = 4096
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds stop here
+MAX_ITEMS = 10**9  # how many rows, pairs or images to take from a list (a sample, not an allocation)
+steps_int = int_in(1, MAX_STEPS)
+batch_int = int_in(1, MAX_BATCH)
+seed_int = int_in(0, MAX_SEED)
+items_int = int_in(1, MAX_ITEMS)
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):

@@ -30,11 +30,25 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
     return p == f or f in p.parents
 
 
+def check_not_special(out: str | Path, what: str) -> Path:
+    """Refuse an output path that is empty (it would mean the current folder), the file system's root or the
+    home folder: a command writes into a folder of its own, never over a user's whole tree."""
+    text = str(out)
+    if not text.strip():
+        raise DataError(f"{what} is empty: give a folder or file name")
+    path = Path(os.path.expanduser(text))
+    real = Path(os.path.realpath(path))
+    if real == Path(real.anchor) or real == Path(os.path.realpath(os.path.expanduser("~"))):
+        raise DataError(f"{what} is {'the root folder' if real == Path(real.anchor) else 'the home folder'}: "
+                        "give a folder of its own", text)
+    return Path(text)
+
+
 def check_out_dir(out: str | Path, what: str = "--out", not_inside: dict[str, str | Path] | None = None) -> Path:
     """An output folder that can be written: not a file, creatable and writable, not inside any of
     ``not_inside`` ({description: folder}, e.g. the dataset). Checked before a model loads, so a bad ``--out``
     costs nothing."""
-    out = Path(out)
+    out = check_not_special(out, what)
     if out.exists() and not out.is_dir():
         raise DataError(f"{what} is a file, not a folder", out)
     for desc, folder in (not_inside or {}).items():
@@ -52,7 +66,7 @@ def check_out_dir(out: str | Path, what: str = "--out", not_inside: dict[str, st
 
 def check_out_file(out: str | Path, what: str = "--out") -> Path:
     """An output file path: not an existing folder, its folder creatable and writable."""
-    out = Path(out)
+    out = check_not_special(out, what)
     if out.is_dir():
         raise DataError(f"{what} is a folder; give a file name", out)
     check_out_dir(out.parent if str(out.parent) else Path("."), what=f"the folder of {what}")
