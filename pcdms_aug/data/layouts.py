@@ -20,7 +20,6 @@ split files: unique within a split.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +160,10 @@ def _cuhk03(root: Path, labeled: bool = False) -> dict[str, list[ReidImage]]:
     if not split_path.is_file() or not images.is_dir():
         raise DataError(f"CUHK03 without {split_path.name} and {images.name}/: torchreid writes them from "
                         "cuhk03_release/cuhk-03.mat on its first run (torchreid.data.datasets.CUHK03(root=...))", root)
+    from pcdms_aug.config.loading import read_json
+
     try:
-        split = json.loads(split_path.read_text(encoding="utf-8"))[0]
+        split = read_json(split_path, split_path.name, limit=256 << 20)[0]
         out = {}
         for name in SPLIT_NAMES:
             items = []

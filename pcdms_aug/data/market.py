@@ -155,11 +155,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels; a DataError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    from pcdms_aug.data.images import MAX_PIXELS
+
     try:
         with Image.open(path) as im:
             return im.height, im.width
     except FileNotFoundError:
         raise DataError("image not found", path) from None
+    except Image.DecompressionBombError:
+        raise DataError(f"image too large for a person crop (at most {MAX_PIXELS} pixels)", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"unreadable image ({e.__class__.__name__}: {e})", path) from None
 

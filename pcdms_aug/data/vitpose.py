@@ -15,7 +15,6 @@ the threshold, or which falls outside the crop, is missing (-1), as OpenPose lea
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -73,10 +72,9 @@ def check_folder(folder: str | Path) -> Path:
         missing.append(WEIGHTS)
     if missing:
         raise DataError(f"not a ViTPose checkpoint folder: no {', '.join(missing)}; it needs {LAYOUT}", folder)
-    try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"unreadable {CONFIG}: {e}", folder / CONFIG) from None
+    from pcdms_aug.config.loading import read_json
+
+    config = read_json(folder / CONFIG, CONFIG)
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind != "vitpose":
         raise DataError(f"not a ViTPose checkpoint: model_type is {kind!r}, expected 'vitpose' "
