@@ -69,8 +69,11 @@ def run(args):
     from .experiment import run_experiment
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from pcdms_aug.utils.paths import check_out_dir, claim_dir
+
+    out = check_out_dir(args.out, inputs=[("the weights", args.weights)], command="demo",
+                        own=lambda o: (o / "report.md").is_file() or (o / "data").is_dir() and (o / "reid").is_dir())
+    claim_dir(out, "demo")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 

@@ -27,7 +27,7 @@ from pcdms_aug.data.splits import check_fraction, load_split, make_split, save_s
 from pcdms_aug.utils.argtypes import MAX_SEED
 from pcdms_aug.utils.errors import DataError, shown
 from pcdms_aug.utils.io import atomic_write_text
-from pcdms_aug.utils.paths import check_out_dir
+from pcdms_aug.utils.paths import check_out_dir, claim_dir
 from pcdms_aug.utils.runtime import pick_device
 
 from . import provenance
@@ -176,6 +176,19 @@ def _load_result(path: Path, fp: dict) -> dict:
     return res
 
 
+def _holds_an_experiment(out: Path) -> bool:
+    """A folder an earlier version wrote (before the owner record): its splits and run results."""
+    return (out / "splits").is_dir() and ((out / "runs").is_dir() or (out / "results.csv").is_file())
+
+
+def _generated_dirs(cfg) -> list[str]:
+    spec = cfg.generated_dir
+    if not spec:
+        return []
+    values = spec.values() if isinstance(spec, dict) else [spec]
+    return [str(v) for v in values if isinstance(v, str) and "{" not in v]
+
+
 def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = False, progress: bool = True):
     """Run (or resume) the whole grid; returns the results as a pandas DataFrame (one row per run).
 
@@ -188,7 +201,10 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
     name = dataset_name(cfg.dataset)
     real = build_base(name, cfg.root)
     data_dir = base_folder(real, cfg.root)
-    out = check_out_dir(cfg.out_dir, "out_dir", {"the dataset": data_dir})
+    out = check_out_dir(cfg.out_dir, "out_dir", {"the dataset": data_dir},
+                        inputs=[("generated_dir", g) for g in _generated_dirs(cfg)],
+                        command="reid-experiment", own=_holds_an_experiment)
+    claim_dir(out, "reid-experiment")
     splits = make_splits(cfg, real.train)
     if splits_only:
         for (fraction, seed), path in splits.items():

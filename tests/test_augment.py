@@ -33,7 +33,8 @@ from pcdms_aug.data.pose import read_annotations
 WEIGHTS = "tiny/pipeline.yaml"
 TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")  # torchreid's Market1501 parser
 REPO = Path(__file__).resolve().parent.parent
-BOOKKEEPING = {"manifest.csv", "plan.csv", "generate.json", "generate.log", "shards", "filter", "views.png"}
+BOOKKEEPING = {"manifest.csv", "plan.csv", "generate.json", "generate.log", "shards", "filter", "views.png",
+               ".pcdms-aug-owner.json"}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,8 @@ def test_policies_give_valid_poses(market):
 def test_views_sheet_shows_each_identity_with_its_poses_and_views(reference, market, split_file, pipe, tmp_path):
     from PIL import Image
 
-    from pcdms_aug.generation.outputs import remove_run
+    from pcdms_aug.generation.outputs import PROTOCOL
+    from pcdms_aug.generation.run_folder import remove_own
 
     out, _ = reference
     rows = read_rows(out)
@@ -187,7 +189,7 @@ def test_views_sheet_shows_each_identity_with_its_poses_and_views(reference, mar
     again = tmp_path / "again"
     generate(make_cfg(market, split_file, again), pipeline=pipe, progress=False)
     assert (again / "views.png").read_bytes() == (out / "views.png").read_bytes()
-    remove_run(again)
+    remove_own(again, PROTOCOL)
     assert not (again / "views.png").exists()
 
 
@@ -272,7 +274,7 @@ def test_refuses_foreign_manifest_and_changed_settings(reference, market, split_
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "manifest.csv").write_text("file,pid,camid\n")
-    with pytest.raises(DataError, match="manifest.csv but no generate.json"):
+    with pytest.raises(DataError, match=r"did not write \(e.g. .manifest.csv.\)"):
         generate(make_cfg(market, split_file, foreign), pipeline=pipe, progress=False)
 
     copy = tmp_path / "copy"

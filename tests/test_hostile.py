@@ -74,7 +74,7 @@ def test_render_pose_names_are_plain(tmp_path, capsys):
 
 # ------------------------------------------------------------------ only our own temporaries are removed
 def test_user_files_that_look_temporary_survive(tmp_path):
-    from pcdms_aug.generation.outputs import remove_temp_files
+    from pcdms_aug.generation.run_folder import remove_temp_files
 
     mine = [".notes.tmp", ".holiday.tmp.jpg", ".x.1234.tmp.png"]
     for n in mine:
@@ -334,19 +334,23 @@ def test_train_refuses_a_model_override_typo_before_training(tmp_path, capsys, s
 
 
 def test_synthesize_pairs_refuses_a_folder_made_with_other_settings(tmp_path):
-    from pcdms_aug.generation.pairs import SETTINGS, check_settings
+    from pcdms_aug.generation import run_folder
+    from pcdms_aug.generation.pairs import PROTOCOL, SETTINGS
 
-    check_settings(tmp_path, {"steps": 10, "seed": 0}, overwrite=False)
-    check_settings(tmp_path, {"steps": 10, "seed": 0}, overwrite=False)  # the same: resume
-    with pytest.raises(DataError, match=r"other settings \(steps differ\)"):
-        check_settings(tmp_path, {"steps": 20, "seed": 0}, overwrite=False)
-    check_settings(tmp_path, {"steps": 20, "seed": 0}, overwrite=True)
+    assert run_folder.check(tmp_path, PROTOCOL, {"steps": 10, "seed": 0}, overwrite=False) == "new"
+    run_folder.begin(tmp_path, PROTOCOL, {"steps": 10, "seed": 0}, "new")
+    assert run_folder.check(tmp_path, PROTOCOL, {"steps": 10, "seed": 0}, overwrite=False) == "resume"
+    with pytest.raises(DataError, match=r"other settings \(steps: 10 -> 20\)"):
+        run_folder.check(tmp_path, PROTOCOL, {"steps": 20, "seed": 0}, overwrite=False)
+    mode = run_folder.check(tmp_path, PROTOCOL, {"steps": 20, "seed": 0}, overwrite=True)
+    run_folder.begin(tmp_path, PROTOCOL, {"steps": 20, "seed": 0}, mode)
     assert json.loads((tmp_path / SETTINGS).read_text())["settings"]["steps"] == 20
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.jpg_to_b.jpg.png").write_bytes(b"")
-    with pytest.raises(DataError, match="no synthesize.json"):
-        check_settings(other, {"steps": 10}, overwrite=False)
+    for overwrite in (False, True):  # a folder of someone else's images is never adopted
+        with pytest.raises(DataError, match="did not write"):
+            run_folder.check(other, PROTOCOL, {"steps": 10}, overwrite=overwrite)
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):

@@ -18,7 +18,7 @@ from pcdms_aug.data.market import load_image
 from pcdms_aug.utils.errors import DataError
 
 
-def _refused(argv, capsys, seconds=3.0) -> str:
+def _refused(argv, capsys, seconds=5.0) -> str:
     """Run a command that must be refused: exit 2, one line naming the cause, within ``seconds`` once the
     command's modules are imported (the first run imports them; the refusal itself is timed on the second)."""
     main(argv)

@@ -142,7 +142,9 @@ def test_cli_builds_and_reports_bad_folder(tmp_path, capsys):
     assert main(["synth-market", str(out), "--train-ids", "2", "--test-ids", "1", "--seed", "4", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and META in err and "other settings" in err
-    assert main(["synth-market", str(tmp_path / "x"), "--train-ids", "0", "--quiet"]) == 2
+    with pytest.raises(SystemExit) as refused:  # by argparse: --train-ids is a count in 1..9999
+        main(["synth-market", str(tmp_path / "x"), "--train-ids", "0", "--quiet"])
+    assert refused.value.code == 2 and "--train-ids" in capsys.readouterr().err
 
 
 def _draw(look, yaw, body=None):

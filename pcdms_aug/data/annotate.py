@@ -63,9 +63,16 @@ def _folder_images(root: Path) -> list[tuple[str, Path]]:
     return sorted(seen.items(), key=lambda kv: str(kv[1]))
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+def check_out(out: str | Path, overwrite: bool, inputs=()) -> Path:
+    """The output rule (utils.paths); an existing file is replaced only with --overwrite, and only when it is an
+    annotation CSV (its header line): never another file of the user's."""
+    from pcdms_aug.utils.paths import check_out_file, written_by
+
+    check_out_file(out, inputs=inputs)
+    if os.path.lexists(out) and not overwrite:
         raise DataError("annotation file exists; pass --overwrite to annotate again", out)
+    return check_out_file(out, inputs=inputs, command="annotate",
+                          own=written_by("annotate", first_line=ANNOTATION_HEADER.strip()))
 
 
 def partial_path(out: Path) -> Path:
@@ -151,7 +158,7 @@ def _coverage(rows) -> dict:
 
 def configure(parser):
     from pcdms_aug.data.vitpose import DEFAULT_THRESHOLD, LAYOUT
-    from pcdms_aug.utils.argtypes import choice_list, finite_float, positive_int
+    from pcdms_aug.utils.argtypes import batch_int, choice_list, finite_float
 
     parser.add_argument("images", help="a re-ID dataset (Market-1501, DukeMTMC-reID, MSMT17, CUHK03 or train/query/"
                                        "gallery/<identity>/ folders; its own folder or torchreid's root) or any "
@@ -165,7 +172,7 @@ def configure(parser):
                         help="the dataset's layout (default: detected)")
     parser.add_argument("--threshold", type=finite_float(0.0, 1.0), default=DEFAULT_THRESHOLD,
                         help="a joint whose heatmap score is below this is written as missing (-1)")
-    parser.add_argument("--batch", type=positive_int, default=16, help="images per forward pass")
+    parser.add_argument("--batch", type=batch_int, default=16, help="images per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="annotate again, replacing --out")
 
@@ -173,11 +180,9 @@ def configure(parser):
 def run(args):
     from pcdms_aug.data.vitpose import VitPoseEstimator, check_folder
     from pcdms_aug.utils.io import folder_lock
-    from pcdms_aug.utils.paths import check_out_file
     from pcdms_aug.utils.runtime import pick_device
 
-    out = check_out_file(args.out)
-    check_out(out, args.overwrite)
+    out = check_out(args.out, args.overwrite, inputs=[("the images", args.images), ("the estimator", args.estimator)])
     check_folder(args.estimator)
     list_images(args.images, args.splits, args.layout)  # a bad folder fails before the model loads
     with folder_lock(out.parent, name=f".{out.name}.lock"):

@@ -185,6 +185,9 @@ def _settings(train_ids: int, test_ids: int, seed: int) -> dict:
 
 def _check(out: Path, settings: dict) -> bool:
     """True when ``out`` already holds this exact build; raise when it holds anything else."""
+    from pcdms_aug.utils.paths import check_out_dir
+
+    check_out_dir(out, "OUT")
     if not out.exists():
         return False
     if not out.is_dir():

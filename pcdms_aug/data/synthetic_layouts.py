@@ -142,6 +142,9 @@ def configure(parser):
 
 
 def run(args):
+    from pcdms_aug.utils.paths import check_not_special
+
+    check_not_special(args.out, "OUT")
     if args.layout == "market1501" and tuple(args.crop) == NATIVE:
         return syn.run(args)
     if args.compare_poses:

@@ -121,10 +121,11 @@ MAX_SHEET_PIXELS = 200_000_000
 def run(args):
     from pcdms_aug.data.layouts import open_dataset
     from pcdms_aug.data.market import image_sizes, load_image
-    from pcdms_aug.utils.paths import check_out_file, plain_name
+    from pcdms_aug.utils.paths import check_out_file, plain_name, written_by
 
     size = args.size
-    out = check_out_file(args.out)
+    out = check_out_file(args.out, inputs=[("the annotations", args.annotations), ("the dataset", args.dataset)],
+                         command="render-pose", own=written_by("render-pose"))
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise DataError("--out must end in .png or .jpg", out)
     ds = open_dataset(args.dataset) if args.dataset else None
@@ -158,6 +159,6 @@ def run(args):
     for k, label in enumerate(labels):
         i, j = divmod(k, cols)
         draw.text((2 + j * (size[1] + 2) + 2, 2 + i * (size[0] + 2) + size[0] - 12), label, fill=(255, 255, 255))
-    atomic_save_image(out, sheet)
+    atomic_save_image(out, sheet, written_by="render-pose")
     print(f"wrote {out} ({len(names)} poses, {sheet.width}x{sheet.height})")
     return 0

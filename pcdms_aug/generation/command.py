@@ -6,14 +6,12 @@ Run under ``torchrun --nproc_per_node N`` to split the work over N processes (on
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pcdms_aug.config.loading import build, load_config
 from pcdms_aug.config.options import add_options, given_options
 from pcdms_aug.generation.config import GenerateConfig
 from pcdms_aug.generation.generate import generate
 from pcdms_aug.utils.errors import DataError
-from pcdms_aug.utils.io import file_log
 
 
 def configure(parser) -> None:
@@ -49,22 +47,13 @@ def run(args) -> int:
     cfg.check()
     rt = init_runtime(cfg.device, cfg.dtype)
     cfg.device = rt.device
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot write to the output folder ({e.strerror})", out) from None
     root = logging.getLogger("pcdms_aug")
     console = _console_log(root) if rt.is_main else None
     fmt = f"%(asctime)s rank {rt.rank}/{rt.world_size} %(levelname)s %(message)s"
     try:
-        with file_log(root, out / "generate.log", fmt, "%Y-%m-%d %H:%M:%S"):
-            counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress)
-            logging.getLogger("pcdms_aug.generation").info(
-                "rank %d/%d: %d new image(s) in %.1f s (%.3f img/s), %d re-scored, %d of %d batch(es) finished "
-                "before", rt.rank, rt.world_size, counts["generated"], counts["seconds"],
-                counts["images_per_second"], counts["rescored"], counts["batches_done_before"],
-                counts["batches_this_rank"])
+        # OUT/generate.log starts once every input is checked and the folder is claimed (nothing before).
+        counts = generate(cfg, rank=rt.rank, world=rt.world_size, progress=rt.is_main and not args.no_progress,
+                          log_format=fmt)
     finally:
         if console is not None:
             root.removeHandler(console)

@@ -102,9 +102,14 @@ class GenerateConfig:
         self.filter.check()
         if self.filter.model not in (None, "train") and not Path(self.filter.model).is_file():
             raise DataError("filter model not found (a torchreid checkpoint file, or 'train')", self.filter.model)
+        from pcdms_aug.generation.outputs import PROTOCOL
+        from pcdms_aug.generation.run_folder import owns
         from pcdms_aug.utils.paths import check_out_dir
 
-        check_out_dir(self.out, not_inside={"the dataset": self.dataset})
+        check_out_dir(self.out, inputs=[("the dataset", self.dataset), ("the annotations", self.annotations),
+                                        ("the split", self.split), ("the weights", self.weights),
+                                        ("the filter model", self.filter.model)],
+                      command="generate", own=owns(PROTOCOL))
 
 
 def _check_per_stage(value, what: str, integer: bool) -> None:

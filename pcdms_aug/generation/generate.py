@@ -20,7 +20,7 @@ from pathlib import Path
 from pcdms_aug.config.loading import to_dict
 from pcdms_aug.data.market import load_image
 from pcdms_aug.generation.any_size import call_any_size
-from pcdms_aug.generation import outputs
+from pcdms_aug.generation import outputs, run_folder
 from pcdms_aug.generation.config import GenerateConfig
 from pcdms_aug.generation.identity_filter import (ConsistencyScorer, load_filter_trainer, scorer_fingerprint,
                                                   select)
@@ -56,11 +56,13 @@ def _no_space(e: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------------------- run
 def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None = None, merge: bool | None = None,
-             pipeline=None, progress: bool = True) -> dict:
+             pipeline=None, progress: bool = True, log_format: str | None = None) -> dict:
     """Generate (or resume) this rank's share of the plan; rank 0 (``merge``) then writes manifest.csv.
 
     ``rank``/``world`` default to torchrun's environment. ``pipeline``: an already loaded PCDMsPipeline for
-    ``cfg.weights`` (saves loading it again). Returns counts of the run.
+    ``cfg.weights`` (saves loading it again). ``log_format``: also log into OUT/generate.log once the folder is
+    claimed. Every input and the folder are checked before anything is written (:mod:`.run_folder`): a refused
+    run leaves nothing behind. Returns counts of the run.
     """
     import torch.distributed as dist
 
@@ -76,9 +78,24 @@ def generate(cfg: GenerateConfig, *, rank: int | None = None, world: int | None 
     joined = dist.is_available() and dist.is_initialized()
     start = time.perf_counter()
     out = Path(cfg.out)
+    leader = rank == 0 or not joined
+    inputs = load_inputs(cfg, pipeline)
+    if leader:  # refused here, before anything is written (the lock makes the folder)
+        run_folder.check(out, outputs.PROTOCOL, inputs.settings, cfg.overwrite)
 
-    with folder_lock(out) if rank == 0 or not joined else contextlib.nullcontext():
-        return _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress)
+    with folder_lock(out) if leader else contextlib.nullcontext(), contextlib.ExitStack() as logs:
+        counts = _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress, inputs,
+                                  lambda: log_format and logs.enter_context(_file_log(out, log_format)))
+        log.info("rank %d/%d: %d new image(s) in %.1f s (%.3f img/s), %d re-scored, %d of %d batch(es) finished "
+                 "before", rank, world, counts["generated"], counts["seconds"], counts["images_per_second"],
+                 counts["rescored"], counts["batches_done_before"], counts["batches_this_rank"])
+        return counts
+
+
+def _file_log(out: Path, fmt: str):
+    from pcdms_aug.utils.io import file_log
+
+    return file_log(logging.getLogger("pcdms_aug"), out / outputs.LOG, fmt, "%Y-%m-%d %H:%M:%S")
 
 
 def _warn_tiny_on_real(cfg: GenerateConfig, root: Path) -> None:
@@ -91,19 +108,21 @@ def _warn_tiny_on_real(cfg: GenerateConfig, root: Path) -> None:
                     "data (docs/gpu.md) for views worth adding", root)
 
 
-def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress) -> dict:
+def _generate_locked(cfg, rank, world, merge, joined, start, out, pipeline, progress, inputs, start_log) -> dict:
     from pcdms_aug.utils.runtime import barrier
 
-    inputs = load_inputs(cfg, pipeline)
     leader = rank == 0 or not joined
-    if rank == 0:
-        _warn_about_sources(cfg, inputs)
-    # One process prepares the folder: refusal of foreign content, --overwrite, settings and plan.
+    # One process prepares the folder: --overwrite, settings and plan; the others log once it exists.
     if leader:
         _prepare_folder(cfg, inputs, out)
+        start_log()
+    if rank == 0:
+        _warn_about_sources(cfg, inputs)
     if cfg.filter.model == "train":
         cfg = replace(cfg, filter=replace(cfg.filter, model=str(_trained_filter(cfg, out, leader))))
     barrier()
+    if not leader:
+        start_log()
     plan = read_plan(out / outputs.PLAN, {s.name: s.pose.size for s in inputs.sources.sources})
     groups: dict[int, list] = {}
     for v in plan:
@@ -135,19 +154,19 @@ def _warn_about_sources(cfg: GenerateConfig, inputs: Inputs) -> None:
 
 
 def _prepare_folder(cfg: GenerateConfig, inputs: Inputs, out: Path) -> None:
-    """Refuse foreign content, apply --overwrite, and write the settings and the plan unless a resume has them."""
-    mode = outputs.check_out(out, inputs.settings, cfg.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs.remove_temp_files(out)
+    """Claim the folder, apply --overwrite, and write the settings and the plan unless a resume has them
+    (:func:`run_folder.check` refuses foreign content and other settings)."""
+    mode = run_folder.check(out, outputs.PROTOCOL, inputs.settings, cfg.overwrite)
     env = _environment(cfg)
+    run_folder.begin(out, outputs.PROTOCOL, inputs.settings, mode, {"filter": to_dict(cfg.filter),
+                                                                    "environment": env})
     if mode == "resume":
-        before = (outputs.read_settings(out) or {}).get("environment")
+        before = (run_folder.read_record(out, outputs.PROTOCOL) or {}).get("environment")
         if before and before != env:
             log.warning("resuming with another environment (%s, before %s): images made now may differ in the "
                         "last bits from those one uninterrupted run would make (float rounding depends on "
                         "the device, the library versions and the number of CPU threads)", env, before)
     if mode != "resume" or not (out / outputs.PLAN).is_file():
-        outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "environment": env})
         plan = make_plan(inputs.sources, views=int(cfg.views), per=cfg.per, policy=cfg.policy,
                          seed=int(cfg.seed), batch=int(cfg.batch), canonical_poses=int(cfg.canonical_poses),
                          coverage_candidates=int(cfg.coverage_candidates), ext=cfg.image_format)
@@ -249,8 +268,9 @@ def _merge(out: Path, plan: list, cfg: GenerateConfig, inputs: Inputs, scorer_fp
         atomic_save_image(out / outputs.SHEET, sheet)
     summary = {k: counts[k] for k in ("train_images", "sources", "identities", "no_annotation", "no_torso",
                                       "not_in_split", "planned", "manifest_rows", "kept", "complete")}
-    outputs.write_settings(out, inputs.settings, {"filter": to_dict(cfg.filter), "counts": summary,
-                                                  "environment": _environment(cfg)})
+    run_folder.write_record(out, outputs.PROTOCOL, inputs.settings, {"filter": to_dict(cfg.filter),
+                                                                     "counts": summary,
+                                                                     "environment": _environment(cfg)})
 
 
 def _environment(cfg: GenerateConfig) -> dict:

@@ -1,6 +1,7 @@
 """What a generation run keeps in its output folder, and how a rerun decides what is finished.
 
-``OUT/generate.json``  the settings (a rerun with other settings is refused unless --overwrite);
+``OUT/generate.json``  the settings record of the drivers' one protocol (:mod:`.run_folder`: resume, other
+                       settings refused unless --overwrite, which removes only :func:`own_files`);
 ``OUT/plan.csv``       every view planned (see :mod:`.plan`);
 ``OUT/shards/manifest-rank<r>-of-<w>.jsonl``  one line per finished batch (its files and consistency scores),
                        appended by the rank that made it; a line cut by a crash does not parse and is ignored;
@@ -16,13 +17,13 @@ import csv
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from pcdms_aug.utils.errors import DataError
-from pcdms_aug.utils.io import atomic_write_text, is_temp_name
+from pcdms_aug.generation.run_folder import Protocol
+from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.generation.plan import PlannedView
 
 SETTINGS = "generate.json"
@@ -32,57 +33,19 @@ SHARDS = "shards"
 SHEET = "views.png"  # source, target pose and view of the first identities: to look at before training on them
 FILTER = "filter"  # --filter-model train writes its checkpoint here
 FORMAT = "pcdms-aug generate v1"
+IMAGE_EXTENSIONS = ("jpg", "png")
 MANIFEST_COLUMNS = ("file", "pid", "camid", "source", "target_pose_origin", "target_pose_index", "seed", "policy",
                     "weights", "score", "kept")
 
 
-def read_settings(out: Path) -> dict | None:
-    path = out / SETTINGS
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"unreadable settings file ({e}); rerun with --overwrite to start again", path) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("settings"), dict):
-        raise DataError(f"not a settings file of `pcdms-aug generate` (format {FORMAT!r}); rerun with --overwrite",
-                        path)
-    return data
+def own_files(out: Path) -> list[Path]:
+    """The files a previous run wrote, as its records name them: views named in plan.csv or manifest.csv that
+    have a generated view's name, the shard logs, the filter's checkpoint, the sheet and the tables."""
+    import re
 
+    from pcdms_aug.generation.names import is_view_name
+    from pcdms_aug.utils.paths import plain_name
 
-def write_settings(out: Path, settings: dict, extra: dict | None = None) -> None:
-    data = {"format": FORMAT, "settings": settings, **(extra or {})}
-    atomic_write_text(out / SETTINGS, json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
-def check_out(out: Path, settings: dict, overwrite: bool) -> str:
-    """'new', 'resume' or 'overwrite' (after removing the previous run's files). Refuses foreign content."""
-    old = read_settings(out) if not overwrite else None
-    if old is not None:
-        prev = old["settings"]
-        diff = sorted(k for k in set(prev) | set(settings) if prev.get(k) != settings.get(k))
-        if not diff:
-            return "resume"
-        what = "; ".join(f"{k}: {prev.get(k)!r} -> {settings.get(k)!r}" for k in diff[:4])
-        raise DataError(f"the folder holds a run with other settings ({what}); use another --out, the same "
-                        "settings to resume, or --overwrite to replace it", out / SETTINGS)
-    present = [n for n in (MANIFEST, PLAN, SHARDS) if (out / n).exists()]
-    if not overwrite:
-        if present:
-            raise DataError(f"the folder holds {', '.join(present)} but no {SETTINGS}: not a run of this command "
-                            "(or another version's); use another --out or --overwrite", out / present[0])
-        return "new"
-    if out.exists():
-        remove_run(out)
-        return "overwrite"
-    return "new"
-
-
-def remove_run(out: Path) -> None:
-    """Delete a previous run: the files its plan or manifest name (inside ``out`` only) and its bookkeeping.
-
-    Other files in the folder are left alone: --overwrite replaces a run, not a folder.
-    """
     names: set[str] = set()
     for table in (out / PLAN, out / MANIFEST):
         if table.is_file():
@@ -91,31 +54,23 @@ def remove_run(out: Path) -> None:
                     names.update((r.get("file") or "") for r in csv.DictReader(f))
             except (OSError, csv.Error, UnicodeDecodeError):
                 pass
-    root = out.resolve()
-    for name in sorted(n for n in names if n):
-        p = (out / name).resolve()
-        if p.parent == root and p.is_file():
-            p.unlink()
-    for n in (MANIFEST, PLAN, SETTINGS, SHEET):
-        if (out / n).is_file():
-            (out / n).unlink()
-    for folder in (SHARDS, FILTER):
-        if (out / folder).is_dir():
-            shutil.rmtree(out / folder)
-    remove_temp_files(out)
+    files = []
+    for name in sorted(names):
+        try:
+            if plain_name(name) and name.lower().endswith(tuple(f".{e}" for e in IMAGE_EXTENSIONS)) \
+                    and is_view_name(name):
+                files.append(out / name)
+        except DataError:
+            continue  # not a name this command gives a view: never ours to remove
+    shard = re.compile(r"^manifest-rank\d+-of-\d+\.jsonl$")
+    model = re.compile(r"^[A-Za-z0-9_]+-\d+x\d+-e\d+\.pth\.tar$")
+    for folder, pattern in ((out / SHARDS, shard), (out / FILTER, model)):
+        if folder.is_dir() and not folder.is_symlink():
+            files += [p for p in sorted(folder.iterdir()) if pattern.match(p.name)]
+    return files + [out / n for n in (MANIFEST, PLAN, SHEET)]
 
 
-def remove_temp_files(out: Path) -> int:
-    """Half-written temporaries of a killed process (only when no writer runs: before the ranks start): only
-    files with this program's own temporary prefix, never a user's ``.x.tmp``."""
-    n = 0
-    for folder in (out, out / SHARDS):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.is_file() and is_temp_name(p.name):
-                    p.unlink()
-                    n += 1
-    return n
+PROTOCOL = Protocol("generate", SETTINGS, FORMAT, own_files)
 
 
 # ------------------------------------------------------------------------------------------- shard logs

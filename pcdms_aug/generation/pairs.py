@@ -16,6 +16,8 @@ from pcdms_aug.data.layouts import LAYOUTS, ReidDataset, open_dataset
 from pcdms_aug.data.market import image_size, load_image
 from pcdms_aug.data.pairs import pair_image_name
 from pcdms_aug.generation.any_size import call_any_size
+from pcdms_aug.generation import run_folder
+from pcdms_aug.generation.run_folder import Protocol
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_save_image
 from pcdms_aug.data.pose import Pose, read_annotation_files, read_pairs
@@ -125,30 +127,11 @@ def configure(parser):
 SETTINGS = "synthesize.json"
 
 
-def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse an output folder made with other settings (its images would count as finished) unless
-    ``overwrite`` (the images are then made again); record the settings."""
-    import json
+def _no_files(out: Path) -> list[Path]:
+    return []  # --overwrite makes each image again in place; no file of the folder is deleted
 
-    from pcdms_aug.utils.io import atomic_write_text
 
-    path = out / SETTINGS
-    if path.is_file():
-        try:
-            before = json.loads(path.read_text(encoding="utf-8")).get("settings")
-        except (ValueError, AttributeError):
-            before = None
-        if before != settings and not overwrite:
-            diff = sorted(k for k in set(settings) | set(before or {})
-                          if (before or {}).get(k) != settings.get(k)) if isinstance(before, dict) else ["all"]
-            raise DataError(f"the images here were made with other settings ({', '.join(diff)} differ); use "
-                            "another --out, or --overwrite to make them again", path)
-    elif not overwrite and any(out.glob("*_to_*.png")):
-        raise DataError(f"holds generated images but no {SETTINGS} (made by another program or version): "
-                        "use another --out, or --overwrite to make them again", out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"format": "pcdms-aug synthesize-pairs v1", "settings": settings},
-                                       indent=1, sort_keys=True) + "\n")
+PROTOCOL = Protocol("synthesize-pairs", SETTINGS, "pcdms-aug synthesize-pairs v1", _no_files)
 
 
 def run(args):
@@ -158,7 +141,9 @@ def run(args):
     from pcdms_aug.pipelines.pipeline import PCDMsPipeline
     from pcdms_aug.utils.runtime import init_runtime
 
-    out = check_out_dir(args.out, not_inside={"the dataset": args.dataset})
+    out = check_out_dir(args.out, inputs=[("the dataset", args.dataset), ("the pairs CSV", args.pairs),
+                                          ("the annotations", args.annotations), ("the weights", args.weights)],
+                        command=PROTOCOL.command, own=run_folder.owns(PROTOCOL))
     rt = init_runtime(args.device, args.dtype)
     dataset = open_dataset(args.dataset, args.layout)
     pairs = read_pairs(args.pairs)
@@ -171,6 +156,8 @@ def run(args):
                 "scheduler": args.scheduler, "guidance": args.guidance, "refine_strength": args.refine_strength,
                 "refine_noise": args.refine_noise, "seed": args.seed, "stages": list(args.stages),
                 "dtype": str(pipe.dtype).replace("torch.", "")}
+    if rt.is_main:  # refused here, before anything is written (the lock makes the folder)
+        run_folder.check(out, PROTOCOL, settings, args.overwrite)
     import contextlib
 
     from pcdms_aug.utils.io import folder_lock
@@ -180,8 +167,10 @@ def run(args):
 
 
 def _run_locked(args, rt, pipe, pairs, dataset, poses, out, settings) -> int:
+    mode = "overwrite" if args.overwrite else "resume"
     if rt.is_main:
-        check_settings(out, settings, args.overwrite)
+        mode = run_folder.check(out, PROTOCOL, settings, args.overwrite)
+        run_folder.begin(out, PROTOCOL, settings, mode)
     if rt.distributed:
         from pcdms_aug.utils.runtime import barrier
         barrier()
@@ -189,7 +178,7 @@ def _run_locked(args, rt, pipe, pairs, dataset, poses, out, settings) -> int:
                         guidance=args.guidance, refine_strength=args.refine_strength,
                         refine_noise=args.refine_noise, scheduler=args.scheduler, seed=args.seed,
                         stages=tuple(args.stages), rank=rt.rank, world=rt.world_size, progress=rt.is_main,
-                        keep_existing=not args.overwrite)
+                        keep_existing=mode != "overwrite")
     print(f"[synthesize-pairs] rank {rt.rank}: wrote {counts['written']}, skipped {counts['skipped']} finished, "
           f"of {counts['pairs']} pairs -> {args.out}")
     return 0

@@ -8,6 +8,7 @@ import math
 
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
+from pcdms_aug.utils.io import MARK_KEY, mark
 from pcdms_aug.metrics.config import as_config
 from pcdms_aug.metrics.evaluate import compute_metrics
 
@@ -56,6 +57,9 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
+TABLE_HEAD = f"<!-- {mark('metrics')} -->"  # first line of a table written to --out (hidden when rendered)
+
+
 def configure(parser) -> None:
     from pcdms_aug.utils.argtypes import int_in
 
@@ -90,13 +94,18 @@ def run(args) -> int:
     raw = apply_overrides(raw, args.overrides or [])
     if args.device:
         raw["device"] = args.device
-    if args.best_of is not None and args.best_of < 1:
-        raise DataError(f"--best-of must be >= 1, got {args.best_of}")
+    if args.out is not None:
+        from pcdms_aug.utils.paths import check_out_file, written_by
+
+        check_out_file(args.out, inputs=[("the pairs CSV", args.pairs), ("the generated folder", args.generated),
+                                         ("the dataset", args.dataset), ("the config", args.config)],
+                       command="metrics", own=written_by("metrics", first_line=TABLE_HEAD))
     result = compute_metrics(args.pairs, args.generated, args.dataset, raw, allow_missing=args.allow_missing,
                              best_of=args.best_of, progress=not args.no_progress)
     as_json = args.json or (args.out or "").endswith(".json")
-    text = json.dumps(result, indent=2) if as_json else format_table(result)
+    text = json.dumps({**result, MARK_KEY: mark("metrics")}, indent=2) if as_json else format_table(result)
     if args.out:
-        atomic_write_text(args.out, text + "\n")
-    print(text if as_json == args.json else format_table(result))
+        # The mark says this command wrote the file, so a rerun may replace it (and no file of the user's).
+        atomic_write_text(args.out, (text if as_json else f"{TABLE_HEAD}\n{text}") + "\n")
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

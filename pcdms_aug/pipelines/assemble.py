@@ -67,10 +67,11 @@ def run(args):
     from pcdms_aug.pipelines.pipeline import PCDMsPipeline
     from pcdms_aug.pipelines.loading import stage_folder
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError("exists and is not empty; assemble writes a new pipeline folder", out)
+    from pcdms_aug.utils.paths import check_new_dir
+
     given = {n: getattr(args, n) for n in ("prior", "inpaint", "refine") if getattr(args, n)}
+    out = check_new_dir(args.out, inputs=[(f"the {n} stage", v) for n, v in given.items()]
+                        + [("the config", args.config)])
     folders = {n: stage_folder(v, n) for n, v in given.items()}
     cfg = pipeline_config(folders, args.config, args.overrides)  # refused before any weights are read
     pipe = PCDMsPipeline.from_stages(folders, cfg)

@@ -286,7 +286,10 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from pcdms_aug.utils.paths import check_new_dir
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_new_dir(args.out, "OUT", inputs=[("the checkpoint", args.checkpoint), ("the config", args.config)])
     import_official(args.checkpoint, args.out, args.stage, args.config, args.overrides)
     print(f"wrote {args.out}")
     return 0

@@ -263,5 +263,8 @@ def configure(parser):
 
 
 def run(args):
+    from pcdms_aug.utils.paths import check_new_dir
+
+    check_new_dir(args.out, inputs=[("the checkpoint", args.checkpoint)])
     print(f"[export-checkpoint] wrote {export_checkpoint(args.checkpoint, args.out)}")
     return 0

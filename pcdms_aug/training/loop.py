@@ -64,6 +64,11 @@ class _Run:
     aside: list = field(default_factory=list)  # frozen components kept off the device (feature cache)
 
 
+def _holds_a_training_run(out: Path) -> bool:
+    """A folder an earlier version of `pcdms-aug train` wrote (before the owner record): its log and config."""
+    return (out / "train.log").is_file() and (out / "config.yaml").is_file()
+
+
 def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> Path:
     """Train one stage; resumes from the newest checkpoint in ``cfg.train.out``. Returns OUT/final."""
     tc = cfg.train
@@ -71,7 +76,13 @@ def train(cfg: RunConfig, rt: Runtime | None = None, progress: bool = True) -> P
     out = Path(tc.out)
     if not rt.is_main:
         return _train(cfg, rt, progress, out)
-    out.mkdir(parents=True, exist_ok=True)
+    from pcdms_aug.utils.paths import check_out_dir, claim_dir
+
+    d = cfg.data
+    check_out_dir(out, "train.out", inputs=[("data.root", d.root), ("data.annotations", d.annotations),
+                                            ("data.refine_inputs", d.refine_inputs)],
+                  command="train", own=_holds_a_training_run)
+    claim_dir(out, "train")
     with file_log(log, out / "train.log", "%(asctime)s %(levelname)s %(message)s"):
         return _train(cfg, rt, progress, out)
 

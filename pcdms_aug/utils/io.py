@@ -15,6 +15,11 @@ from pcdms_aug.utils.errors import DataError
 # Every temporary this program creates starts with this prefix, and only such files are ever cleaned up: a
 # pattern over the user's own names (".*.tmp") would delete their files.
 TEMP_PREFIX = ".pcdms-aug-tmp-"
+MARK_KEY = "written_by"  # the key (JSON) or text chunk (PNG: "Software") that says which command wrote a file
+
+
+def mark(command: str) -> str:
+    return f"pcdms-aug {command}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -115,10 +120,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_save_image(path: str | Path, image, **save_kwargs) -> None:
-    """Save a PIL image atomically; the format follows ``path``'s suffix."""
+def atomic_save_image(path: str | Path, image, written_by: str | None = None, **save_kwargs) -> None:
+    """Save a PIL image atomically; the format follows ``path``'s suffix. ``written_by`` (a command) marks a
+    PNG as that command's (its Software text), so a rerun may replace it and nothing else."""
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
+    if written_by is not None and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", mark(written_by))
+        save_kwargs["pnginfo"] = info
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
 
