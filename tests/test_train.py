@@ -75,7 +75,7 @@ def test_export_checkpoint_gives_the_ema_weights_final_has(tmp_path, synth_marke
     assert "no trainable.safetensors" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["export-checkpoint", str(tmp_path / "run" / "checkpoint-2"), "--out", str(tmp_path / "file")]) == 2
-    assert "not an empty folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_inpaint_trains_and_writes_a_preview(tmp_path, synth_market):
