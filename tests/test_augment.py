@@ -296,6 +296,7 @@ def test_refuses_foreign_manifest_and_changed_settings(reference, market, split_
                       progress=False)
     assert counts["generated"] == counts["planned"] == 2
     assert set(images_of(copy)) == {r["file"] for r in read_rows(copy)} | {"not_ours.txt"}
+    assert (copy / ".pcdms-aug-owner.json").read_text().strip() == '{"command": "generate"}'  # claimed
 
 
 # ------------------------------------------------------------------------------------------------ filter

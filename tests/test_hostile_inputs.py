@@ -159,7 +159,7 @@ def test_a_config_that_expands_is_refused_before_it_is_walked(tmp_path, capsys, 
 def test_every_config_reader_bounds_its_yaml(tmp_path, capsys, synth_market):
     """The same bomb through each way a YAML comes in: a command's config, a _base_, a stage YAML of a pipeline
     config, a saved pipeline's pipeline.yaml, a key=value override."""
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
 
     text, last = _bomb()
     bomb = tmp_path / "bomb.yaml"
@@ -197,7 +197,7 @@ def test_base_cycles_and_bad_bases_are_named(tmp_path, bases, said):
 # ------------------------------------------------------------------------- sizes before any tensor
 @pytest.fixture(scope="module")
 def tiny_copy(tmp_path_factory):
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
 
     w = tmp_path_factory.mktemp("w") / "tiny"
     shutil.copytree(WEIGHTS_ROOT / "tiny", w)
@@ -259,7 +259,7 @@ def test_sizes_in_a_stage_config_are_checked_before_any_tensor(tiny_copy, capsys
     ('{"stages": {"inpaint": "inpaint"}, "image_size": [128, 100000000]}', "image_size"),
     ('{"stages": {"inpaint": "inpaint"}, "batch_size": -4}', "batch_size"),
     ('{"stages": 5}', "stages=5"), ('{"stages": {"inpaint": 3}}', "stages="), ('{"weights": [1]}', "weights="),
-    ('[1, 2]', "not a mapping"), ('{"stages": ', "corrupt pipeline.json"), ("[" * 5000, "nested too deeply"),
+    ('[1, 2]', "not a mapping"), ('{"stages": ', "invalid YAML"), ("[" * 5000, "nested too deeply"),
     ('{"random_weights": "yes"}', "random_weights"),
 ])
 def test_a_pipeline_json_is_checked_like_a_pipeline_yaml(tiny_copy, tmp_path, text, said):
@@ -329,7 +329,7 @@ def test_every_integer_flag_of_every_command_is_bounded_and_named(capsys):
             except SystemExit as e:
                 rc = e.code
             line = capsys.readouterr().err.strip().splitlines()[-1]
-            assert rc == 2 and flag in line and len(line) < 300 and time.perf_counter() - t < 3, \
+            assert rc == 2 and flag in line and len(line) < 300 and time.perf_counter() - t < 5, \
                 (command, flag, value, line)
 
 
@@ -435,7 +435,8 @@ def test_fuzz_a_stage_config_json_loads_or_is_a_named_error(tiny_copy, tmp_path_
 def test_fuzz_a_pipeline_file_is_checked_or_a_named_error(tmp_path_factory, data, as_json):
     import yaml
 
-    from pcdms_aug.pipelines.pipeline import WEIGHTS_ROOT, PCDMsPipeline
+    from pcdms_aug.pipelines.loading import read_pipeline_yaml
+    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
 
     cfg = yaml.safe_load((WEIGHTS_ROOT / "tiny" / "pipeline.yaml").read_text())
     for _ in range(data.draw(st.integers(1, 3))):
@@ -445,7 +446,7 @@ def test_fuzz_a_pipeline_file_is_checked_or_a_named_error(tmp_path_factory, data
     name = "pipeline.json" if as_json else "pipeline.yaml"
     (folder / name).write_text(json.dumps(cfg) if as_json else yaml.safe_dump(cfg))
     try:
-        PCDMsPipeline._read_meta(folder)
+        read_pipeline_yaml(folder)
     except DataError as e:
         assert name in str(e)
 

@@ -16,14 +16,16 @@ from pcdms_aug.utils.errors import DataError
 
 
 def configure(parser):
+    from pcdms_aug.utils.argtypes import batch_int, int_in
+
     parser.add_argument("config", help="the training run's YAML, e.g. paper/train_inpaint.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, as for pcdms-aug train")
     parser.add_argument("--out", help="cache folder (default: the config's train.feature_cache)")
-    parser.add_argument("--batch", type=int, default=16, help="images per encoder call (default 16)")
+    parser.add_argument("--batch", type=batch_int, default=16, help="images per encoder call (default 16)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="storage type of the features (default fp32: the loss equals the uncached one; "
                              "fp16/bf16 halve the disk)")
-    parser.add_argument("--shard-size", type=int, default=512, help="entries per shard file (default 512)")
+    parser.add_argument("--shard-size", type=int_in(1, 1_000_000), default=512, help="entries per shard file (default 512)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -37,12 +39,18 @@ def run(args):
     folder = args.out or cfg.train.feature_cache
     if not folder:
         raise DataError("give --out or train.feature_cache=FOLDER")
-    for flag in ("batch", "shard_size"):
-        if getattr(args, flag) < 1:
-            raise DataError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    from pcdms_aug.training.feature_cache import MANIFEST
+    from pcdms_aug.utils.paths import check_out_dir, claim_dir
+
+    d = cfg.data
+    check_out_dir(folder, "--out" if args.out else "train.feature_cache",
+                  inputs=[("data.root", d.root), ("data.annotations", d.annotations)], command="cache-features",
+                  own=lambda o: (o / MANIFEST).is_file())
     rt = init_runtime(cfg.train.device, "fp32", cfg.train.seed)
     stage = build_stage(cfg.stage, cfg.model, seed=cfg.train.seed)
     stage.to(rt.device)
+    if rt.is_main:
+        claim_dir(folder, "cache-features")
     manifest = build_cache(stage, make_dataset(cfg), folder, rt, cfg.data.image_size, args.batch, args.dtype,
                            args.shard_size, cfg.data.num_workers, AMP_TORCH[cfg.train.mixed_precision],
                            progress=not args.no_progress)

@@ -123,10 +123,9 @@ def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"corrupt feature cache manifest: {e}", path) from None
+    from pcdms_aug.config.loading import read_json
+
+    manifest = read_json(path, "feature cache manifest", limit=64 << 20)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "fingerprint" not in manifest:
         raise DataError(f"not a feature cache of format {FORMAT} (rebuild it in a new folder)", path)
     return manifest
