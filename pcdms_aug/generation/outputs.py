@@ -30,6 +30,7 @@ SETTINGS = "generate.json"
 PLAN = "plan.csv"
 MANIFEST = "manifest.csv"
 SHARDS = "shards"
+LOG = "generate.log"  # begun once the folder is claimed (a refused run writes none)
 SHEET = "views.png"  # source, target pose and view of the first identities: to look at before training on them
 FILTER = "filter"  # --filter-model train writes its checkpoint here
 FORMAT = "pcdms-aug generate v1"
