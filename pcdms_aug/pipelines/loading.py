@@ -108,11 +108,11 @@ def stages_from_folder(directory: str | Path) -> tuple[dict[str, Stage], dict]:
     names = [n for n in ORDER if n in (cfg.get("stages") or {})]
     if not names:
         raise DataError("pipeline.yaml names no stage", directory / "pipeline.yaml")
-    stages = {}
-    for n in names:
+    for n in names:  # every stage folder checked (config, shapes) before any is loaded
         if not (directory / n).is_dir():
             raise DataError(f"stage folder {n}/ missing", directory)
-        stages[n] = STAGES[n].from_pretrained(directory / n, cache=cache)
+        STAGES[n].check_folder(directory / n)
+    stages = {n: STAGES[n].from_pretrained(directory / n, cache=cache) for n in names}
     return stages, cfg
 
 

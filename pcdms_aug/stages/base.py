@@ -202,6 +202,28 @@ class Stage(nn.Module):
         return cfg
 
     @classmethod
+    def check_folder(cls, directory: str | Path) -> tuple[dict, dict]:
+        """(config, {component: weights file}) of a saved stage folder, every check made without building it:
+        the config (sizes, keys), the stage on the meta device, each weights file's tensor shapes from its
+        header. A pipeline checks all its stage folders this way before it loads any."""
+        from pcdms_aug.config.schema import stage_config
+
+        directory = Path(directory)
+        cfg = cls.read_config(directory)
+        name = cfg.pop("stage", cls.name)
+        if cls.name and name != cls.name:
+            raise DataError(f"this folder holds stage {name!r}, not {cls.name!r}", directory)
+        if not cls.name:
+            return _class_of(name, directory).check_folder(directory)
+        stage_config(cfg, cls.name, str(directory / "config.json"))
+        files = {}
+        meta = cls.on_meta(cfg, directory / "config.json")
+        for comp, module in (meta._saved_components() if meta is not None else {}).items():
+            files[comp] = _component_file(directory, comp)
+            _check_shapes(module, files[comp])
+        return cfg, files
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, cache: dict | None = None) -> "Stage":
         """A folder written by :meth:`save_pretrained` (the weights are loaded exactly: a missing, corrupt or
         mismatched file is a DataError naming it). ``cache`` shares equal frozen parts between stages."""
@@ -211,21 +233,9 @@ class Stage(nn.Module):
         from pcdms_aug.models.encoders import frozen_key
 
         directory = Path(directory)
-        cfg = cls.read_config(directory)
-        name = cfg.pop("stage", cls.name)
-        if cls.name and name != cls.name:
-            raise DataError(f"this folder holds stage {name!r}, not {cls.name!r}", directory)
         if not cls.name:
-            from pcdms_aug.stages import stage_class
-            return stage_class(name).from_pretrained(directory, cache)
-        from pcdms_aug.config.schema import stage_config
-
-        stage_config(cfg, cls.name, str(directory / "config.json"))
-        files = {}
-        meta = cls.on_meta(cfg, directory / "config.json")
-        for comp, module in (meta._saved_components() if meta is not None else {}).items():
-            files[comp] = _component_file(directory, comp)
-            _check_shapes(module, files[comp])
+            return _class_of(cls.read_config(directory).get("stage"), directory).from_pretrained(directory, cache)
+        cfg, files = cls.check_folder(directory)
         # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
         stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache),
                                 load_weights=False, _on_meta=True)
@@ -386,6 +396,17 @@ def _store_once(file: Path, name: str, shared: dict) -> None:
         file.unlink()
         (file.parent / f"{comp}{REFERENCE}").write_text(json.dumps({"same_as": same_as, "sha256": digest},
                                                                    indent=2) + "\n")
+
+
+def _class_of(name, directory: Path) -> type:
+    """The stage class a saved folder's config.json names."""
+    from pcdms_aug.stages import STAGES
+
+    if name not in STAGES:
+        from pcdms_aug.utils.errors import shown
+
+        raise DataError(f"stage {shown(name)} is none of {', '.join(STAGES)}", directory / "config.json")
+    return STAGES[name]
 
 
 def _component_file(directory: Path, comp: str) -> Path:
