@@ -5,12 +5,11 @@ what loads), ``stage.yaml`` (the same as YAML, to read) and one ``<component>.sa
 Frozen components loaded from a local pretrained folder are not copied (they are read from that folder again);
 randomly initialised ones are saved like the rest. In a pipeline folder a frozen file identical to one another
 stage already wrote is stored once: the later stage holds ``<component>.ref.json`` =
-``{"same_as": "<stage>/<component>.safetensors", "sha256": "<hex of that file>"}`` instead.
+``{"same_as": "<stage>/<component>.safetensors", "sha256": "<hex of that file>"}`` instead (:mod:`.folder`).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,10 +19,10 @@ from torch import nn
 
 from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_dir
+from pcdms_aug.stages.folder import (FROZEN, FolderOnly, check_shapes, class_of, component_file, same_weights,
+                                    store_once)
 
-FROZEN = ("clip", "dino", "codec")
 MAX_PARAMETERS = 6e9  # per stage; the paper's largest (inpaint, with its frozen encoders) holds 2.7 billion
-REFERENCE = ".ref.json"  # <component>.ref.json: the component is a sibling stage's file
 
 
 class Stage(nn.Module):
@@ -184,7 +183,7 @@ class Stage(nn.Module):
                 else:
                     save_model(module, str(tmp / f"{name}.safetensors"))
                 if shared is not None and name in FROZEN:
-                    _store_once(tmp / f"{name}.safetensors", f"{Path(directory).name}/{name}.safetensors", shared)
+                    store_once(tmp / f"{name}.safetensors", f"{Path(directory).name}/{name}.safetensors", shared)
 
     @classmethod
     def read_config(cls, directory: str | Path) -> dict:
@@ -214,13 +213,13 @@ class Stage(nn.Module):
         if cls.name and name != cls.name:
             raise DataError(f"this folder holds stage {name!r}, not {cls.name!r}", directory)
         if not cls.name:
-            return _class_of(name, directory).check_folder(directory)
+            return class_of(name, directory).check_folder(directory)
         stage_config(cfg, cls.name, str(directory / "config.json"))
         files = {}
         meta = cls.on_meta(cfg, directory / "config.json")
         for comp, module in (meta._saved_components() if meta is not None else {}).items():
-            files[comp] = _component_file(directory, comp)
-            _check_shapes(module, files[comp])
+            files[comp] = component_file(directory, comp)
+            check_shapes(module, files[comp])
         return cfg, files
 
     @classmethod
@@ -234,13 +233,13 @@ class Stage(nn.Module):
 
         directory = Path(directory)
         if not cls.name:
-            return _class_of(cls.read_config(directory).get("stage"), directory).from_pretrained(directory, cache)
+            return class_of(cls.read_config(directory).get("stage"), directory).from_pretrained(directory, cache)
         cfg, files = cls.check_folder(directory)
         # Frozen parts from pretrained folders can come from the cache; saved ones are loaded, then shared.
-        stage = cls.from_config(cfg, seed=0, cache={} if cache is None else _FolderOnly(cache),
+        stage = cls.from_config(cfg, seed=0, cache={} if cache is None else FolderOnly(cache),
                                 load_weights=False, _on_meta=True)
         for comp, module in stage._saved_components().items():
-            f = files.get(comp) or _component_file(directory, comp)
+            f = files.get(comp) or component_file(directory, comp)
             try:
                 missing, unexpected = load_model(module, str(f), strict=False)
             except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -251,7 +250,7 @@ class Stage(nn.Module):
             if cache is not None and comp in FROZEN:
                 key = frozen_key(comp, getattr(stage.config, comp), stage.config)
                 other = cache.get(key)
-                if other is not None and _same_weights(other, module):
+                if other is not None and same_weights(other, module):
                     setattr(stage, comp, other)
                 elif other is None:
                     cache[key] = module
@@ -356,123 +355,6 @@ class Stage(nn.Module):
     def preview(self, batch: dict, num_inference_steps: int = 20, generator=None) -> list[dict]:
         """Rows of labelled images (uint8 HxWx3) for the training grid."""
         return []
-
-
-class _FolderOnly(dict):
-    """A view of a component cache that serves (and records) only folder-backed parts: a randomly
-    initialised frozen part is loaded from the stage's own file first and shared only when equal."""
-
-    def __init__(self, cache: dict):
-        super().__init__()
-        self.cache = cache
-
-    def __contains__(self, key):
-        from pcdms_aug.models.encoders import is_folder_key
-
-        return is_folder_key(key) and key in self.cache
-
-    def __getitem__(self, key):
-        return self.cache[key]
-
-    def __setitem__(self, key, value):
-        from pcdms_aug.models.encoders import is_folder_key
-
-        if is_folder_key(key):
-            self.cache[key] = value
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _store_once(file: Path, name: str, shared: dict) -> None:
-    """``file`` (saved as ``name``, "<stage folder>/<component>.safetensors") replaced by a reference to the
-    equal file another stage wrote, if one did; else recorded in ``shared`` for the stages after."""
-    comp = file.name[:-len(".safetensors")]
-    digest = _sha256(file)
-    same_as = shared.setdefault((comp, digest), name)
-    if same_as != name:
-        file.unlink()
-        (file.parent / f"{comp}{REFERENCE}").write_text(json.dumps({"same_as": same_as, "sha256": digest},
-                                                                   indent=2) + "\n")
-
-
-def _class_of(name, directory: Path) -> type:
-    """The stage class a saved folder's config.json names."""
-    from pcdms_aug.stages import STAGES
-
-    if name not in STAGES:
-        from pcdms_aug.utils.errors import shown
-
-        raise DataError(f"stage {shown(name)} is none of {', '.join(STAGES)}", directory / "config.json")
-    return STAGES[name]
-
-
-def _component_file(directory: Path, comp: str) -> Path:
-    """The weights file of a saved component: its own, or the sibling stage's its reference names."""
-    f = directory / f"{comp}.safetensors"
-    if not f.is_file() and comp in FROZEN and (directory / f"{comp}{REFERENCE}").is_file():
-        f = _referenced_file(directory / f"{comp}{REFERENCE}", comp)
-    if not f.is_file():
-        raise DataError(f"weights of component {comp!r} missing", f)
-    return f
-
-
-def _check_shapes(module: nn.Module, file: Path) -> None:
-    """The tensors ``file`` holds (read from its header) against those of ``module`` (on the meta device): a
-    config that disagrees with its weights is refused before any tensor is made."""
-    from safetensors import SafetensorError, safe_open
-
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    try:
-        with safe_open(str(file), "pt", device="cpu") as f:
-            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DataError(f"cannot read the weights ({' '.join(str(e).split())[:200]})", file) from None
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or unexpected:
-        raise DataError(f"weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}",
-                        file)
-    for k in sorted(want):
-        if want[k] != have[k]:
-            raise DataError(f"weights do not match the config: {k} is {list(have[k])} in the file, "
-                            f"{list(want[k])} in config.json", file)
-
-
-def _referenced_file(ref: Path, comp: str) -> Path:
-    """The file ``<comp>.ref.json`` stands for: ``<comp>.safetensors`` of a sibling stage folder of the same
-    pipeline folder (no other path is followed), with the sha256 the reference records."""
-    from pcdms_aug.stages import STAGES
-
-    from pcdms_aug.config.loading import read_json
-
-    spec = read_json(ref, "reference")
-    if not isinstance(spec, dict) or not isinstance(spec.get("same_as"), str) or not isinstance(spec.get("sha256"),
-                                                                                                  str):
-        raise DataError('corrupt reference: expected {"same_as": "<stage>/<component>.safetensors", '
-                        '"sha256": "<hex>"}', ref)
-    parts = spec["same_as"].split("/")
-    if len(parts) != 2 or parts[0] not in STAGES or parts[0] == ref.parent.name or parts[1] != f"{comp}.safetensors":
-        raise DataError(f"reference to {spec['same_as']!r} refused: it may only name {comp}.safetensors of another "
-                        f"stage folder of this pipeline ({', '.join(STAGES)})", ref)
-    pipeline = ref.parent.parent
-    if not (pipeline / "pipeline.yaml").is_file():
-        raise DataError(f"{ref.name} refers to a file of another stage, so this folder loads only inside its "
-                        "pipeline folder (pipeline.yaml beside the stage folders)", ref)
-    target = pipeline / parts[0] / parts[1]
-    if not target.is_file():
-        raise DataError(f"weights of component {comp!r} missing (the file {ref.parent.name}/{ref.name} refers to)",
-                        target)
-    if _sha256(target) != spec["sha256"]:
-        raise DataError(f"weights of component {comp!r} do not match the sha256 {ref.parent.name}/{ref.name} "
-                        "records", target)
-    return target
-
-
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def to_uint8(images: torch.Tensor) -> list:
