@@ -6,12 +6,12 @@ import pytest
 
 from pcdms_aug.config.loading import build, load_config
 from pcdms_aug.config.options import add_options, given_options, later, option
-from pcdms_aug.utils.argtypes import positive_int
+from pcdms_aug.utils.argtypes import int_in
 
 
 @dataclasses.dataclass
 class _Inner:
-    depth: int = option(3, type=positive_int, help="how deep")
+    depth: int = option(3, type=int_in(1, 10), help="how deep")
     low: float | None = option(type=float, group="rule", help="at least this")
     high: float | None = option(type=float, group="rule", metavar="X", help="at most this")
     quiet_key: int = 7  # a YAML key only
