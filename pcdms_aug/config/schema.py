@@ -128,6 +128,17 @@ class RefineStage(Common):
     train_coarse_noise: float = 1.0
 
 
+# The sampler shorthands (``sampling.scheduler`` of a pipeline config, ``--scheduler`` of the commands, the
+# ``scheduler=`` argument of a pipeline call): the diffusers class and its settings. Deterministic samplers only:
+# a sample then depends on its own initial noise alone.
+SAMPLERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
+DEFAULT_SAMPLER = "unipc"  # upstream's, where neither a call nor a pipeline config names one
+
+
 SCHEMAS = {"prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
 
 
@@ -189,6 +200,12 @@ def check_sizes(node, where: str) -> None:
     walk(node, "", where)
 
 
+def check_stage_sizes(cfg: dict, where: str) -> None:
+    """The sizes of a stage config only: no library is imported, so a pipeline folder checks every stage's sizes
+    this way before any stage is built."""
+    check_sizes({k: v for k, v in cfg.items() if k not in ("origin", "weights")}, where)
+
+
 def stage_config(cfg: dict, name: str, where: str = "stage config") -> Common:
     """Stage ``name``'s config as its typed dataclass; a DataError names the first unknown key, bad value or
     out-of-range size."""
@@ -196,7 +213,7 @@ def stage_config(cfg: dict, name: str, where: str = "stage config") -> Common:
 
     if name not in SCHEMAS:
         raise DataError(f"{where}: unknown stage {name!r}; use {', '.join(SCHEMAS)}")
-    check_sizes({k: v for k, v in cfg.items() if k not in ("origin", "weights")}, where)
+    check_stage_sizes(cfg, where)
     typed = build(SCHEMAS[name], cfg, where)
     _check_block(typed.scheduler, "scheduler", f"{where}.scheduler")
     for enc in ("clip", "dino"):

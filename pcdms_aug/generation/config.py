@@ -26,7 +26,7 @@ def _stage_list():
 
 
 def _samplers():
-    from pcdms_aug.stages.diffusion import SAMPLERS
+    from pcdms_aug.config.schema import SAMPLERS
 
     return SAMPLERS
 

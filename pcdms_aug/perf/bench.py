@@ -308,7 +308,7 @@ def _parse_guidance(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or stage=number,...; got {text!r}") from None
 
 def configure(parser) -> None:
-    from pcdms_aug.stages.diffusion import SAMPLERS
+    from pcdms_aug.config.schema import SAMPLERS
     from pcdms_aug.utils.runtime import DEFAULT_DTYPE, DTYPE_CHOICES
 
     src = parser.add_mutually_exclusive_group()

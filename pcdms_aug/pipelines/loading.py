@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from pcdms_aug.config.loading import load_config, resolve_config_path
+from pcdms_aug.config.schema import check_stage_sizes
 from pcdms_aug.pipelines.pipeline_config import ORDER, check_pipeline_config
 from pcdms_aug.stages import STAGES, Stage, stage_class
 from pcdms_aug.utils.errors import DataError
@@ -108,9 +109,11 @@ def stages_from_folder(directory: str | Path) -> tuple[dict[str, Stage], dict]:
     names = [n for n in ORDER if n in (cfg.get("stages") or {})]
     if not names:
         raise DataError("pipeline.yaml names no stage", directory / "pipeline.yaml")
-    for n in names:  # every stage folder checked (config, shapes) before any is loaded
+    for n in names:  # every stage's sizes first (nothing built, no library imported), then each folder whole
         if not (directory / n).is_dir():
             raise DataError(f"stage folder {n}/ missing", directory)
+        check_stage_sizes(STAGES[n].read_config(directory / n), str(directory / n / "config.json"))
+    for n in names:  # every stage folder checked (config, shapes) before any is loaded
         STAGES[n].check_folder(directory / n)
     stages = {n: STAGES[n].from_pretrained(directory / n, cache=cache) for n in names}
     return stages, cfg

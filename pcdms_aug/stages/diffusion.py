@@ -13,16 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-# The sampler shorthands (``sampling.scheduler`` of a pipeline config, ``--scheduler`` of the commands, the
-# ``scheduler=`` argument of a pipeline call): the diffusers class and its settings. Deterministic samplers only:
-# a sample then depends on its own initial noise alone.
-SAMPLERS = {
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-}
-DEFAULT_SAMPLER = "unipc"  # upstream's, where neither a call nor a pipeline config names one
-
+from pcdms_aug.config.schema import DEFAULT_SAMPLER, SAMPLERS  # noqa: F401 (declared with the configs)
 
 def make_noise_scheduler(cfg: dict):
     """The DDPM noise schedule a stage is trained with (diffusers ``DDPMScheduler`` keys)."""
