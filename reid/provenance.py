@@ -54,7 +54,7 @@ def _synthetic_settings(root: Path) -> dict | None:
 
 
 def _synthetic_keys(settings: dict, items) -> dict[str, tuple]:
-    world = tuple(sorted(settings.items()))
+    world = json.dumps(settings, sort_keys=True)  # hashable whatever the settings hold (a crop is a list)
     return {name: (("synthetic", int(settings["seed"]), pid), ("synthetic", world, name)) for name, pid in items}
 
 

@@ -86,8 +86,9 @@ def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
         pytest.skip("a GPU is visible")
     assert main(["--out", str(tmp_path), "--fixture"]) == 2
     assert "no GPU visible to torch: run with --cpu --reduced" in capsys.readouterr().err
-    assert main(["--out", str(tmp_path), "--cpu", "--reduced", "--steps", "0"]) == 2
-    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), "--cpu", "--reduced", "--steps", "0"])
+    assert e.value.code == 2 and "argument --steps: 0 is out of range" in capsys.readouterr().err
 
 
 def test_memory_arithmetic_and_saved_tensor_count():

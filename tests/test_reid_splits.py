@@ -92,7 +92,7 @@ def test_load_errors_name_the_file(tmp_path):
     assert "missing.json" in str(e.value)
     bad = tmp_path / "bad.json"
     bad.write_text("{oops")
-    with pytest.raises(DataError, match="valid JSON"):
+    with pytest.raises(DataError, match="corrupt split file"):
         load_split(bad)
     bad.write_text(json.dumps({"files": ["a.jpg"]}))
     with pytest.raises(DataError, match="not a split file"):
