@@ -31,7 +31,6 @@ the projection of zero features, as ours.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from pcdms_aug.config.loading import load_config, resolve_config_path
 from pcdms_aug.utils.errors import DataError
+from pcdms_aug.utils.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +232,6 @@ def official_config(stage: str, layout: str, config: str | Path | dict | None, o
     return cfg
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def import_official(checkpoint: str | Path, out: str | Path, stage: str | int,
                     config: str | Path | dict | None = None, overrides: Sequence[str] = ()):
     """Convert an official checkpoint into a stage folder at ``out``; returns the loaded :class:`Stage`."""
@@ -253,7 +245,7 @@ def import_official(checkpoint: str | Path, out: str | Path, stage: str | int,
     layout = detect_layout(name, state, checkpoint)
     cfg = official_config(name, layout, config, overrides)
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
-    cfg["origin"] = {"file": checkpoint.name, "sha256": _sha256(checkpoint), "layout": layout,
+    cfg["origin"] = {"file": checkpoint.name, "sha256": file_sha256(checkpoint), "layout": layout,
                      "dtype": dtypes, "note": "imported by pcdms-aug import-official"}
     log.info("building the %s stage (%s layout)", name, layout)
     stage_obj = stage_class(name).from_config(cfg, seed=0, load_weights=False)
