@@ -91,6 +91,22 @@ def test_without_a_gpu_the_gpu_mode_is_refused_in_one_line(tmp_path, capsys):
     assert e.value.code == 2 and "argument --steps: 0 is out of range" in capsys.readouterr().err
 
 
+def test_a_folder_of_the_users_or_an_input_is_refused_before_anything_runs(tmp_path, capsys):
+    """The check deletes checkpoints and folders it made under --out, so --out must be new, empty or its own."""
+    from pcdms_aug.perf.gpu_check import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["--out", str(mine), "--cpu", "--reduced"]) == 2
+    assert "did not write (e.g. 'notes.txt')" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    data = tmp_path / "market"
+    data.mkdir()
+    assert main(["--out", str(data / "check"), "--cpu", "--dataset", str(data), "--reduced"]) == 2
+    assert "--out lies inside --dataset" in capsys.readouterr().err and not (data / "check").exists()
+
+
 def test_memory_arithmetic_and_saved_tensor_count():
     """20 bytes per trainable parameter (fp32 weight, gradient, two AdamW moments, EMA), 4 per frozen one; a
     saved weight is not counted again as an activation, and one activation saved twice is held once."""

@@ -368,11 +368,16 @@ def run(args) -> int:
 
     if not args.cpu and not torch.cuda.is_available():
         raise DataError("no GPU visible to torch: run with --cpu --reduced, or install the CUDA build of torch")
+    from pcdms_aug.utils.paths import check_out_dir, claim_dir
+
+    # the check deletes checkpoints and folders it made under --out: a folder of the user's is refused first
+    inputs = [(f"--{k}", getattr(args, k)) for k in ("sd21", "clip", "dinov2", "kandinsky", "dataset")]
+    out = check_out_dir(args.out, inputs=inputs, command="gpu-check",
+                        own=lambda folder: (folder / "gpu_check.json").is_file())
     rt = init_runtime("cpu" if args.cpu else "cuda", "fp32", seed=0)
     if rt.world_size != 1:
         raise DataError(f"the check runs one process (torchrun --nproc_per_node 1), got {rt.world_size}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "gpu-check")
     check = Check(args, rt)
     report = check.run()
     print(f"[gpu-check] {'ok' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s -> {check.report_path}",
