@@ -341,8 +341,8 @@ class Check:
             self.phase(f"train_{stage}_cached", self.train_stage, stage, model, data, extra, None, True, True)
         if self.args.full:
             self.phase("resume", self.resume_and_export, model, data)
-            inputs = self.phase("make_refine_inputs", self.refine_inputs, root, dtype)
-            del inputs  # made to check the path; stage 3 trained on random inputs of the same form above
+            # made to check the path; stage 3 trained on random inputs of the same form above
+            self.phase("make_refine_inputs", self.refine_inputs, root, dtype)
             pipe = self.phase("assemble", self.assemble)
             self.phase("image", self.one_image, root, pipe, dtype)
         self.expected()
