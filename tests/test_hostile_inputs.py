@@ -1,6 +1,5 @@
 """Hostile inputs by class: images of every mode, configs that would exhaust the machine, counts out of range,
 and every refusal one line naming its cause (docs/security.md lists the promises)."""
-import io
 import os
 import json
 import shutil

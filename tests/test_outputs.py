@@ -1,7 +1,6 @@
 """One rule for every output path (docs/security.md): no user file is replaced or adopted, no output goes into an
 input, `/`, the home folder and "" are refused, --overwrite removes only a run's own files, and a refused run
 leaves nothing behind. Each class is tried through several commands and spellings."""
-import json
 import os
 import shutil
 

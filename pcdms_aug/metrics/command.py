@@ -6,7 +6,6 @@ import json
 import logging
 import math
 
-from pcdms_aug.utils.errors import DataError
 from pcdms_aug.utils.io import atomic_write_text
 from pcdms_aug.utils.io import MARK_KEY, mark
 from pcdms_aug.metrics.config import as_config
