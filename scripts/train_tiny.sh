@@ -68,5 +68,5 @@ pcdms-aug train tiny/train_refine.yaml "${common[@]}" train.init_from="$RUNS2/ph
   > "$RUNS3/refine.log" 2>&1
 pcdms-aug assemble --prior "$RUNS2/prior/final" --inpaint "$RUNS2/inpaint/final" --refine "$RUNS3/refine/final" \
   --dtype fp16 --out "$RUNS3/final"
-TINY=$(python -c "from pcdms_aug.pipelines.loading import WEIGHTS_ROOT; print(WEIGHTS_ROOT / 'tiny')")
+TINY=$(python -c "from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT; print(WEIGHTS_ROOT / 'tiny')")
 rm -rf "$TINY" && cp -r "$RUNS3/final" "$TINY" && echo "wrote $TINY"

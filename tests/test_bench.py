@@ -78,6 +78,20 @@ def test_bad_arguments_are_one_line_errors_naming_them(args, named, capsys):
     assert len(err) == 1 and named in err[0], err
 
 
+@pytest.mark.parametrize("weights", ["/nonexistent/weights", "/nonexistent/pipeline.yaml"])
+def test_a_missing_weights_path_is_refused_before_torch_loads(weights, tmp_path):
+    """Importing torch and diffusers takes seconds: a wrong --weights is refused without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pcdms_aug.cli.main import main\n"
+            f"rc = main(['bench', '--weights', {weights!r}])\n"
+            "print(rc, 'torch' in sys.modules, 'diffusers' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.stdout.split() == ["2", "False", "False"], res.stdout + res.stderr
+    assert weights in res.stderr and "not found" in res.stderr
+
+
 def test_fp64_is_refused_by_the_parser(capsys):
     from pcdms_aug.cli.main import main
 

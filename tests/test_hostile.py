@@ -381,7 +381,7 @@ def test_yaml_syntax_errors_in_overrides_name_the_override(capsys):
 def test_a_weights_reference_is_followed_only_to_a_sibling_stage_of_its_pipeline(tmp_path, same_as):
     import hashlib
 
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
     from pcdms_aug.stages import InpaintStage
 
     weights = tmp_path / "w"
@@ -396,7 +396,7 @@ def test_a_weights_reference_is_followed_only_to_a_sibling_stage_of_its_pipeline
 
 
 def test_a_missing_or_changed_referenced_file_is_a_data_error_naming_it(tmp_path):
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
     from pcdms_aug.stages import InpaintStage
 
     weights = tmp_path / "w"

@@ -158,7 +158,7 @@ def test_a_config_that_expands_is_refused_before_it_is_walked(tmp_path, capsys, 
 def test_every_config_reader_bounds_its_yaml(tmp_path, capsys, synth_market):
     """The same bomb through each way a YAML comes in: a command's config, a _base_, a stage YAML of a pipeline
     config, a saved pipeline's pipeline.yaml, a key=value override."""
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
 
     text, last = _bomb()
     bomb = tmp_path / "bomb.yaml"
@@ -196,7 +196,7 @@ def test_base_cycles_and_bad_bases_are_named(tmp_path, bases, said):
 # ------------------------------------------------------------------------- sizes before any tensor
 @pytest.fixture(scope="module")
 def tiny_copy(tmp_path_factory):
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
 
     w = tmp_path_factory.mktemp("w") / "tiny"
     shutil.copytree(WEIGHTS_ROOT / "tiny", w)
@@ -435,7 +435,7 @@ def test_fuzz_a_pipeline_file_is_checked_or_a_named_error(tmp_path_factory, data
     import yaml
 
     from pcdms_aug.pipelines.loading import read_pipeline_yaml
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
 
     cfg = yaml.safe_load((WEIGHTS_ROOT / "tiny" / "pipeline.yaml").read_text())
     for _ in range(data.draw(st.integers(1, 3))):

@@ -169,7 +169,7 @@ def test_a_frozen_encoder_two_stages_share_is_written_once_and_loads_back_exactl
 def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
     """The shipped files are the real save path's (fp16 trainables, each frozen encoder once): loading and saving
     them again gives the same bytes, file for file."""
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
 
     torch.set_num_threads(1)
     PCDMsPipeline.from_pretrained("tiny").save_pretrained(tmp_path / "t", trainable_dtype=torch.float16)
@@ -183,7 +183,7 @@ def test_the_shipped_tiny_folder_is_what_save_pretrained_writes(tmp_path):
 def test_missing_stage_folder_and_shipped_weights_are_data_errors(pipe, tmp_path, monkeypatch):
     import shutil
 
-    import pcdms_aug.pipelines.loading as pl
+    import pcdms_aug.pipelines.weights_path as pl
 
     pipe.save_pretrained(tmp_path / "p")
     shutil.rmtree(tmp_path / "p" / "refine")
@@ -308,7 +308,7 @@ def test_shipped_tiny_weights_load_and_generate_the_reference_images():
     pixel may move by a step or two; a changed config default, weight or sampler changes the image wholesale."""
     from pathlib import Path
 
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import WEIGHTS_ROOT
     if not (WEIGHTS_ROOT / "tiny" / "pipeline.yaml").is_file():
         pytest.fail("the shipped tiny weights are missing from the checkout (scripts/train_tiny.sh makes them)")
     torch.set_num_threads(1)

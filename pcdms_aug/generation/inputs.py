@@ -24,7 +24,7 @@ def _short(h) -> str:
 
 def weights_fingerprint(weights: str, pipe=None) -> str:
     """sha256 (12 hex digits) of the weights files; of the initial tensors for a pipeline YAML (random weights)."""
-    from pcdms_aug.pipelines.loading import WEIGHTS_ROOT
+    from pcdms_aug.pipelines.weights_path import check_weights_spec
 
     spec = str(weights)
     h = hashlib.sha256()
@@ -37,10 +37,7 @@ def weights_fingerprint(weights: str, pipe=None) -> str:
                 h.update(f"{name}.{key}".encode())
                 h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return "init-" + _short(h)
-    folder = WEIGHTS_ROOT / "tiny" if spec == "tiny" else Path(spec)
-    if not folder.is_dir():
-        raise DataError("weights folder not found (a folder written by save_pretrained, 'tiny' for the shipped "
-                        "weights, or a pipeline YAML for random weights)", folder)
+    folder = check_weights_spec(spec)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError("weights folder is empty", folder)

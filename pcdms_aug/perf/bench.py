@@ -348,16 +348,19 @@ def _line(r: dict) -> str:
 
 
 def run(args) -> int:
-    import torch
-
-    from pcdms_aug.utils.runtime import pick_device, pick_dtype
-    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+    from pcdms_aug.pipelines.weights_path import check_weights_spec
 
     weights = args.weights or args.config or "tiny/pipeline.yaml"
     if args.config:
         from pcdms_aug.config.loading import resolve_config_path
 
         weights = str(resolve_config_path(args.config))
+    check_weights_spec(weights)  # before torch and diffusers load (seconds)
+    import torch
+
+    from pcdms_aug.utils.runtime import pick_device, pick_dtype
+    from pcdms_aug.pipelines.pipeline import PCDMsPipeline
+
     dev = pick_device(args.device)
     checked = dict(pairs=args.pairs, views=args.views, steps=args.steps, batch=args.batch, guidance=args.guidance,
                    stages=args.stages, refine_strength=args.refine_strength, refine_noise=args.refine_noise,

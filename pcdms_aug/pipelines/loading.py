@@ -14,22 +14,9 @@ from pathlib import Path
 from pcdms_aug.config.loading import load_config, resolve_config_path
 from pcdms_aug.config.schema import check_stage_sizes
 from pcdms_aug.pipelines.pipeline_config import ORDER, check_pipeline_config
+from pcdms_aug.pipelines.weights_path import resolve_weights
 from pcdms_aug.stages import STAGES, Stage, stage_class
 from pcdms_aug.utils.errors import DataError
-
-WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "weights"
-
-
-def resolve_weights(directory: str | Path) -> Path:
-    """The folder a weights argument names: ``"tiny"`` is the shipped tiny weights, anything else a path."""
-    if str(directory) != "tiny":
-        return Path(directory)
-    directory = WEIGHTS_ROOT / "tiny"
-    if not (directory / "pipeline.yaml").is_file():
-        raise DataError("the shipped tiny weights are missing from this installation (scripts/train_tiny.sh "
-                        "trains them on the synthetic Market-1501 and writes them here)", directory)
-    return directory
-
 
 def stage_folder(source: str | Path, name: str) -> Path:
     """The folder of one stage: ``source`` is a stage folder (``OUT/final`` of ``pcdms-aug train``) or a pipeline

@@ -112,15 +112,12 @@ class PCDMsPipeline:
         pipeline YAML (random weights, for tests); moved to ``device`` (auto: the GPU if there is one) and
         ``dtype`` (default :data:`~pcdms_aug.utils.runtime.DEFAULT_DTYPE`). The per-step progress bar is off:
         the commands draw their own, per image."""
-        from pcdms_aug.utils.errors import DataError
+        from pcdms_aug.pipelines.weights_path import check_weights_spec
         from pcdms_aug.utils.runtime import pick_device, pick_dtype
 
-        if str(weights).endswith((".yaml", ".yml")):
+        if check_weights_spec(weights) is None:
             pipe = cls.from_config(weights, seed=0)
         else:
-            if weights != "tiny" and not Path(weights).is_dir():
-                raise DataError("weights folder not found (expected a folder written by save_pretrained, "
-                                "or 'tiny' for the shipped weights)", weights)
             pipe = cls.from_pretrained(weights)
         pipe.set_progress_bar_config(disable=True)
         dev = pick_device(device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from pcdms_aug.stages.diffusion import DEFAULT_SAMPLER, SAMPLERS
+from pcdms_aug.config.schema import DEFAULT_SAMPLER, SAMPLERS
 from pcdms_aug.utils.errors import DataError, shown
 
 ORDER = ("prior", "inpaint", "refine")
