@@ -123,3 +123,35 @@ def test_shipped_configs_build():
         experiment.make_config(paper)  # its ImageNet weights are a local file the user provides
     built = experiment.make_config({**paper, "pretrained": False, "weights": None})
     assert built.generated_dir.format(fraction=0.2, seed=0).endswith("f0.2_s0")
+
+
+def test_folders_of_other_seeds_merge_into_the_report_of_one_run(data, tmp_path):
+    """experiments/reid_merge.py: seeds run apart (other folders, other paths) pool into the report one run of
+    every seed writes; a run in two folders, or runs of other settings, are refused by file."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "reid_merge.py"
+    spec = importlib.util.spec_from_file_location("reid_merge", script)
+    reid_merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reid_merge)
+    root, gen = data
+    kw = dict(variants=["baseline", "augmented"])
+    together = experiment.run_experiment(config(root, gen, tmp_path / "both", **kw), progress=False)
+    for seed in (0, 1):
+        experiment.run_experiment(config(root, gen, tmp_path / f"s{seed}", seeds=[seed], **kw), progress=False)
+    assert reid_merge.main([str(tmp_path / "merged"), str(tmp_path / "s0"), str(tmp_path / "s1")]) == 0
+    merged = pd.read_csv(tmp_path / "merged" / "results.csv")
+    cols = ["fraction", "seed", "variant", "mAP", "rank1", "steps", "num_train_generated", "generator_saw"]
+    pd.testing.assert_frame_equal(merged[cols], pd.read_csv(tmp_path / "both" / "results.csv")[cols])
+    assert len(together) == 4 and (tmp_path / "merged" / "paired.csv").is_file()
+    assert (tmp_path / "merged" / "cmc.png").is_file()
+    assert "merged from" in (tmp_path / "merged" / "results.md").read_text()
+
+    with pytest.raises(DataError, match="f0.5_s0_baseline is in two folders"):
+        reid_merge.merge([tmp_path / "s0", tmp_path / "both"])
+    experiment.run_experiment(config(root, gen, tmp_path / "lr", seeds=[1], lr=0.01, **kw), progress=False)
+    with pytest.raises(DataError, match=r"settings differ.*lr: [0-9.]+ -> 0.01"):
+        reid_merge.merge([tmp_path / "s0", tmp_path / "lr"])
+    with pytest.raises(DataError, match="no results.csv"):
+        reid_merge.merge([tmp_path / "s0", tmp_path / "nothing"])
