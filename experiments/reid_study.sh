@@ -69,20 +69,26 @@ fi
 # (default 0.1,0.2) and seed of SEEDS (default 21-25): 4 stage-2 views per image and the converged protocol with
 # the cap raised to CAP steps (default 3000) against every control (docs/experiments.md, "People the generator
 # never saw"). Results: $OUT/unseen/cv_f<fraction>/results.md and paired.csv. Needs no demo.
+# Another generator: WEIGHTS (a pipeline folder), GEN_TRAINED_ON (the dataset folder it trained on, for the
+# report's "what the generator saw") and TAG (its views and results go to gen/TAG_* and TAG_cv_f<fraction>; the
+# controls are rerun there, as they replay the augmented run's steps). EXTRA: more reid-experiment keys.
 if [ "${STUDY:-views}" = unseen ]; then
   S=$OUT/unseen W=$OUT/unseen/W fractions=${FRACTIONS:-0.1,0.2} seeds=${SEEDS:-21,22,23,24,25}
+  weights=${WEIGHTS:-tiny} tag=${TAG:-}
+  views=${tag:-s2} results=${tag:+${tag}_}cv
   pcdms-aug synth-market "$W" --train-ids 60 --test-ids 60 --seed "${WORLD:-7}" --quiet
   pcdms-aug reid-experiment tiny/reid.yaml root="$W" dataset=synthetic "fractions=[$fractions]" "seeds=[$seeds]" \
     out_dir="$S/splitsrc" --splits-only
   for f in ${fractions//,/ }; do
     for seed in ${seeds//,/ }; do
-      pcdms-aug generate --config tiny/generate.yaml --dataset "$W" --weights tiny --views 4 --seed "$seed" \
-        --split "$S/splitsrc/splits/split_f${f}_s$seed.json" --batch 16 --out "$S/gen/s2_f${f}_s$seed"
+      pcdms-aug generate --config tiny/generate.yaml --dataset "$W" --weights "$weights" --views 4 --seed "$seed" \
+        --split "$S/splitsrc/splits/split_f${f}_s$seed.json" --batch 16 --out "$S/gen/${views}_f${f}_s$seed"
     done
+    # shellcheck disable=SC2086
     pcdms-aug reid-experiment tiny/reid.yaml root="$W" dataset=synthetic "fractions=[$f]" "seeds=[$seeds]" \
-      "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/s2_f${f}_s{seed}" \
-      out_dir="$S/cv_f$f" converge=true max_steps="${CAP:-3000}" eval_every=50 patience=2 plateau_drops=1 \
-      views_per_image=4
+      "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/${views}_f${f}_s{seed}" \
+      out_dir="$S/${results}_f$f" converge=true max_steps="${CAP:-3000}" eval_every=50 patience=2 plateau_drops=1 \
+      views_per_image=4 ${GEN_TRAINED_ON:+generator_trained_on="$GEN_TRAINED_ON"} ${EXTRA:-}
   done
   exit 0
 fi
