@@ -3,8 +3,8 @@
 # people. Draws one synthetic world of TRAIN_IDS (default 600) training identities with seed WORLD (default 100;
 # the shipped tiny weights saw the 60 of seed 0, the unseen-world study evaluates seeds 7 and 11), fine-tunes
 # stages 1 and 2 of the tiny weights on it for STEPS steps each (default 3000; in parallel, one thread each, or
-# one after the other with PARALLEL=0) and
-# assembles them with the tiny stage 3 into $OUT/weights. Resumable: `train` continues from its checkpoints.
+# one after the other with PARALLEL=0) and assembles them with the tiny stage 3 into $OUT/weights. Resumable:
+# `train` continues from its checkpoints.
 # Then the study with these views, their generator stated:
 #   WEIGHTS=$OUT/weights GEN_TRAINED_ON=$OUT/W TAG=many OUT=S STUDY=unseen bash experiments/reid_study.sh
 set -euo pipefail
