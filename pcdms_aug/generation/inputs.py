@@ -24,11 +24,11 @@ def _short(h) -> str:
 
 def weights_fingerprint(weights: str, pipe=None) -> str:
     """sha256 (12 hex digits) of the weights files; of the initial tensors for a pipeline YAML (random weights)."""
-    from pcdms_aug.pipelines.weights_path import check_weights_spec
+    from pcdms_aug.pipelines.weights_path import check_weights_spec, is_config_spec
 
     spec = str(weights)
     h = hashlib.sha256()
-    if spec.endswith((".yaml", ".yml")):
+    if is_config_spec(spec):
         if pipe is None:
             from pcdms_aug.pipelines.pipeline import PCDMsPipeline
             pipe = PCDMsPipeline.load(spec, "cpu", "fp32")
