@@ -1,9 +1,11 @@
 """The gain of the views against the strength of the real-only model: one point per fraction of real images.
 
     python experiments/reid_curve.py OUT.png "TITLE" RESULTS.csv [RESULTS.csv ...]
+    python experiments/reid_curve.py OUT.png "TITLE" "world 7=A.csv,B.csv" "world 11=C.csv"
 
 Each RESULTS.csv is a `reid-experiment` results.csv (every control and `augmented`, paired by seed); their rows
-are pooled (one folder per fraction, or one folder for all). x: the mean mAP of the control with the highest
+are pooled (one folder per fraction, or one folder for all). LABEL=CSV[,CSV...] draws a series of its own (one
+world, one generator): its points joined, its own colour, the table's first column. x: the mean mAP of the control with the highest
 mean (the baseline's strength at that fraction); y: augmented minus that control, mean over seeds with its 95 %
 Student-t interval (reid.stats). Prints the table in markdown.
 """
@@ -29,19 +31,36 @@ def curve_rows(df: pd.DataFrame, variant: str = "augmented") -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
+def parse_series(args: list[str]) -> dict[str, list[str]]:
+    """{label: [csv, ...]}; plain CSV paths form one unlabelled series ("")."""
+    series: dict[str, list[str]] = {}
+    for arg in args:
+        label, sep, paths = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        series.setdefault(label, []).extend(p for p in paths.split(",") if p)
+    return series
+
+
+def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for r in rows:
-        lo = 0 if math.isnan(r["low"]) else r["gain"] - r["low"]
-        hi = 0 if math.isnan(r["high"]) else r["high"] - r["gain"]
-        ax.errorbar([r["control_mAP"]], [r["gain"]], yerr=[[lo], [hi]], marker="o", capsize=4, color="C0")
-        ax.annotate(f"{r['fraction'] * 100:g}% ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})",
-                    (r["control_mAP"], r["gain"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    for i, (label, rows) in enumerate(series.items()):
+        colour = f"C{i}"
+        x = [r["control_mAP"] for r in rows]
+        y = [r["gain"] for r in rows]
+        lo = [0 if math.isnan(r["low"]) else r["gain"] - r["low"] for r in rows]
+        hi = [0 if math.isnan(r["high"]) else r["high"] - r["gain"] for r in rows]
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=4, color=colour, label=label or None,
+                    ls="-" if len(series) > 1 else "none", lw=0.8)
+        for r in rows:
+            ax.annotate(f"{r['fraction'] * 100:g}% ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})",
+                        (r["control_mAP"], r["gain"]), textcoords="offset points", xytext=(6, 6), fontsize=7,
+                        color=colour)
+    if any(series):
+        ax.legend(fontsize=7, loc="best")
     ax.axhline(0, color="grey", lw=0.8)
     ax.margins(y=0.25)
     ax.set_xlim(0, 100)  # the whole range of a real-only model's mAP, so curves of several runs compare
@@ -60,16 +79,19 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__)
         return 2
-    out, title, csvs = argv[0], argv[1], argv[2:]
-    df = pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True)
-    rows = curve_rows(df)
-    print("| fraction | control with the highest mean | its mAP | seeds | augmented − it | 95 % interval | called |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ci = "n/a" if math.isnan(r["low"]) else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
-        print(f"| {r['fraction'] * 100:g}% | {r['control']} | {r['control_mAP']:.1f} | {r['seeds']} | "
-              f"{r['gain']:+.1f} | {ci} | {r['call']} |")
-    plot(rows, out, title)
+    out, title = argv[0], argv[1]
+    series = {label: curve_rows(pd.concat([pd.read_csv(p) for p in csvs], ignore_index=True))
+              for label, csvs in parse_series(argv[2:]).items()}
+    labelled = any(series)
+    print(("| series " if labelled else "") + "| fraction | control with the highest mean | its mAP | seeds | "
+          "augmented − it | 95 % interval | called |")
+    print(("|---" if labelled else "") + "|---|---|---|---|---|---|---|")
+    for label, rows in series.items():
+        for r in rows:
+            ci = "n/a" if math.isnan(r["low"]) else f"[{r['low']:+.1f}, {r['high']:+.1f}]"
+            print((f"| {label} " if labelled else "") + f"| {r['fraction'] * 100:g}% | {r['control']} | "
+                  f"{r['control_mAP']:.1f} | {r['seeds']} | {r['gain']:+.1f} | {ci} | {r['call']} |")
+    plot(series, out, title)
     return 0
 
 

@@ -87,3 +87,29 @@ def test_paired_frame_and_runs_at_their_cap():
     own = df.assign(protocol=["converged", "equal_steps:converged", "converged"] * 5)
     assert "the cap, not a plateau, ended 10 run(s) on their own schedule: raise max_steps" in report.cap_line(own)
     assert report.cap_line(df.drop(columns="step_cap")) is None
+
+
+def test_curve_draws_one_series_per_world(tmp_path, capsys):
+    """experiments/reid_curve.py: LABEL=CSV,CSV pools a world's folders into one series; each series gets its
+    table rows (gain over that world's best-mean control per fraction) and the picture is written."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "reid_curve.py"
+    spec = importlib.util.spec_from_file_location("reid_curve", script)
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    frame([16.0, 17.0, 15.0, 18.0, 17.0], fraction=0.1).to_csv(tmp_path / "a10.csv", index=False)
+    frame([11.0, 9.0, 12.0, 10.0, 13.0], fraction=0.2).to_csv(tmp_path / "a20.csv", index=False)
+    frame([20.0, 21.0, 22.0], fraction=0.1).to_csv(tmp_path / "b10.csv", index=False)
+    assert curve.parse_series([f"world 7={tmp_path}/a10.csv,{tmp_path}/a20.csv", f"world 11={tmp_path}/b10.csv"]) \
+        == {"world 7": [f"{tmp_path}/a10.csv", f"{tmp_path}/a20.csv"], "world 11": [f"{tmp_path}/b10.csv"]}
+    assert curve.parse_series([f"{tmp_path}/a10.csv"]) == {"": [f"{tmp_path}/a10.csv"]}
+    out = tmp_path / "curve.png"
+    assert curve.main([str(out), "two worlds", f"world 7={tmp_path}/a10.csv,{tmp_path}/a20.csv",
+                       f"world 11={tmp_path}/b10.csv"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| world")]
+    assert rows == ["| world 7 | 10% | duplicated | 14.0 | 5 | +2.6 | [+0.7, +4.5] | gain |",
+                    "| world 7 | 20% | duplicated | 14.0 | 5 | -3.0 | [-5.0, -1.0] | loss |",
+                    "| world 11 | 10% | duplicated | 13.0 | 3 | +8.0 | [+8.0, +8.0] | too few seeds |"]
+    assert out.stat().st_size > 10_000
