@@ -67,15 +67,21 @@ fi
 # STUDY=unseen: people the generator never saw. Draws the synthetic world of seed WORLD (default 7; the shipped
 # tiny weights were trained on the world of seed 0) into $OUT/unseen/W, then at each fraction of FRACTIONS
 # (default 0.1,0.2) and seed of SEEDS (default 21-25): 4 stage-2 views per image and the converged protocol with
-# the cap raised to CAP steps (default 3000) against every control (docs/experiments.md, "People the generator
-# never saw"). Results: $OUT/unseen/cv_f<fraction>/results.md and paired.csv. Needs no demo.
+# the cap raised to CAP steps (default 3000) and PATIENCE evaluations without a new best before the learning-rate
+# drop and the stop (default 4; with 2 the real-only baseline stopped under-trained: docs/experiments.md, "People
+# the generator never saw") against the controls of VARIANTS (default all three). Results:
+# $OUT/unseen/cv_p<patience>_f<fraction>/results.md and paired.csv. Needs no demo.
 # Another generator: WEIGHTS (a pipeline folder), GEN_TRAINED_ON (the dataset folder it trained on, for the
-# report's "what the generator saw") and TAG (its views and results go to gen/TAG_* and TAG_cv_f<fraction>; the
-# controls are rerun there, as they replay the augmented run's steps). EXTRA: more reid-experiment keys.
+# report's "what the generator saw") and TAG (its views and results go to gen/TAG_* and TAG_cv_*; the controls
+# are rerun there, as they replay the augmented run's steps). EXTRA: more reid-experiment keys. A lever of how the
+# same views are used (EXTRA="generated_share=0.5"): RUN_TAG names its results (RUN_TAG_cv_*); they take the
+# finished baseline runs of cv_p<patience>_f<fraction> (reuse_from: real images only, so such a lever leaves them
+# as they were; reid-experiment takes only runs of the same settings and subset).
 if [ "${STUDY:-views}" = unseen ]; then
   S=$OUT/unseen W=$OUT/unseen/W fractions=${FRACTIONS:-0.1,0.2} seeds=${SEEDS:-21,22,23,24,25}
   weights=${WEIGHTS:-tiny} tag=${TAG:-}
-  views=${tag:-s2} results=${tag:+${tag}_}cv
+  patience=${PATIENCE:-4} variants=${VARIANTS:-baseline,augmented,baseline_steps,duplicated}
+  views=${tag:-s2} base=cv_p$patience results=${RUN_TAG:+${RUN_TAG}_}${tag:+${tag}_}cv_p$patience
   pcdms-aug synth-market "$W" --train-ids 60 --test-ids 60 --seed "${WORLD:-7}" --quiet
   pcdms-aug reid-experiment tiny/reid.yaml root="$W" dataset=synthetic "fractions=[$fractions]" "seeds=[$seeds]" \
     out_dir="$S/splitsrc" --splits-only
@@ -84,11 +90,13 @@ if [ "${STUDY:-views}" = unseen ]; then
       pcdms-aug generate --config tiny/generate.yaml --dataset "$W" --weights "$weights" --views 4 --seed "$seed" \
         --split "$S/splitsrc/splits/split_f${f}_s$seed.json" --batch 16 --out "$S/gen/${views}_f${f}_s$seed"
     done
+    reuse=()
+    if [ -n "${RUN_TAG:-}" ] && [ -d "$S/${base}_f$f/runs" ]; then reuse=("reuse_from=[$S/${base}_f$f]"); fi
     # shellcheck disable=SC2086
     pcdms-aug reid-experiment tiny/reid.yaml root="$W" dataset=synthetic "fractions=[$f]" "seeds=[$seeds]" \
-      "variants=[baseline,augmented,baseline_steps,duplicated]" "generated_dir=$S/gen/${views}_f${f}_s{seed}" \
-      out_dir="$S/${results}_f$f" converge=true max_steps="${CAP:-3000}" eval_every=50 patience=2 plateau_drops=1 \
-      views_per_image=4 ${GEN_TRAINED_ON:+generator_trained_on="$GEN_TRAINED_ON"} ${EXTRA:-}
+      "variants=[$variants]" "generated_dir=$S/gen/${views}_f${f}_s{seed}" \
+      out_dir="$S/${results}_f$f" converge=true max_steps="${CAP:-3000}" eval_every=50 patience="$patience" plateau_drops=1 \
+      views_per_image=4 ${GEN_TRAINED_ON:+generator_trained_on="$GEN_TRAINED_ON"} "${reuse[@]}" ${EXTRA:-}
   done
   exit 0
 fi

@@ -60,6 +60,10 @@ class ExperimentConfig(TrainConfig):
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = VARIANTS
     out_dir: str = "runs/reid"
+    # Other reid-experiment folders whose finished runs are taken (copied in) when they were made with this
+    # run's settings and subset: the baseline of a lever that changes only how the views are used
+    # (generated_share, views_per_image) need not be trained twice. A run there with other settings is trained.
+    reuse_from: tuple[str, ...] = ()
 
 
 def make_config(cfg: dict | Any):
@@ -80,6 +84,12 @@ def make_config(cfg: dict | Any):
                         "add augmented to variants")
     # Run order: every run after the one it replays.
     cfg.variants = tuple(v for v in VARIANTS if v in cfg.variants)
+    reuse = list(cfg.reuse_from or ())
+    for i, folder in enumerate(reuse):
+        if not isinstance(folder, str) or not (Path(folder) / "runs").is_dir():
+            raise DataError(f"reid config: reuse_from[{i}] is not a reid-experiment folder (no runs/ in it)",
+                            folder if isinstance(folder, str) else None)
+    cfg.reuse_from = tuple(reuse)
     return cfg
 
 
@@ -107,7 +117,7 @@ def run_id(fraction: float, seed: int, variant: str) -> str:
 # Keys that do not change what a run computes: a finished run stays valid when only these differ.
 _NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
                        "generated_dir", "views_per_identity",
-                       "views_per_image", "generated_share", "generator_trained_on"}
+                       "views_per_image", "generated_share", "generator_trained_on", "reuse_from"}
 # Keys that change nothing unless converge / max_steps is on (so runs made before they existed stay valid).
 _CONVERGE_KEYS = {"converge", "eval_every", "patience", "plateau_drops", "min_delta", "val_images"}
 
@@ -232,7 +242,12 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
         replay, extra = _replay(by_id, fraction, seed, variant)
         path = out / "runs" / f"{rid}.json"
         fp = fingerprint(cfg, data_dir, gen, variant == "filtered", extra)
-        if path.is_file() and not force:
+        found = None if path.is_file() or force else _reusable(cfg.reuse_from, out, rid, fp,
+                                                                  splits[(fraction, seed)])
+        if found:
+            res = found
+            skipped.append(rid)
+        elif path.is_file() and not force:
             res = _load_result(path, fp)
             skipped.append(rid)
         else:
@@ -252,6 +267,37 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
     df = write_reports(results, out, "Re-ID: generated views against the controls", _notes(cfg, name, data_dir))
     df.attrs.update(executed=executed, skipped=skipped, out_dir=str(out))
     return df
+
+
+def _reusable(folders, out: Path, rid: str, fp: dict, split: Path) -> dict | None:
+    """The finished run ``rid`` of the first folder of ``folders`` made with fingerprint ``fp`` on the same
+    subset, copied into ``out`` (its result and log); None when no folder has one."""
+    import shutil
+
+    from pcdms_aug.config.loading import read_json
+
+    for folder in folders:
+        src = Path(folder) / "runs" / f"{rid}.json"
+        if not src.is_file() or src.resolve() == (out / "runs" / src.name).resolve():
+            continue
+        res = read_json(src, "run result")
+        if not isinstance(res, dict) or res.get("fingerprint") != fp:
+            log.info("%s: %s was made with other settings; trained here", rid, src)
+            continue
+        theirs = Path(folder) / "splits" / split.name  # where the folder keeps it, wherever it was made
+        if not theirs.is_file() or load_split(theirs).files != load_split(split).files:
+            log.info("%s: %s was trained on another subset; trained here", rid, src)
+            continue
+        res = {**res, "split_file": str(split), "reused_from": str(src)}
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        log_src = Path(folder) / "logs" / f"{rid}.log"
+        if log_src.is_file():
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log_src, out / "logs" / log_src.name)
+        atomic_write_text(out / "runs" / src.name, json.dumps(res, indent=1) + "\n")
+        log.info("%s: reused from %s", rid, src)
+        return res
+    return None
 
 
 def _provenance(cfg, data_dir: Path, train: list, splits: dict) -> dict:

@@ -155,3 +155,29 @@ def test_folders_of_other_seeds_merge_into_the_report_of_one_run(data, tmp_path)
         reid_merge.merge([tmp_path / "s0", tmp_path / "lr"])
     with pytest.raises(DataError, match="no results.csv"):
         reid_merge.merge([tmp_path / "s0", tmp_path / "nothing"])
+
+
+def test_reuse_from_takes_matching_runs_of_another_folder(data, tmp_path):
+    """reuse_from: a lever that changes only how views are used (generated_share) takes the baseline runs of an
+    earlier folder, copied in with their logs, and trains the rest; runs of other settings are trained."""
+    import json
+
+    root, gen = data
+    kw = dict(variants=["baseline", "augmented"], seeds=[0], loss="softmax")
+    first = experiment.run_experiment(config(root, gen, tmp_path / "made", **kw), progress=False)
+    (tmp_path / "made").rename(tmp_path / "a")  # a folder moved since: its subsets are found where it is now
+    lever = experiment.run_experiment(config(root, gen, tmp_path / "b", generated_share=0.5,
+                                             reuse_from=[str(tmp_path / "a")], **kw), progress=False)
+    assert lever.attrs["skipped"] == ["f0.5_s0_baseline"] and lever.attrs["executed"] == ["f0.5_s0_augmented"]
+    ours, theirs = (json.loads((tmp_path / d / "runs" / "f0.5_s0_baseline.json").read_text()) for d in "ba")
+    assert ours["mAP"] == theirs["mAP"] == first.set_index("variant").mAP["baseline"]
+    assert ours["reused_from"].endswith("a/runs/f0.5_s0_baseline.json") and "reused_from" not in theirs
+    assert (tmp_path / "b" / "logs" / "f0.5_s0_baseline.log").is_file()
+    # Reopened, the copied run is this folder's own: nothing trained.
+    again = experiment.run_experiment(config(root, gen, tmp_path / "b", generated_share=0.5, **kw), progress=False)
+    assert again.attrs["executed"] == []
+    other = experiment.run_experiment(config(root, gen, tmp_path / "c", lr=0.01, variants=["baseline"], seeds=[0],
+                                             reuse_from=[str(tmp_path / "a")]), progress=False)
+    assert other.attrs["executed"] == ["f0.5_s0_baseline"]
+    with pytest.raises(DataError, match=r"reuse_from\[0\] is not a reid-experiment folder"):
+        experiment.make_config(config(root, gen, tmp_path / "d", reuse_from=[str(tmp_path / "nothing")]))
