@@ -51,8 +51,10 @@ def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
         colour = f"C{i}"
         x = [r["control_mAP"] for r in rows]
         y = [r["gain"] for r in rows]
-        lo = [0 if math.isnan(r["low"]) else r["gain"] - r["low"] for r in rows]
-        hi = [0 if math.isnan(r["high"]) else r["high"] - r["gain"] for r in rows]
+        # A 2-seed t-interval is +-12.7 standard deviations: drawn, it flattens every other point (the table has it).
+        bar = [not math.isnan(r["low"]) and r["seeds"] >= 3 for r in rows]
+        lo = [r["gain"] - r["low"] if b else 0 for r, b in zip(rows, bar)]
+        hi = [r["high"] - r["gain"] if b else 0 for r, b in zip(rows, bar)]
         ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=4, color=colour, label=label or None,
                     ls="-" if len(series) > 1 else "none", lw=0.8)
         for r in rows:
@@ -65,7 +67,7 @@ def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
     ax.margins(y=0.25)
     ax.set_xlim(0, 100)  # the whole range of a real-only model's mAP, so curves of several runs compare
     ax.set_xlabel("real-only model: mAP of the control with the highest mean (%)")
-    ax.set_ylabel("augmented − that control (mAP, 95 % CI)")
+    ax.set_ylabel("augmented − control (mAP; 95 % CI, 3+ seeds)")
     import textwrap
 
     ax.set_title(textwrap.fill(title, 70), fontsize=8)
