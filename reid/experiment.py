@@ -242,13 +242,10 @@ def run_experiment(cfg: dict | Any, force: bool = False, splits_only: bool = Fal
         replay, extra = _replay(by_id, fraction, seed, variant)
         path = out / "runs" / f"{rid}.json"
         fp = fingerprint(cfg, data_dir, gen, variant == "filtered", extra)
-        found = None if path.is_file() or force else _reusable(cfg.reuse_from, out, rid, fp,
-                                                                  splits[(fraction, seed)])
-        if found:
-            res = found
-            skipped.append(rid)
-        elif path.is_file() and not force:
+        if path.is_file() and not force:
             res = _load_result(path, fp)
+            skipped.append(rid)
+        elif not force and (res := _reusable(cfg.reuse_from, out, rid, fp, splits[(fraction, seed)])):
             skipped.append(rid)
         else:
             res = _train_one(cfg, out, rid, name, device, splits[(fraction, seed)], seed, variant, gen, replay,
