@@ -62,7 +62,7 @@ class ExperimentConfig(TrainConfig):
     out_dir: str = "runs/reid"
     # Other reid-experiment folders whose finished runs are taken (copied in) when they were made with this
     # run's settings and subset: the baseline of a lever that changes only how the views are used
-    # (generated_share, views_per_image) need not be trained twice. A run there with other settings is trained.
+    # (generated_share, views_per_image, finish_on_real) need not be trained twice. A run there with other settings is trained.
     reuse_from: tuple[str, ...] = ()
 
 
@@ -117,7 +117,7 @@ def run_id(fraction: float, seed: int, variant: str) -> str:
 # Keys that do not change what a run computes: a finished run stays valid when only these differ.
 _NOT_IN_FINGERPRINT = {"fractions", "seeds", "variants", "out_dir", "workers", "device", "batch_size_test",
                        "generated_dir", "views_per_identity",
-                       "views_per_image", "generated_share", "generator_trained_on", "reuse_from"}
+                       "views_per_image", "generated_share", "finish_on_real", "generator_trained_on", "reuse_from"}
 # Keys that change nothing unless converge / max_steps is on (so runs made before they existed stay valid).
 _CONVERGE_KEYS = {"converge", "eval_every", "patience", "plateau_drops", "min_delta", "val_images"}
 
@@ -130,8 +130,8 @@ def fingerprint(cfg, data_dir: Path, generated: str | None, kept_only: bool, ext
     fp.update(data_dir=str(Path(data_dir).resolve()), generated_dir=None if generated is None
               else str(Path(generated).resolve()), kept_only=kept_only,
               views_per_identity=cfg.views_per_identity if generated else None, **(extra or {}))
-    for key in ("views_per_image", "generated_share"):  # absent unless set: older runs stay valid
-        if generated and getattr(cfg, key) is not None:
+    for key in ("views_per_image", "generated_share", "finish_on_real"):  # absent unless set: older runs stay valid
+        if generated and getattr(cfg, key) not in (None, False):
             fp[key] = getattr(cfg, key)
     return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
 
@@ -368,7 +368,10 @@ def _notes(cfg, name: str, data_dir: Path) -> list[str]:
             f"{cfg.height}x{cfg.width}", *protocol_notes(cfg),
             f"generated views: {cfg.generated_dir or 'none'}"
             + (f", at most {cfg.views_per_image} per image" if cfg.views_per_image is not None else "")
-            + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")]
+            + (f", at most {cfg.views_per_identity} per identity" if cfg.views_per_identity is not None else "")
+            + (f", {cfg.generated_share:.0%} of each batch" if cfg.generated_share is not None else "")
+            + (", then the best weights trained on the real images alone (finish_on_real)" if cfg.finish_on_real
+               else "")]
 
 
 def configure(parser) -> None:

@@ -6,6 +6,8 @@ runs wants. Evaluation is :mod:`reid.evaluation`.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,6 +58,10 @@ class TrainConfig:
     # still being the images' count); None: uniform over real and generated images, so 4 views per image make
     # 80 % of every batch generated.
     generated_share: float | None = None
+    # A run with generated views, once trained (converged), goes on with its best weights on the real images
+    # alone: a fresh optimizer at lr * gamma and the same protocol; the validation mAP picks the better of the
+    # two phases. Synthetic pre-training then real fine-tuning, for views too unlike their people to mix in.
+    finish_on_real: bool = False
     batch_size_test: int = 100
     height: int = 128
     width: int = 64
@@ -208,6 +214,40 @@ def _validator(cfg: TrainConfig, dm, real, split_file, seed: int, device: str):
     return validate, len(items)
 
 
+def finish_on_real(cfg: TrainConfig, model, root, dataset: str, seed: int, device: str, split_file, validate,
+                   first: dict, num_classes: int, on_progress=None) -> tuple[dict, Schedule]:
+    """Train ``model`` (the mixed run's best weights) on the real images of the split alone; merge both phases.
+
+    The second phase starts a fresh optimizer at ``lr * gamma`` (the weights are trained already: the full rate
+    would first undo them) and follows the config's protocol on its own schedule. With validation, the phase with
+    the higher validation mAP gives the tested weights. The returned schedule (both phases' steps and drops) is
+    what a control replays; it does not replay the learning-rate reset.
+    """
+    seed_everything(seed)
+    dm = build_datamanager(cfg, root, with_generated_views(dataset, split_file=split_file), device.startswith("cuda"))
+    if dm.num_train_pids != num_classes:
+        raise DataError(f"the real images hold {dm.num_train_pids} identities, the mixed run {num_classes}: views "
+                        "of identities without a real image cannot be finished on real images", split_file)
+    kept = copy.deepcopy(model.state_dict())
+    tuned = dataclasses.replace(cfg, lr=cfg.lr * cfg.gamma)
+    engine = build_engine(tuned, dm, model, device)
+    schedule = own_schedule(tuned, len(dm.train_loader))
+    done = train_steps(engine, tuned, schedule, validate, early_stop=cfg.converge, on_progress=on_progress)
+    n1 = first["steps"]
+    second_best = validate is None or done["val_mAP"] > first["val_mAP"]
+    if not second_best:
+        model.load_state_dict(kept)
+    merged = dict(first, steps=n1 + done["steps"], step_cap=n1 + done["step_cap"],
+                  epochs_run=first["epochs_run"] + done["epochs_run"],
+                  lr_milestones=first["lr_milestones"] + [n1 + m for m in done["lr_milestones"]],
+                  val_curve=first["val_curve"] + [[n1 + s, v] for s, v in done["val_curve"]],
+                  train_s=first["train_s"] + done["train_s"], finish_steps=done["steps"],
+                  finish_val_mAP=done["val_mAP"], finish_chosen=bool(second_best))
+    if second_best:
+        merged.update(best_step=n1 + done["best_step"], val_mAP=done["val_mAP"])
+    return merged, Schedule(merged["steps"], list(merged["lr_milestones"]))
+
+
 def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: int, device: str = "cpu",
                        generated_dir: str | Path | None = None, kept_only: bool = False,
                        views_per_identity: int | None = None, split_file: str | Path | None = None,
@@ -237,6 +277,9 @@ def train_and_evaluate(cfg: TrainConfig, root: str | Path, dataset: str, seed: i
     own = schedule is None
     schedule = own_schedule(cfg, len(dm.train_loader)) if own else Schedule.from_dict(schedule.to_dict())
     trained = train_steps(engine, cfg, schedule, validate, early_stop=own and cfg.converge, on_progress=on_progress)
+    if cfg.finish_on_real and trainset.num_generated:
+        trained, schedule = finish_on_real(cfg, model, root, dataset, seed, device, split_file, validate, trained,
+                                           dm.num_train_pids, on_progress)
     t_eval = time.perf_counter()
     res = evaluate(model, dm, device=device, dist_metric=cfg.dist_metric,
                    normalize_feature=cfg.normalize_feature, max_rank=cfg.max_rank)

@@ -1,5 +1,7 @@
 """Training length and the controls: schedules in steps, replayed schedules, convergence, duplicated images, and
 gains reported against the strongest control (real torchreid at a toy size)."""
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -140,3 +142,29 @@ def test_converged_protocol_validates_on_held_out_images(data, tmp_path):
     assert csv.step_cap["baseline_steps"] == csv.steps["augmented"]
     with pytest.raises(DataError, match="outside the subset"):
         experiment.run_experiment(config(root, gen, tmp_path / "f1", **{**kw, "fractions": [1.0]}), progress=False)
+
+
+def test_finish_on_real_goes_on_with_the_real_images(data, tmp_path):
+    root, gen = data
+    kw = dict(converge=True, max_steps=6, eval_every=2, patience=1, val_images=40, seeds=[0],
+              variants=["baseline", "augmented", "baseline_steps"])
+    experiment.run_experiment(config(root, gen, tmp_path / "fr", finish_on_real=True, **kw), progress=False)
+    runs = {v: pd.read_json(tmp_path / "fr" / "runs" / f"f0.5_s0_{v}.json", typ="series") for v in kw["variants"]}
+    aug = runs["augmented"]
+    assert 0 < aug.finish_steps <= 6 and aug.steps == aug.schedule["total_steps"]
+    first = aug.steps - aug.finish_steps
+    assert [s for s, _ in aug.val_curve][-1] == aug.steps > first  # validated through the second phase
+    assert (aug.best_step > first) == aug.finish_chosen and aug.val_mAP == pytest.approx(max(v for _, v in aug.val_curve), abs=1e-3)
+    assert "finish_steps" not in runs["baseline"]  # no views: nothing to finish
+    assert "trained on the real images alone (finish_on_real)" in (tmp_path / "fr" / "results.md").read_text()
+    assert runs["baseline_steps"].steps == aug.steps  # a control replays both phases' steps
+    ecfg = experiment.make_config(config(root, gen, tmp_path / "x", finish_on_real=True, **kw))
+    fp = {on: experiment.fingerprint(dataclasses.replace(ecfg, finish_on_real=on), root, gen, False)
+          for on in (True, False)}
+    assert fp[True] != fp[False] and "finish_on_real" not in fp[False]  # earlier runs with views stay valid
+    assert experiment.fingerprint(ecfg, root, None, False) == experiment.fingerprint(
+        dataclasses.replace(ecfg, finish_on_real=False), root, None, False)  # baselines are shared
+    model = training.build_model(training.TrainConfig(**SMALL), 3, "cpu")
+    with pytest.raises(DataError, match="identities"):
+        training.finish_on_real(training.TrainConfig(**SMALL), model, root, SYNTHETIC, 0, "cpu", None, None,
+                                {}, 3)
