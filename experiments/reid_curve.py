@@ -46,7 +46,7 @@ def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(5.2, 3.6 + (0.16 * len(series) if any(series) else 0)))
     for i, (label, rows) in enumerate(series.items()):
         colour = f"C{i}"
         x = [r["control_mAP"] for r in rows]
@@ -62,7 +62,8 @@ def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
                         (r["control_mAP"], r["gain"]), textcoords="offset points", xytext=(6, 6), fontsize=7,
                         color=colour)
     if any(series):
-        ax.legend(fontsize=7, loc="best")
+        # below the axes: with several series no corner of the plot is free of points
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.18), frameon=False)
     ax.axhline(0, color="grey", lw=0.8)
     ax.margins(y=0.25)
     ax.set_xlim(0, 100)  # the whole range of a real-only model's mAP, so curves of several runs compare
@@ -73,7 +74,7 @@ def plot(series: dict[str, list[dict]], path: str, title: str) -> None:
     ax.set_title(textwrap.fill(title, 70), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
