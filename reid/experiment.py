@@ -62,7 +62,8 @@ class ExperimentConfig(TrainConfig):
     out_dir: str = "runs/reid"
     # Other reid-experiment folders whose finished runs are taken (copied in) when they were made with this
     # run's settings and subset: the baseline of a lever that changes only how the views are used
-    # (generated_share, views_per_image, finish_on_real) need not be trained twice. A run there with other settings is trained.
+    # (generated_share, views_per_image, finish_on_real) need not be trained twice. A run there with other settings
+    # is trained.
     reuse_from: tuple[str, ...] = ()
 
 
